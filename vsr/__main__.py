@@ -1,0 +1,3 @@
+from vsr.cli import main
+
+main(prog_name="vsr")

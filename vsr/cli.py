@@ -1,0 +1,143 @@
+"""The ``vsr`` command: parse options, call the library, report.  Nothing else lives here.
+
+Exit codes (one place): 0 success, 1 failure (bad input, some files failed),
+2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> "NoReturn":  # noqa: F821
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    sys.exit(code)
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"expected a positive number, got {value}")
+    return value
+
+
+def _device(ctx, param, value):
+    from vsr.device import _SPEC
+
+    if value is not None and not _SPEC.match(value):
+        raise click.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vsr")
+def main() -> None:
+    """vsr: video super-resolution with SRGAN."""
+
+
+# ---------------------------------------------------------------------------- finetune
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("finetuned.safetensors"), show_default=True,
+              help="Weights file to write (the EMA generator).")
+@click.option("--from", "start", default="bundled", show_default=True,
+              help="Starting weights: 'bundled' (the default x4 model), 'scratch', or a weights path/name.")
+@click.option("--scale", type=click.Choice(["2", "4"]), default=None, help="Scale (checked against --from weights).")
+@click.option("--blocks", type=int, default=16, show_default=True, callback=_positive, help="Residual blocks (--from scratch).")
+@click.option("--channels", type=int, default=64, show_default=True, callback=_positive, help="Channels (--from scratch).")
+@click.option("--batch-norm/--no-batch-norm", default=False, show_default=True, help="BN in the generator (--from scratch; the paper has it).")
+@click.option("--global-skip", type=click.Choice(["bicubic", "none"]), default="bicubic", show_default=True,
+              help="Add bicubic upsampling of the input to the output (--from scratch).")
+@click.option("--steps", type=int, default=2000, show_default=True, callback=_positive, help="Total steps, both phases.")
+@click.option("--pretrain-steps", type=int, default=500, show_default=True, help="Pixel-loss warm-up steps (phase 1).")
+@click.option("--batch-size", type=int, default=16, show_default=True, callback=_positive)
+@click.option("--patch-size", type=int, default=96, show_default=True, callback=_positive, help="HR crop size (multiple of 16).")
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate of phase 1.")
+@click.option("--gan-lr", type=float, default=1e-4, show_default=True, help="Peak learning rate of phase 2.")
+@click.option("--pixel-loss", type=click.Choice(["l1", "mse"]), default="l1", show_default=True)
+@click.option("--no-gan", is_flag=True, help="Pixel loss only (no VGG, no discriminator).")
+@click.option("--content-layer", default="vgg19:conv5_4", show_default=True, help="VGG feature map for the content loss.")
+@click.option("--vgg-weights", type=click.Path(path_type=Path), default=None,
+              help="Local VGG weights (.pth/.safetensors state dict, or a Keras .h5 VGG16 backbone).")
+@click.option("--adv-weight", type=float, default=1e-3, show_default=True, help="Weight of the adversarial loss.")
+@click.option("--gan-pixel-weight", type=float, default=0.0, show_default=True, help="Pixel loss weight in phase 2 (0 = paper).")
+@click.option("--ema-decay", type=float, default=0.999, show_default=True)
+@click.option("--degrade", is_flag=True, help="Add blur, noise, JPEG and H.264 artefacts to the LR inputs.")
+@click.option("--val", "val_folder", type=click.Path(path_type=Path), default=None, help="Folder of held-out media for validation.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Files held out for validation (without --val).")
+@click.option("--val-every", type=int, default=200, show_default=True, callback=_positive)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint file (default: OUTPUT with .ckpt).")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True, callback=_positive)
+@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a checkpoint.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where extracted frames are cached.")
+@click.option("--frames-per-video", type=int, default=32, show_default=True, callback=_positive)
+@click.option("--max-side", type=int, default=None, callback=_positive, help="Downscale larger frames to this longest side first.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_device)
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+def finetune(folder, output, start, scale, blocks, channels, batch_norm, global_skip, steps, pretrain_steps, batch_size,
+             patch_size, lr, gan_lr, pixel_loss, no_gan, content_layer, vgg_weights, adv_weight, gan_pixel_weight,
+             ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
+             frames_per_video, max_side, seed, device, quiet):
+    """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
+    from vsr.device import DeviceError
+    from vsr.finetune import Callbacks, FinetuneError, FinetuneOptions, run_finetune
+    from vsr.model import GeneratorConfig
+    from vsr.progress import TrainProgress
+    from vsr.train import TrainConfig
+
+    try:
+        cfg = TrainConfig(
+            steps=steps, pretrain_steps=min(pretrain_steps, steps), batch_size=batch_size, patch_size=patch_size, lr=lr,
+            gan_lr=gan_lr, pixel_loss=pixel_loss, no_gan=no_gan, content_layer=content_layer, adv_weight=adv_weight,
+            gan_pixel_weight=gan_pixel_weight, ema_decay=ema_decay, degrade=degrade, seed=seed,
+        )
+        scratch = GeneratorConfig(scale=int(scale or 4), blocks=blocks, channels=channels, batch_norm=batch_norm, global_skip=global_skip)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    opts = FinetuneOptions(
+        folder=folder, output=output, train=cfg, start=start, scratch_config=scratch, scale=int(scale) if scale else None,
+        vgg_weights=vgg_weights, val_folder=val_folder, val_fraction=val_fraction, val_every=val_every,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, cache_dir=cache_dir,
+        frames_per_video=frames_per_video, max_side=max_side, device=device,
+    )
+    progress = TrainProgress(err, quiet=quiet)
+    callbacks = Callbacks(
+        on_info=lambda m: err.print(m) if not quiet else None,
+        on_warning=lambda m: err.print(f"[yellow]warning:[/] {m}", soft_wrap=True),
+        on_start=progress.start,
+        on_step=progress.step,
+        on_validate=progress.validate,
+    )
+    try:
+        summary = run_finetune(opts, callbacks)
+    except (FinetuneError, DeviceError) as exc:
+        progress.stop()
+        fail(str(exc))
+    except KeyboardInterrupt:
+        progress.stop()
+        err.print(f"interrupted; checkpoint saved to {checkpoint or output.with_suffix('.ckpt')} (continue with --resume)")
+        sys.exit(EXIT_INTERRUPTED)
+    progress.stop()
+    if summary["validation"]:
+        table = Table(title="validation (held-out, PSNR-Y dB / SSIM-Y)")
+        for col in ("step", "model PSNR", "bicubic PSNR", "gain", "model SSIM", "bicubic SSIM"):
+            table.add_column(col, justify="right")
+        for step, s in summary["validation"]:
+            table.add_row(str(step), f"{s['psnr']:.2f}", f"{s['bicubic_psnr']:.2f}", f"{s['psnr'] - s['bicubic_psnr']:+.2f}",
+                          f"{s['ssim']:.4f}", f"{s['bicubic_ssim']:.4f}")
+        out.print(table)
+    out.print(f"wrote {output} ({summary['steps']} steps)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,341 @@
+"""Training data: frames taken from the user's videos and images, and LR/HR patch pairs.
+
+Frames are extracted once into a cache folder of ``.npy`` files (uint8 HWC RGB) and
+read back memory-mapped, so a folder of long videos never sits decoded in RAM.
+Patches are sampled with a preference for texture: most random crops of real
+footage are near-flat sky, walls or blur and teach the network nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsr.colour import frame_to_rgb
+from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+FLAT_GRADIENT = 6.0  # mean |gradient| (0-255 scale) below which a patch counts as flat
+
+
+class DataError(Exception):
+    """The training data cannot be used; the message says why."""
+
+
+@dataclass
+class FrameSource:
+    """One file under the data folder and the cached frames taken from it."""
+
+    path: Path
+    kind: str  # "video" or "image"
+    frames: list[Path] = field(default_factory=list)
+
+
+def find_media(folder: Path) -> list[tuple[Path, str]]:
+    """Every video and image under ``folder`` (recursive), sorted for determinism."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        ext = path.suffix.lower().lstrip(".")
+        if ext in VIDEO_EXTENSIONS:
+            found.append((path, "video"))
+        elif ext in IMAGE_EXTENSIONS:
+            found.append((path, "image"))
+    return found
+
+
+def gradient_energy(rgb: np.ndarray | torch.Tensor) -> float:
+    """Mean absolute gradient of the luma, on a 0-255 scale."""
+    t = torch.from_numpy(np.array(rgb, dtype=np.float32))
+    y = 0.299 * t[..., 0] + 0.587 * t[..., 1] + 0.114 * t[..., 2]
+    if y.shape[0] < 2 or y.shape[1] < 2:
+        return 0.0
+    gx = (y[:, 1:] - y[:, :-1]).abs().mean()
+    gy = (y[1:, :] - y[:-1, :]).abs().mean()
+    return float((gx + gy) / 2)
+
+
+def _shrink(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return rgb
+    factor = max_side / max(h, w)
+    size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return t.round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy()
+
+
+def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
+    """Up to ``count`` RGB frames spread evenly over the clip, found by seeking."""
+    with av.open(os.fspath(path)) as container:
+        if not container.streams.video:
+            raise DataError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = stream.duration
+            start = stream.start_time or 0
+            tb = stream.time_base
+        elif container.duration is not None:
+            duration = container.duration
+            start = container.start_time or 0
+            tb = Fraction(1, av.time_base)
+        if duration is None or duration <= 0:
+            # No duration: decode sequentially, keep every k-th frame.
+            for i, frame in enumerate(container.decode(stream)):
+                if i % 10 == 0:
+                    yield frame_to_rgb(frame)
+                    count -= 1
+                    if count <= 0:
+                        return
+            return
+        for i in range(count):
+            target = start + int(duration * (i + 0.5) / count)
+            if tb != stream.time_base:
+                container.seek(target)  # container-level time base (AV_TIME_BASE)
+                target = int(Fraction(target) * tb / stream.time_base)
+            else:
+                container.seek(target, stream=stream)
+            for frame in container.decode(stream):
+                if frame.pts is None or frame.pts >= target:
+                    yield frame_to_rgb(frame)
+                    break
+
+
+def load_image(path: Path) -> np.ndarray:
+    with av.open(os.fspath(path)) as container:
+        if not container.streams.video:
+            raise DataError(f"{path}: not an image")
+        for frame in container.decode(video=0):
+            return frame_to_rgb(frame)
+    raise DataError(f"{path}: no picture could be decoded")
+
+
+def extract_frames(
+    folder: Path,
+    cache: Path,
+    frames_per_video: int = 32,
+    max_side: int | None = None,
+    min_size: int = 96,
+) -> tuple[list[FrameSource], list[str]]:
+    """Fill ``cache`` with usable frames; returns the sources and what was skipped (and why)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    sources: list[FrameSource] = []
+    skipped: list[str] = []
+    for path, kind in find_media(folder):
+        key = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}:"
+                           f"{frames_per_video}:{max_side}".encode()).hexdigest()[:16]
+        sub = cache / key
+        done = sub / "done"
+        source = FrameSource(path, kind)
+        if done.exists():
+            source.frames = sorted(sub.glob("*.npy"))
+        else:
+            sub.mkdir(parents=True, exist_ok=True)
+            try:
+                frames = sample_video_frames(path, frames_per_video) if kind == "video" else iter([load_image(path)])
+                previous: np.ndarray | None = None
+                for i, rgb in enumerate(frames):
+                    rgb = _shrink(rgb, max_side)
+                    if min(rgb.shape[:2]) < min_size:
+                        skipped.append(f"{path}: frames of {rgb.shape[1]}x{rgb.shape[0]} are smaller than a {min_size}-px crop")
+                        break
+                    if rgb.mean() < 16:
+                        continue  # near-black
+                    if gradient_energy(rgb[::2, ::2]) < 1.0:
+                        continue  # near-flat
+                    small = rgb[::8, ::8].astype(np.int16)
+                    if previous is not None and previous.shape == small.shape and np.abs(small - previous).mean() < 1.5:
+                        continue  # duplicate of the previous sample
+                    previous = small
+                    out = sub / f"{i:05d}.npy"
+                    np.save(out, np.ascontiguousarray(rgb))
+                    source.frames.append(out)
+            except (av.FFmpegError, DataError, OSError) as exc:
+                skipped.append(f"{path}: {exc}")
+                continue
+            done.touch()
+        if source.frames:
+            sources.append(source)
+        elif not any(s.startswith(f"{path}:") for s in skipped):
+            skipped.append(f"{path}: no usable frames (all black, flat or duplicate)")
+    return sources, skipped
+
+
+def split_sources(sources: Sequence[FrameSource], val_fraction: float, seed: int = 0) -> tuple[list[FrameSource], list[FrameSource]]:
+    """Hold out whole clips/images, never frames of a clip used for training."""
+    if len(sources) < 2 or val_fraction <= 0:
+        return list(sources), []
+    order = sorted(range(len(sources)), key=lambda i: hashlib.sha1(f"{seed}:{sources[i].path}".encode()).hexdigest())
+    n_val = min(len(sources) - 1, max(1, round(len(sources) * val_fraction)))
+    val_idx = set(order[:n_val])
+    train = [s for i, s in enumerate(sources) if i not in val_idx]
+    val = [s for i, s in enumerate(sources) if i in val_idx]
+    return train, val
+
+
+def downscale(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Antialiased bicubic downscaling of float NCHW images (the LR the model sees)."""
+    h, w = hr.shape[-2:]
+    return F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+class PatchSampler:
+    """Random HR patches (texture-weighted), flips and 90-degree rotations, and their LR."""
+
+    def __init__(
+        self,
+        frames: Sequence[Path],
+        patch_size: int,
+        scale: int,
+        degrade: bool = False,
+        seed: int = 0,
+        flat_keep: float = 0.1,
+        tries: int = 8,
+    ) -> None:
+        if patch_size % scale:
+            raise DataError(f"patch size {patch_size} is not a multiple of the scale {scale}")
+        self.frames = list(frames)
+        if not self.frames:
+            raise DataError("no training frames")
+        self.patch_size = patch_size
+        self.scale = scale
+        self.degrade = degrade
+        self.flat_keep = flat_keep
+        self.tries = tries
+        self.generator = torch.Generator().manual_seed(seed)
+        self._arrays = [np.load(p, mmap_mode="r") for p in self.frames]
+        usable = [i for i, a in enumerate(self._arrays) if min(a.shape[:2]) >= patch_size]
+        if not usable:
+            raise DataError(f"every frame is smaller than a {patch_size}-px crop")
+        self._usable = usable
+        # Pick frames in proportion to their area, so a 4K photo is not seen as often as a 240p frame.
+        areas = torch.tensor([float(self._arrays[i].shape[0] * self._arrays[i].shape[1]) for i in usable])
+        self._weights = areas / areas.sum()
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.generator))
+
+    def _crop(self) -> np.ndarray:
+        idx = self._usable[int(torch.multinomial(self._weights, 1, generator=self.generator))]
+        array = self._arrays[idx]
+        h, w = array.shape[:2]
+        p = self.patch_size
+        best, best_energy = None, -1.0
+        for _ in range(self.tries):
+            y, x = self._randint(h - p + 1), self._randint(w - p + 1)
+            crop = np.asarray(array[y : y + p, x : x + p])
+            energy = gradient_energy(crop)
+            if energy >= FLAT_GRADIENT:
+                return crop
+            if float(torch.rand(1, generator=self.generator)) < self.flat_keep:
+                return crop
+            if energy > best_energy:
+                best, best_energy = crop, energy
+        return best
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lr, hr)`` float NCHW in [0, 1]."""
+        patches = []
+        for _ in range(batch_size):
+            t = torch.from_numpy(np.ascontiguousarray(self._crop())).permute(2, 0, 1)
+            if self._randint(2):
+                t = t.flip(2)
+            if self._randint(2):
+                t = t.flip(1)
+            t = torch.rot90(t, self._randint(4), dims=(1, 2))
+            patches.append(t)
+        hr = torch.stack(patches).float().div_(255)
+        lr = downscale(hr, self.scale)
+        if self.degrade:
+            lr = torch.stack([degrade(x, self.generator) for x in lr])
+        return lr, hr
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(1, generator=generator))
+
+
+def degrade(lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """What video users' frames really have: blur, noise, JPEG and H.264 artefacts, at random strengths.
+
+    ``lr`` is one CHW float image in [0, 1]; each effect is applied with probability 1/2.
+    """
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    x = lr
+    if float(torch.rand(1, generator=generator)) < 0.5:
+        sigma = _uniform(generator, 0.2, 1.5)
+        radius = max(1, math.ceil(3 * sigma))
+        k = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-(k**2) / (2 * sigma**2))
+        k = k / k.sum()
+        c = x.shape[0]
+        x = F.pad(x[None], (radius, radius, radius, radius), mode="reflect")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        x = F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)[0]
+    if float(torch.rand(1, generator=generator)) < 0.5:
+        noise = torch.randn(x.shape, generator=generator) * _uniform(generator, 1, 10) / 255
+        x = x + noise
+    x = x.clamp(0, 1)
+    choice = float(torch.rand(1, generator=generator))
+    if choice < 0.33:
+        quality = int(_uniform(generator, 30, 95))
+        data = encode_jpeg((x * 255).round().byte(), quality=quality)
+        x = decode_jpeg(data).float() / 255
+    elif choice < 0.66:
+        x = h264_roundtrip(x, crf=int(_uniform(generator, 18, 36)))
+    return x
+
+
+def h264_roundtrip(x: torch.Tensor, crf: int) -> torch.Tensor:
+    """Encode one CHW image as H.264 (yuv420p) in memory and decode it back."""
+    rgb = (x * 255).round().byte().permute(1, 2, 0).numpy()
+    h, w = rgb.shape[:2]
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=25, options={"crf": str(crf), "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    buf.seek(0)
+    with av.open(buf) as inp:
+        decoded = next(inp.decode(video=0)).to_ndarray(format="rgb24")
+    return torch.from_numpy(decoded[:h, :w]).permute(2, 0, 1).float() / 255
+
+
+def validation_images(sources: Sequence[FrameSource], per_source: int = 2, crop: int = 256, scale: int = 4) -> list[torch.Tensor]:
+    """Centre crops (HR, CHW float) of a few frames of each held-out source, sized to a multiple of the scale."""
+    images = []
+    for source in sources:
+        frames = source.frames
+        picks = [frames[round(i * (len(frames) - 1) / max(1, per_source - 1))] for i in range(min(per_source, len(frames)))]
+        for path in dict.fromkeys(picks):
+            rgb = np.load(path, mmap_mode="r")
+            h, w = rgb.shape[:2]
+            ch, cw = min(crop, h) // scale * scale, min(crop, w) // scale * scale
+            y, x = (h - ch) // 2, (w - cw) // 2
+            images.append(torch.from_numpy(np.ascontiguousarray(rgb[y : y + ch, x : x + cw])).permute(2, 0, 1).float() / 255)
+    return images

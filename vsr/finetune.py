@@ -1,0 +1,232 @@
+"""``vsr finetune``: from a folder of the user's media to a weights file.
+
+This module connects the edges (folders, cache, checkpoint and weights files) to the
+tensor-only core in :mod:`vsr.train`.  Progress is reported through callbacks so the
+CLI decides how it looks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from vsr import data as data_mod
+from vsr import train as train_mod
+from vsr.device import resolve_device
+from vsr.model import Generator, GeneratorConfig
+from vsr.weights import DEFAULT_WEIGHTS, WeightsError, load_generator, resolve_weights, save_generator
+
+
+class FinetuneError(Exception):
+    """Something the user must fix; the message says what."""
+
+
+@dataclass
+class FinetuneOptions:
+    folder: Path
+    output: Path
+    train: train_mod.TrainConfig = field(default_factory=train_mod.TrainConfig)
+    start: str = "bundled"  # "bundled", "scratch", or a weights path/name
+    scratch_config: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_norm=False, global_skip="bicubic"))
+    scale: int | None = None  # the scale asked for (None: the starting weights' own)
+    vgg_weights: Path | None = None
+    val_folder: Path | None = None
+    val_fraction: float = 0.1
+    val_every: int = 200
+    checkpoint: Path | None = None
+    checkpoint_every: int = 500
+    resume: Path | None = None
+    cache_dir: Path | None = None
+    frames_per_video: int = 32
+    max_side: int | None = None
+    device: str = "auto"
+
+
+@dataclass
+class Callbacks:
+    on_info: Callable[[str], None] = lambda message: None
+    on_warning: Callable[[str], None] = lambda message: None
+    on_start: Callable[[int, int], None] = lambda start_step, total: None
+    on_step: Callable[[int, dict[str, float]], None] = lambda step, losses: None
+    on_validate: Callable[[int, dict[str, float]], None] = lambda step, scores: None
+
+
+def _distributed() -> tuple[bool, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False, 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return True, dist.get_rank(), dist.get_world_size()
+
+
+def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str]:
+    if opts.start == "scratch":
+        config = opts.scratch_config
+        if opts.scale is not None and opts.scale != config.scale:
+            config = dataclasses.replace(config, scale=opts.scale)
+        return Generator(config), "scratch"
+    spec = DEFAULT_WEIGHTS if opts.start == "bundled" else opts.start
+    try:
+        path = resolve_weights(spec)
+        model = load_generator(path, scale=opts.scale)
+    except WeightsError as exc:
+        if opts.start == "bundled":
+            raise FinetuneError(f"no bundled weights to start from ({exc}); use --from scratch or --from PATH") from exc
+        raise FinetuneError(str(exc)) from exc
+    return model.train(), os.fspath(path)
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FinetuneError(f"cannot write {os.fspath(path)!r}: folder {os.fspath(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise FinetuneError(f"cannot write {os.fspath(path)!r}: folder {os.fspath(parent)!r} is not writable")
+
+
+def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str, Any]:
+    """Train and write ``opts.output``; returns the training summary stored in the file."""
+    cfg = opts.train
+    if not opts.folder.is_dir():
+        raise FinetuneError(f"expected a folder of videos and images, got {os.fspath(opts.folder)!r}")
+    _check_writable(opts.output)
+    distributed, rank, world = _distributed()
+    device = resolve_device(opts.device, rank=rank if distributed else None)
+
+    # The perceptual network is needed only for phase 2; fail before any work if it is missing.
+    perceptual = None
+    if cfg.gan_steps > 0:
+        from vsr.perceptual import PerceptualError, load_perceptual
+
+        try:
+            perceptual = load_perceptual(cfg.content_layer, opts.vgg_weights)
+        except PerceptualError as exc:
+            raise FinetuneError(str(exc)) from exc
+
+    resume_state = None
+    if opts.resume is not None:
+        try:
+            resume_state = train_mod.load_checkpoint(opts.resume)
+        except (ValueError, OSError, RuntimeError) as exc:
+            raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: {exc}") from exc
+        generator = train_mod.generator_from_checkpoint(resume_state)
+        started_from = resume_state.get("started_from", "checkpoint")
+        cfg = train_mod.TrainConfig(**{**resume_state["train_config"], "steps": max(cfg.steps, resume_state["train_config"]["steps"])})
+    else:
+        generator, started_from = _starting_generator(opts)
+    scale = generator.config.scale
+    if cfg.patch_size % scale or cfg.patch_size % 16:
+        raise FinetuneError(f"--patch-size must be a multiple of 16 and of the scale {scale}, got {cfg.patch_size}")
+
+    # Data: frames cached on disk, sampled memory-mapped.
+    cache = opts.cache_dir or Path(tempfile.gettempdir()) / "vsr-frames"
+    if rank == 0:
+        cb.on_info(f"reading frames from {opts.folder} (cache {cache})")
+    sources, skipped = data_mod.extract_frames(opts.folder, cache, opts.frames_per_video, opts.max_side, min_size=cfg.patch_size)
+    for reason in skipped:
+        if rank == 0:
+            cb.on_warning(f"skipped {reason}")
+    if not sources:
+        found = data_mod.find_media(opts.folder)
+        if not found:
+            raise FinetuneError(f"no videos or images in {os.fspath(opts.folder)!r}")
+        raise FinetuneError(f"nothing usable in {os.fspath(opts.folder)!r}: " + "; ".join(skipped[:3]))
+    if opts.val_folder is not None:
+        val_sources, _ = data_mod.extract_frames(opts.val_folder, cache, 4, opts.max_side, min_size=cfg.patch_size)
+        train_sources = sources
+    else:
+        train_sources, val_sources = data_mod.split_sources(sources, opts.val_fraction, cfg.seed)
+    train_frames = [f for s in train_sources for f in s.frames]
+    sampler = data_mod.PatchSampler(train_frames, cfg.patch_size, scale, degrade=cfg.degrade, seed=cfg.seed + 1000 * rank)
+    val_images = data_mod.validation_images(val_sources, scale=scale)
+    summary_data = {
+        "train_sources": len(train_sources),
+        "train_frames": len(train_frames),
+        "val_sources": len(val_sources),
+        "val_images": len(val_images),
+        "sources": [os.fspath(s.path.relative_to(opts.folder)) for s in train_sources][:200],
+    }
+    if rank == 0:
+        cb.on_info(
+            f"{len(train_frames)} frames from {len(train_sources)} files for training, "
+            f"{len(val_images)} crops from {len(val_sources)} held-out files for validation"
+        )
+
+    trainer = train_mod.Trainer(generator, cfg, device, perceptual=perceptual, distributed=distributed)
+    history: list[tuple[int, dict[str, float]]] = []
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+        sampler.generator.set_state(resume_state["sampler_rng"])
+        history = [(int(s), dict(v)) for s, v in resume_state.get("history", [])]
+    checkpoint_path = opts.checkpoint or opts.output.with_suffix(".ckpt")
+    recent: dict[str, float] = {}
+
+    def on_step(step: int, losses: dict[str, float]) -> None:
+        recent.update(losses)
+        cb.on_step(step, losses)
+
+    def on_validate(step: int, scores: dict[str, float]) -> None:
+        history.append((step, scores))
+        best = max(s["psnr"] for _, s in history)
+        if trainer.cfg.phase(step - 1) == "gan" and scores["psnr"] < best - 1.0:
+            cb.on_warning(
+                f"validation PSNR-Y fell to {scores['psnr']:.2f} dB at step {step} "
+                f"(best {best:.2f} dB): the adversarial phase is trading fidelity for texture; "
+                f"consider a lower --adv-weight or fewer steps"
+            )
+        cb.on_validate(step, scores)
+
+    def checkpoint() -> None:
+        train_mod.save_checkpoint(
+            checkpoint_path,
+            trainer,
+            {"sampler_rng": sampler.generator.get_state(), "history": [[s, v] for s, v in history], "started_from": started_from},
+        )
+
+    cb.on_start(trainer.step, cfg.steps)
+    began = time.monotonic()
+    start_step = trainer.step
+    train_mod.run(
+        trainer,
+        sampler.sample,
+        val_images,
+        val_every=opts.val_every,
+        checkpoint=checkpoint,
+        checkpoint_every=opts.checkpoint_every,
+        on_step=on_step,
+        on_validate=on_validate,
+        is_main=rank == 0,
+    )
+    seconds = time.monotonic() - began
+    summary = {
+        "steps": trainer.step,
+        "started_from": started_from,
+        "train_config": dataclasses.asdict(cfg),
+        "final_losses": {k: round(v, 6) for k, v in recent.items()},
+        "data": summary_data,
+        "validation": [[s, {k: round(v, 4) for k, v in sc.items()}] for s, sc in history],
+        "seconds_this_run": round(seconds, 1),
+        "steps_per_second": round((trainer.step - start_step) / seconds, 4) if seconds > 0 else None,
+        "world_size": world,
+    }
+    if rank == 0:
+        tmp = opts.output.with_name(f".{opts.output.name}.tmp")
+        save_generator(tmp, trainer.ema, training=summary)
+        os.replace(tmp, opts.output)
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary

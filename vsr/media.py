@@ -1,0 +1,18 @@
+"""What kinds of files vsr reads, and how it tells them apart."""
+
+from __future__ import annotations
+
+VIDEO_EXTENSIONS = frozenset(
+    "mp4 m4v mkv mov webm avi wmv flv ts m2ts mts mpg mpeg vob ogv 3gp 3g2 mxf y4m".split()
+)
+IMAGE_EXTENSIONS = frozenset("png jpg jpeg webp bmp tif tiff".split())
+
+
+def kind_of(path) -> str | None:
+    """``"video"``, ``"image"`` or ``None`` by the file name's extension."""
+    ext = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else ""
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    return None

@@ -1,0 +1,194 @@
+"""The SRGAN networks (Ledig et al. 2017) and their hyper-parameters.
+
+Everything here is tensor-in/tensor-out: images are float NCHW in [0, 1].
+
+The generator follows the paper (9x9 conv + PReLU, B residual blocks of
+conv-BN-PReLU-conv-BN, conv-BN plus the long skip, log2(scale) sub-pixel stages,
+9x9 conv to RGB).  Two documented deviations can be switched on in the config:
+
+* ``batch_norm=False`` drops every BN layer (as EDSR/ESRGAN/BasicSR's MSRResNet
+  do): faster, no train/eval mismatch, and it trains far better from scratch.
+* ``global_skip="bicubic"`` adds a bicubic upsampling of the input to the
+  output, and the last conv is zero-initialised, so an untrained network is
+  exactly bicubic and training only has to learn the residual detail.
+
+The bundled weights use both (see ``weights/README.md``); ``GeneratorConfig()``
+with no arguments is the paper's network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCALES = (2, 4)
+GLOBAL_SKIPS = ("none", "bicubic")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Hyper-parameters of the generator; stored inside every weights file."""
+
+    scale: int = 4
+    blocks: int = 16
+    channels: int = 64
+    batch_norm: bool = True
+    global_skip: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
+        if not (isinstance(self.blocks, int) and self.blocks >= 1):
+            raise ValueError(f"blocks must be a positive integer, got {self.blocks!r}")
+        if not (isinstance(self.channels, int) and self.channels >= 1):
+            raise ValueError(f"channels must be a positive integer, got {self.channels!r}")
+        if self.global_skip not in GLOBAL_SKIPS:
+            raise ValueError(f"global_skip must be one of {GLOBAL_SKIPS}, got {self.global_skip!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GeneratorConfig":
+        data: dict[str, Any] = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown generator config keys {unknown}; this vsr knows {sorted(known)}")
+        return cls(**data)
+
+    def flops_per_pixel(self) -> float:
+        """Multiply-adds x2 per *input* pixel (convolutions only)."""
+        c, s = self.channels, self.scale
+        macs = 9 * 9 * 3 * c  # head
+        macs += self.blocks * 2 * 9 * c * c  # residual blocks
+        macs += 9 * c * c  # conv after the blocks
+        area = 1
+        for _ in range(int(math.log2(s))):
+            macs += area * 9 * c * 4 * c  # conv before PixelShuffle(2), at the current size
+            area *= 4
+        macs += area * 9 * 9 * c * 3  # tail at the output size
+        return 2.0 * macs
+
+
+# The model table: explicit names, not folder scanning.
+PRESETS: dict[str, GeneratorConfig] = {
+    "srgan": GeneratorConfig(),
+    "srgan-nobn-bicubic": GeneratorConfig(batch_norm=False, global_skip="bicubic"),
+}
+
+
+def _norm(channels: int, enabled: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if enabled else nn.Identity()
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=not batch_norm)
+        self.bn1 = _norm(channels, batch_norm)
+        self.act = nn.PReLU(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=not batch_norm)
+        self.bn2 = _norm(channels, batch_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+
+
+class Generator(nn.Module):
+    """SRGAN generator (SRResNet).  Input and output are RGB in [0, 1]."""
+
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
+        super().__init__()
+        self.config = config
+        c, bn = config.channels, config.batch_norm
+        self.head = nn.Sequential(nn.Conv2d(3, c, 9, padding=4), nn.PReLU(c))
+        self.body = nn.Sequential(*[ResidualBlock(c, bn) for _ in range(config.blocks)])
+        self.body_tail = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=not bn), _norm(c, bn))
+        stages: list[nn.Module] = []
+        for _ in range(int(math.log2(config.scale))):
+            stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(c)]
+        self.upsample = nn.Sequential(*stages)
+        self.tail = nn.Conv2d(c, 3, 9, padding=4)
+        if config.global_skip == "bicubic":
+            # Start as exact bicubic: the network learns only the residual.
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.head(x)
+        feat = feat + self.body_tail(self.body(feat))
+        out = self.tail(self.upsample(feat))
+        if self.config.global_skip == "bicubic":
+            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return out
+
+
+class Bicubic(nn.Module):
+    """``--model bicubic``: the same pipeline with bicubic interpolation."""
+
+    def __init__(self, scale: int = 4) -> None:
+        super().__init__()
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    patch_size: int = 96
+    channels: int = 64
+
+    def __post_init__(self) -> None:
+        if self.patch_size % 16:
+            raise ValueError(f"discriminator patch_size must be a multiple of 16, got {self.patch_size}")
+
+
+class Discriminator(nn.Module):
+    """The paper's discriminator: 8 conv3x3 (64->512, stride 2 when the width stays),
+    BN after all but the first, LeakyReLU 0.2, dense 1024, LeakyReLU, dense 1 (a logit)."""
+
+    def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig()) -> None:
+        super().__init__()
+        self.config = config
+        c = config.channels
+        widths = [c, c, 2 * c, 2 * c, 4 * c, 4 * c, 8 * c, 8 * c]
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i, out_ch in enumerate(widths):
+            stride = 2 if i % 2 == 1 else 1
+            layers.append(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=i == 0))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        side = config.patch_size // 16
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(8 * c * side * side, 1024),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(1024, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.config.patch_size, self.config.patch_size):
+            raise ValueError(
+                f"discriminator expects {self.config.patch_size}x{self.config.patch_size} patches, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        return self.classifier(self.features(x)).squeeze(1)

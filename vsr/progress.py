@@ -1,0 +1,51 @@
+"""Rich progress displays for the CLI (stderr).  Library code reports through callbacks."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainProgress:
+    """step/total, current losses, steps/s, ETA; validation lines as they come."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+        self.began = 0.0
+        self.first = 0
+
+    def start(self, step: int, total: int) -> None:
+        self.began, self.first = time.monotonic(), step
+        if self.quiet:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+            console=self.console, transient=False,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=step, rate="", losses="")
+        self.progress.start()
+
+    def step(self, step: int, losses: dict[str, float]) -> None:
+        if self.progress is None:
+            return
+        elapsed = time.monotonic() - self.began
+        rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
+        shown = " ".join(f"{k}={v:.4g}" for k, v in losses.items() if k not in ("d_real", "d_fake"))
+        self.progress.update(self.task, completed=step, rate=f"{rate:.2f} step/s", losses=shown)
+
+    def validate(self, step: int, scores: dict[str, float]) -> None:
+        line = (f"step {step}: PSNR-Y {scores['psnr']:.2f} dB (bicubic {scores['bicubic_psnr']:.2f}, "
+                f"{scores['psnr'] - scores['bicubic_psnr']:+.2f}), SSIM {scores['ssim']:.4f} "
+                f"(bicubic {scores['bicubic_ssim']:.4f})")
+        (self.progress.console if self.progress else self.console).print(line)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

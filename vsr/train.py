@@ -1,0 +1,289 @@
+"""SRGAN training: one readable step, a pure learning-rate schedule, checkpoints.
+
+Phase 1 (``step < pretrain_steps``, or all steps with ``no_gan``): pixel loss (L1 or MSE).
+Phase 2: content loss on VGG feature maps (rescaled by 1/12.75, as in the paper) plus
+``adv_weight`` x adversarial loss, alternating a generator step and a discriminator
+step on detached fakes.  An EMA copy of the generator is what gets saved.
+
+No file I/O happens here except :func:`save_checkpoint` / :func:`load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsr.metrics import psnr_y, ssim_y
+from vsr.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+CHECKPOINT_FORMAT = "vsr-checkpoint-1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    pretrain_steps: int = 500
+    batch_size: int = 16
+    patch_size: int = 96
+    lr: float = 2e-4  # pixel phase peak learning rate
+    gan_lr: float = 1e-4  # adversarial phase peak learning rate (G and D)
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.02  # cosine decay floor, as a fraction of the peak
+    pixel_loss: str = "l1"
+    no_gan: bool = False
+    content_layer: str = "vgg19:conv5_4"
+    content_scale: float = 1 / 12.75
+    adv_weight: float = 1e-3
+    gan_pixel_weight: float = 0.0  # optional pixel term in phase 2 (0 = the paper)
+    ema_decay: float = 0.999
+    degrade: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pixel_loss not in ("l1", "mse"):
+            raise ValueError(f"pixel loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
+        if self.steps < 1 or self.pretrain_steps < 0 or self.batch_size < 1:
+            raise ValueError("steps and batch size must be positive, pretrain steps non-negative")
+
+    @property
+    def gan_steps(self) -> int:
+        return 0 if self.no_gan else max(0, self.steps - self.pretrain_steps)
+
+    def phase(self, step: int) -> str:
+        return "pixel" if self.no_gan or step < self.pretrain_steps else "gan"
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate at ``step``: linear warm-up then cosine decay, restarted for each phase."""
+    if cfg.phase(step) == "pixel":
+        start, length, peak = 0, cfg.steps if cfg.no_gan else min(cfg.steps, cfg.pretrain_steps), cfg.lr
+    else:
+        start, length, peak = cfg.pretrain_steps, cfg.steps - cfg.pretrain_steps, cfg.gan_lr
+    t = step - start
+    warmup = min(cfg.warmup_steps, max(1, length // 10))
+    if t < warmup:
+        return peak * (t + 1) / warmup
+    progress = (t - warmup) / max(1, length - warmup)
+    floor = peak * cfg.min_lr_ratio
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class Trainer:
+    """Holds the networks and optimizers; :meth:`train_step` is one iteration."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        cfg: TrainConfig,
+        device: torch.device | str = "cpu",
+        perceptual: nn.Module | None = None,
+        distributed: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.generator = generator.to(self.device, memory_format=self.memory_format).train()
+        self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.perceptual = perceptual.to(self.device) if perceptual is not None else None
+        self.discriminator: nn.Module | None = None
+        self.opt_d: torch.optim.Optimizer | None = None
+        if cfg.gan_steps > 0:
+            if perceptual is None:
+                raise ValueError("the adversarial phase needs a perceptual network (or no_gan=True)")
+            self.discriminator = Discriminator(DiscriminatorConfig(cfg.patch_size)).to(self.device).train()
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=(0.9, 0.999))
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.generator = DDP(self.generator)
+            if self.discriminator is not None:
+                self.discriminator = DDP(self.discriminator)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        self.step = 0
+
+    # ------------------------------------------------------------------ the step
+    def _pixel(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(sr, hr) if self.cfg.pixel_loss == "l1" else F.mse_loss(sr, hr)
+
+    def train_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, float]:
+        """One iteration on a batch; returns the losses (and the learning rate)."""
+        cfg = self.cfg
+        rate = lr_at(self.step, cfg)
+        for opt in (self.opt_g, self.opt_d):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = rate
+        lr_img = lr_img.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        hr_img = hr_img.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        losses: dict[str, float] = {"lr": rate}
+
+        sr = self.generator(lr_img)
+        if cfg.phase(self.step) == "pixel":
+            loss_g = self._pixel(sr, hr_img)
+            losses["pixel"] = loss_g.item()
+        else:
+            assert self.discriminator is not None and self.opt_d is not None and self.perceptual is not None
+            # Generator step: content + adversarial (D frozen).
+            self.discriminator.requires_grad_(False)
+            content = F.mse_loss(self.perceptual(sr) * cfg.content_scale, self.perceptual(hr_img).detach() * cfg.content_scale)
+            fake_logit = self.discriminator(sr)
+            adversarial = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+            loss_g = content + cfg.adv_weight * adversarial
+            if cfg.gan_pixel_weight:
+                pixel = self._pixel(sr, hr_img)
+                loss_g = loss_g + cfg.gan_pixel_weight * pixel
+                losses["pixel"] = pixel.item()
+            losses.update(content=content.item(), adversarial=adversarial.item())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        losses["g_total"] = loss_g.item()
+
+        if cfg.phase(self.step) == "gan":
+            # Discriminator step on detached fakes.
+            self.discriminator.requires_grad_(True)
+            real_logit = self.discriminator(hr_img)
+            fake_logit = self.discriminator(sr.detach())
+            loss_d = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) + F.binary_cross_entropy_with_logits(
+                fake_logit, torch.zeros_like(fake_logit)
+            )
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+            losses.update(d=float(loss_d), d_real=float(torch.sigmoid(real_logit).mean()), d_fake=float(torch.sigmoid(fake_logit).mean()))
+
+        self._update_ema()
+        self.step += 1
+        return losses
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Ramp the decay up so early averages are not dominated by the initial weights.
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        source = _unwrap(self.generator).state_dict()
+        for key, value in self.ema.state_dict().items():
+            src = source[key].detach().to(value.device)
+            if value.dtype.is_floating_point:
+                value.mul_(decay).add_(src, alpha=1 - decay)
+            else:
+                value.copy_(src)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "generator_config": dataclasses.asdict(_unwrap(self.generator).config),
+            "train_config": dataclasses.asdict(self.cfg),
+            "generator": _unwrap(self.generator).state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "discriminator": _unwrap(self.discriminator).state_dict() if self.discriminator is not None else {},
+            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else {},
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _unwrap(self.generator).load_state_dict(state["generator"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        if self.discriminator is not None and state["discriminator"]:
+            _unwrap(self.discriminator).load_state_dict(state["discriminator"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+
+
+def save_checkpoint(path: str | os.PathLike, trainer: Trainer, extra: dict[str, Any]) -> None:
+    """Everything needed to resume exactly; written to a temporary file, then renamed."""
+    state = trainer.state_dict()
+    state.update(extra)
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a vsr training checkpoint")
+    return state
+
+
+def generator_from_checkpoint(state: dict[str, Any]) -> Generator:
+    return Generator(GeneratorConfig(**state["generator_config"]))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: Sequence[torch.Tensor], scale: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """PSNR-Y / SSIM-Y of ``model`` and of bicubic on HR images (CHW, [0,1]), LR made by downscaling."""
+    from vsr.data import downscale
+
+    if not images:
+        return {}
+    was_training = model.training
+    model.eval()
+    scores = {"psnr": 0.0, "ssim": 0.0, "bicubic_psnr": 0.0, "bicubic_ssim": 0.0}
+    for hr in images:
+        hr = hr[None].to(device)
+        lr = downscale(hr, scale)
+        sr = model(lr).clamp(0, 1)
+        bic = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        scores["psnr"] += psnr_y(sr, hr, border=scale)
+        scores["ssim"] += ssim_y(sr, hr, border=scale)
+        scores["bicubic_psnr"] += psnr_y(bic, hr, border=scale)
+        scores["bicubic_ssim"] += ssim_y(bic, hr, border=scale)
+    model.train(was_training)
+    return {k: v / len(images) for k, v in scores.items()}
+
+
+def run(
+    trainer: Trainer,
+    sample: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    val_images: Sequence[torch.Tensor],
+    *,
+    val_every: int = 200,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every: int = 500,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_validate: Callable[[int, dict[str, float]], None] | None = None,
+    is_main: bool = True,
+) -> list[tuple[int, dict[str, float]]]:
+    """The loop: steps until ``cfg.steps``, validating and checkpointing along the way.
+
+    On KeyboardInterrupt a checkpoint is written before the exception goes on.
+    """
+    cfg = trainer.cfg
+    history: list[tuple[int, dict[str, float]]] = []
+    scale = trainer.ema.config.scale
+    try:
+        while trainer.step < cfg.steps:
+            lr_img, hr_img = sample(cfg.batch_size)
+            losses = trainer.train_step(lr_img, hr_img)
+            if on_step is not None:
+                on_step(trainer.step, losses)
+            done = trainer.step
+            if is_main and val_images and (done % val_every == 0 or done == cfg.steps):
+                scores = evaluate(trainer.ema, val_images, scale, trainer.device)
+                history.append((done, scores))
+                if on_validate is not None:
+                    on_validate(done, scores)
+            if is_main and checkpoint is not None and (done % checkpoint_every == 0 or done == cfg.steps):
+                checkpoint()
+    except KeyboardInterrupt:
+        if is_main and checkpoint is not None:
+            checkpoint()
+        raise
+    return history

@@ -1,0 +1,118 @@
+"""Weights files: a generator's tensors plus its config, in safetensors.
+
+A weights file is self-describing: its metadata holds ``vsr.format``,
+``vsr.config`` (the :class:`GeneratorConfig` as JSON) and optionally
+``vsr.training`` (JSON: steps, losses, data summary, validation scores).
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from vsr.model import Generator, GeneratorConfig
+
+FORMAT = "vsr-generator-1"
+DEFAULT_WEIGHTS = "vsr_x4_psnr.safetensors"
+
+
+class WeightsError(Exception):
+    """A weights file that cannot be used; the message says why."""
+
+
+def weights_dir() -> Path:
+    """Where bundled weights live: ``$VSR_WEIGHTS_DIR`` or the repository's ``weights/``."""
+    env = os.environ.get("VSR_WEIGHTS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def bundled_weights() -> list[str]:
+    folder = weights_dir()
+    return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def resolve_weights(spec: str) -> Path:
+    """A path, or the name (with or without ``.safetensors``) of a bundled file."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    folder = weights_dir()
+    for candidate in (folder / spec, folder / f"{spec}.safetensors"):
+        if candidate.is_file():
+            return candidate
+    names = ", ".join(bundled_weights()) or "none"
+    raise WeightsError(f"weights {spec!r} not found: expected a file path or a bundled name (bundled: {names})")
+
+
+def save_generator(path: str | os.PathLike, model: Generator, training: dict[str, Any] | None = None) -> None:
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    metadata = {"vsr.format": FORMAT, "vsr.config": model.config.to_json()}
+    if training is not None:
+        metadata["vsr.training"] = json.dumps(training, sort_keys=True)
+    save_file(state, os.fspath(path), metadata=metadata)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{os.fspath(path)!r} is not a safetensors weights file ({exc})") from exc
+
+
+def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generator:
+    """Build the generator described by the file and load its tensors, checking everything."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise WeightsError(f"weights file {name!r} does not exist")
+    meta = read_metadata(name)
+    if meta.get("vsr.format") != FORMAT or "vsr.config" not in meta:
+        raise WeightsError(
+            f"{name!r} is a safetensors file but not vsr generator weights "
+            f"(expected metadata vsr.format={FORMAT!r}, got {meta.get('vsr.format')!r})"
+        )
+    try:
+        config = GeneratorConfig.from_json(meta["vsr.config"])
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{name!r} has an unusable config: {exc}") from exc
+    if scale is not None and config.scale != scale:
+        raise WeightsError(f"{name!r} is a x{config.scale} model, but x{scale} was asked for")
+    try:
+        state = load_file(name)
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{name!r} could not be read: {exc}") from exc
+    model = Generator(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{name!r} does not match its config {config}: "
+            f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise WeightsError(
+                f"{name!r}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                f"expected {tuple(tensor.shape)} for {config}"
+            )
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def training_info(path: str | os.PathLike) -> dict[str, Any]:
+    meta = read_metadata(path)
+    return json.loads(meta["vsr.training"]) if "vsr.training" in meta else {}
