@@ -44,6 +44,91 @@ def main() -> None:
     """vsr: video super-resolution with SRGAN."""
 
 
+# ---------------------------------------------------------------------------- upscale
+def _tile(ctx, param, value):
+    if value is not None and value < 16:
+        raise click.BadParameter(f"expected a tile size of at least 16 pixels, got {value}")
+    return value
+
+
+def load_model(model: str, weights: str | None, scale: int | None):
+    """The network for ``--model``/``--weights``/``--scale``; raises WeightsError with a clear message."""
+    from vsr.model import Bicubic
+    from vsr.weights import DEFAULT_WEIGHTS, WeightsError, load_generator, resolve_weights
+
+    if model == "bicubic":
+        if weights:
+            raise WeightsError("--weights does not apply to --model bicubic")
+        return Bicubic(scale or 4)
+    spec = weights or DEFAULT_WEIGHTS
+    try:
+        path = resolve_weights(spec)
+    except WeightsError:
+        if weights is None:
+            raise WeightsError(
+                f"no bundled weights ({DEFAULT_WEIGHTS}) in this installation; "
+                f"pass --weights PATH (e.g. from `vsr finetune`) or use --model bicubic"
+            ) from None
+        raise
+    return load_generator(path, scale=scale)
+
+
+def default_output(src: Path, scale: int) -> Path:
+    return src.with_name(f"{src.stem}_x{scale}{src.suffix}")
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output file (default: INPUT_x4.EXT beside the input).")
+@click.option("--model", type=click.Choice(["srgan", "bicubic"]), default="srgan", show_default=True,
+              help="The SRGAN generator, or plain bicubic interpolation (the baseline).")
+@click.option("--weights", default=None, help="Weights file path or bundled name (default: the bundled x4 PSNR model).")
+@click.option("--scale", type=click.Choice(["2", "4"]), default=None, help="Scale (bicubic: default 4; srgan: checked against the weights).")
+@click.option("--batch-size", type=int, default=1, show_default=True, callback=_positive, help="Frames per model call.")
+@click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
+@click.option("--tile", type=int, default=None, callback=_tile, help="Split frames into tiles of this many input pixels.")
+@click.option("--codec", default="libx264", show_default=True, help="Video encoder (any FFmpeg encoder PyAV has).")
+@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True, help="Constant rate factor (x264/x265/vp9/av1).")
+@click.option("--preset", default="medium", show_default=True, help="Encoder preset (x264/x265).")
+@click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (fixed frame sizes).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+def upscale(input, output, model, weights, scale, batch_size, device, tile, codec, crf, preset, pix_fmt, overwrite,
+            use_compile, quiet):
+    """Upscale a video or image INPUT into OUTPUT, keeping every other stream."""
+    from vsr.device import DeviceError, resolve_device
+    from vsr.encode import EncodeError, EncodeOptions, check_codec
+    from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
+    from vsr.progress import FileProgress
+    from vsr.upscaler import Upscaler
+    from vsr.weights import WeightsError
+
+    try:
+        check_codec(codec, pix_fmt)
+    except EncodeError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
+        net = load_model(model, weights, int(scale) if scale else None)
+        dev = resolve_device(device)
+    except (WeightsError, DeviceError) as exc:
+        fail(str(exc))
+    output = output or default_output(input, int(net.scale))
+    options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite,
+                             encode=EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt))
+    upscaler = Upscaler(net, dev, tile=tile, compile=use_compile)
+    progress = FileProgress(err, quiet=quiet)
+    try:
+        result = upscale_file(input, output, upscaler, options, progress)
+    except UpscaleError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted; no output written")
+        sys.exit(EXIT_INTERRUPTED)
+    out.print(f"{result.output}: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
+
+
 # ---------------------------------------------------------------------------- finetune
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))

@@ -49,3 +49,41 @@ class TrainProgress:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class FileProgress:
+    """The pipeline's Reporter for one file: frames done/total, fps, ETA (stderr)."""
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task = None
+
+    def start(self, name: str, total: int | None) -> None:
+        if self.quiet:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self.task = self.progress.add_task(name, total=total, fps="")
+        self.began = time.monotonic()
+        self.done = 0
+        self.progress.start()
+
+    def advance(self, frames: int) -> None:
+        if self.progress is None:
+            return
+        self.done += frames
+        elapsed = time.monotonic() - self.began
+        self.progress.update(self.task, advance=frames, fps=f"{self.done / elapsed:.2f} fps" if elapsed > 0 else "")
+
+    def warn(self, message: str) -> None:
+        (self.progress.console if self.progress else self.console).print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,190 @@
+"""Shared fixtures: tiny models, clips made with PyAV, and the independent ffmpeg binary."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from vsr.model import Generator, GeneratorConfig
+from vsr.weights import save_generator
+
+DATA = Path(__file__).parent / "data"
+SAMPLE = DATA / "bbb_sample.mp4"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def tiny_generator(scale: int = 4, seed: int = 0, **kw) -> Generator:
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(scale=scale, blocks=kw.pop("blocks", 1), channels=kw.pop("channels", 8), **kw)
+    model = Generator(cfg)
+    # Make the untrained network do something visible (the bicubic-skip tail starts at zero).
+    with torch.no_grad():
+        model.tail.weight.normal_(0, 0.01)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_weights(tmp_path) -> Path:
+    path = tmp_path / "tiny_x4.safetensors"
+    save_generator(path, tiny_generator(batch_norm=False, global_skip="bicubic"), training={"steps": 0})
+    return path
+
+
+def pattern(index: int, width: int, height: int) -> np.ndarray:
+    """A moving, textured RGB test picture (smooth enough to survive 4:2:0 chroma)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 128 + 100 * np.sin((x + 3 * index) / 7.0)
+    g = 128 + 100 * np.cos((y - 2 * index) / 5.0)
+    b = 128 + 90 * np.sin((x + y + index) / 11.0)
+    return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
+
+
+def make_clip(
+    path: Path,
+    frames: int = 8,
+    size: tuple[int, int] = (48, 32),
+    rate: Fraction = Fraction(25),
+    pts: Sequence[int] | None = None,
+    time_base: Fraction | None = None,
+    audio: int = 0,
+    pix_fmt: str = "yuv420p",
+    colorspace: str | None = None,
+    codec: str = "libx264",
+    sar: Fraction | None = None,
+    rotation: int | None = None,
+    metadata: dict | None = None,
+    subtitles: bool = False,
+    chapters: bool = False,
+) -> Path:
+    """Write a short clip with PyAV.  ``pts`` (in ``time_base``) gives a variable frame rate."""
+    width, height = size
+    tb = time_base or Fraction(1, int(rate) * 512 if rate.denominator == 1 else 90000)
+    with av.open(str(path), "w") as out:
+        if metadata:
+            out.metadata.update(metadata)
+        opts = {"crf": "10", "preset": "ultrafast"} if codec == "libx264" else {}
+        vs = out.add_stream(codec, rate=rate, options=opts)
+        vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
+        vs.time_base = tb
+        vs.codec_context.time_base = tb
+        if sar:
+            vs.codec_context.sample_aspect_ratio = sar
+        tag = {"bt709": 1, "bt601": 6}.get(colorspace or "")
+        if tag:
+            vs.codec_context.colorspace = tag
+            vs.codec_context.color_primaries = tag
+            vs.codec_context.color_trc = tag
+            vs.codec_context.color_range = 1
+        if rotation:
+            vs.set_display_rotation(rotation)
+        audio_streams = []
+        for i in range(audio):
+            a = out.add_stream("aac", rate=48000 if i == 0 else 44100)
+            a.layout = "stereo" if i == 0 else "mono"
+            a.metadata["language"] = ["eng", "fra"][i % 2]
+            a.metadata["title"] = f"track {i}"
+            audio_streams.append(a)
+        if chapters:
+            out.set_chapters([
+                {"id": 1, "start": 0, "end": 1000, "time_base": Fraction(1, 1000), "metadata": {"title": "one"}},
+                {"id": 2, "start": 1000, "end": 2000, "time_base": Fraction(1, 1000), "metadata": {"title": "two"}},
+            ])
+        stamps = list(pts) if pts is not None else [round(i / rate / tb) for i in range(frames)]
+        for i, p in enumerate(stamps):
+            frame = av.VideoFrame.from_ndarray(pattern(i, width, height), format="rgb24")
+            if tag:
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=1 if tag == 1 else 5, dst_color_range=1)
+                frame.colorspace, frame.color_range = tag, 1
+            frame.pts, frame.time_base = p, tb
+            for packet in vs.encode(frame):
+                out.mux(packet)
+        for packet in vs.encode(None):
+            out.mux(packet)
+        duration = float(stamps[-1] * tb) + float(1 / rate)
+        for a in audio_streams:
+            samples_total = int(duration * a.rate)
+            t0 = 0
+            while t0 < samples_total:
+                n = min(1024, samples_total - t0)
+                t = (np.arange(t0, t0 + n) / a.rate).astype(np.float32)
+                chans = 2 if a.layout.name == "stereo" else 1
+                data = np.stack([np.sin(2 * np.pi * 440 * t * (c + 1)) * 0.3 for c in range(chans)]).astype(np.float32)
+                af = av.AudioFrame.from_ndarray(data, format="fltp", layout=a.layout.name)
+                af.sample_rate, af.pts, af.time_base = a.rate, t0, Fraction(1, a.rate)
+                for packet in a.encode(af):
+                    out.mux(packet)
+                t0 += n
+            for packet in a.encode(None):
+                out.mux(packet)
+    if subtitles:
+        _add_subtitles(path)
+    return path
+
+
+def _add_subtitles(path: Path) -> None:
+    """Mux a two-cue German subtitle track in with the ffmpeg binary (PyAV cannot encode text subtitles)."""
+    import imageio_ffmpeg
+
+    srt = path.with_suffix(".srt")
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,100\nHallo\n\n2\n00:00:00,120 --> 00:00:00,200\nWelt\n\n")
+    tmp = path.with_name("sub_" + path.name)
+    codec = "mov_text" if path.suffix in (".mp4", ".mov") else "subrip"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-i", str(srt), "-map", "0",
+                    "-map", "1", "-c", "copy", "-c:s", codec, "-metadata:s:s:0", "language=deu", str(tmp)], check=True)
+    tmp.replace(path)
+    srt.unlink()
+
+
+def ffmpeg_packets(ffmpeg: str, path: Path, stream: str) -> list[tuple[str, ...]]:
+    """Per-packet (dts, pts, duration, size, checksum) of one stream, read by the ffmpeg binary."""
+    res = subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(path), "-map", f"0:{stream}", "-c", "copy", "-f", "framecrc", "-"],
+        capture_output=True, text=True, check=True,
+    )
+    rows = []
+    for line in res.stdout.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        rows.append(tuple(parts[1:6]))
+    return rows
+
+
+def ffmpeg_frames(ffmpeg: str, path: Path) -> np.ndarray:
+    """All video frames as RGB, decoded by the ffmpeg binary (N, H, W, 3)."""
+    probe = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo",
+                            "-pix_fmt", "rgb24", "-"], capture_output=True, check=True)
+    info = subprocess.run([ffmpeg, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    m = re.search(r"Video: .*?, (\d+)x(\d+)", info.stderr)
+    w, h = int(m.group(1)), int(m.group(2))
+    data = np.frombuffer(probe.stdout, dtype=np.uint8)
+    return data.reshape(-1, h, w, 3)
+
+
+def pyav_video_pts(path: Path) -> tuple[list[int], Fraction]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        pts = [f.pts for f in c.decode(s)]
+        return pts, Fraction(s.time_base)

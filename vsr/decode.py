@@ -1,0 +1,174 @@
+"""Decoding: a media file becomes a description (:class:`VideoInfo`) and a stream of items.
+
+Items are :class:`FrameItem` (uint8 RGB, converted with the source's matrix and range,
+with the frame's own timestamp) and :class:`PacketItem` (packets of every other stream,
+untouched, to be copied into the output).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterator
+
+import av
+import numpy as np
+
+from vsr.colour import ColourTags, frame_to_rgb
+
+
+class InputError(Exception):
+    """The input cannot be used; the message says why."""
+
+
+class DecodeError(InputError):
+    """Decoding failed part-way (truncated or corrupt file)."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    format_name: str
+    width: int
+    height: int
+    pix_fmt: str
+    bits: int
+    time_base: Fraction
+    rate: Fraction | None  # average frame rate, when known
+    frames: int | None  # frame count, exact when the container says, else estimated
+    frames_exact: bool  # the container gave the count (mp4, mov): fewer decoded frames means truncation
+    duration: float | None  # seconds
+    sample_aspect_ratio: Fraction | None
+    rotation: int  # degrees, counter-clockwise, from the display matrix
+    colour: ColourTags
+    is_image: bool
+    stream_index: int
+    other_streams: tuple[str, ...] = field(default=())  # "audio aac (eng)", ...
+
+
+def _sar(stream) -> Fraction | None:
+    for candidate in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if candidate and candidate.numerator and Fraction(candidate) != 1:
+            return Fraction(candidate)
+    return None
+
+
+def open_input(path: str | os.PathLike) -> av.container.InputContainer:
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise InputError(f"input {name!r} does not exist")
+    if os.path.isdir(name):
+        raise InputError(f"input {name!r} is a folder; expected a video or image file")
+    try:
+        return av.open(name, metadata_errors="replace")
+    except av.error.InvalidDataError as exc:
+        raise InputError(f"expected a video or image file, got {name!r} (not a media file ffmpeg can read)") from exc
+    except av.FFmpegError as exc:
+        raise InputError(f"cannot open {name!r}: {exc}") from exc
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Describe the first video stream; decodes the first frame for its colour tags and rotation."""
+    name = os.fspath(path)
+    with open_input(name) as container:
+        videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+        if not videos:
+            kinds = ", ".join(s.type for s in container.streams) or "no streams"
+            raise InputError(f"expected a file with a video stream, got {name!r} ({kinds})")
+        stream = videos[0]
+        stream.thread_type = "AUTO"
+        first = None
+        try:
+            for frame in container.decode(stream):
+                first = frame
+                break
+        except av.FFmpegError as exc:
+            raise DecodeError(f"{name!r}: decoding failed at frame 0: {exc}") from exc
+        if first is None:
+            raise DecodeError(f"{name!r}: the video stream has no decodable frame")
+        fmt = container.format.name
+        is_image = fmt in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe") or fmt.endswith("_pipe")
+        tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 25)
+        rate = Fraction(stream.average_rate) if stream.average_rate else (Fraction(stream.guessed_rate) if stream.guessed_rate else None)
+        duration = None
+        if stream.duration is not None:
+            duration = float(stream.duration * tb)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        frames = stream.frames or None
+        if frames is None and duration and rate:
+            frames = max(1, round(duration * rate))
+        others = tuple(
+            f"{s.type} {s.codec_context.name if s.codec_context else '?'}" + (f" ({s.language})" if s.language else "")
+            for s in container.streams
+            if s.index != stream.index
+        )
+        bits = max((c.bits for c in first.format.components), default=8)
+        return VideoInfo(
+            path=name,
+            format_name=fmt,
+            width=first.width,
+            height=first.height,
+            pix_fmt=first.format.name,
+            bits=bits,
+            time_base=tb,
+            rate=rate,
+            frames=1 if is_image else frames,
+            frames_exact=bool(stream.frames) and not is_image,
+            duration=duration,
+            sample_aspect_ratio=_sar(stream),
+            rotation=int(round(first.rotation or 0)),
+            colour=ColourTags.of(first),
+            is_image=is_image,
+            stream_index=stream.index,
+            other_streams=others,
+        )
+
+
+@dataclass
+class FrameItem:
+    index: int
+    rgb: np.ndarray  # uint8 HxWx3
+    pts: int | None
+    time_base: Fraction
+
+
+@dataclass
+class PacketItem:
+    """A packet to copy.  The stream index and time base are captured at demux time: the
+    packet may outlive its input container (which closes when reading ends)."""
+
+    packet: av.Packet
+    stream_index: int
+    time_base: Fraction
+
+
+def read(info: VideoInfo, copy_streams: set[int], stop=None) -> Iterator[FrameItem | PacketItem]:
+    """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
+
+    Raises :class:`DecodeError` naming the frame at which decoding failed.
+    """
+    index = 0
+    with open_input(info.path) as container:
+        stream = container.streams[info.stream_index]
+        stream.thread_type = "AUTO"
+        wanted = [stream] + [s for s in container.streams if s.index in copy_streams]
+        try:
+            for packet in container.demux(wanted):
+                if stop is not None and stop.is_set():
+                    return
+                if packet.stream.index != info.stream_index:
+                    if packet.dts is not None or packet.pts is not None:
+                        yield PacketItem(packet, packet.stream.index, Fraction(packet.time_base))
+                    continue
+                for frame in packet.decode():
+                    yield FrameItem(index, frame_to_rgb(frame), frame.pts, Fraction(frame.time_base or info.time_base))
+                    index += 1
+        except av.FFmpegError as exc:
+            raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc
+    if info.frames_exact and info.frames and index < info.frames:
+        raise DecodeError(
+            f"{info.path!r}: decoding failed at frame {index}: the file says it has {info.frames} frames "
+            f"(truncated or corrupt file?)"
+        )
