@@ -55,9 +55,9 @@ def tiny_weights(tmp_path) -> Path:
 def pattern(index: int, width: int, height: int) -> np.ndarray:
     """A moving, textured RGB test picture (smooth enough to survive 4:2:0 chroma)."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    r = 128 + 100 * np.sin((x + 3 * index) / 7.0)
-    g = 128 + 100 * np.cos((y - 2 * index) / 5.0)
-    b = 128 + 90 * np.sin((x + y + index) / 11.0)
+    r = 128 + 100 * np.sin((x + 3 * index) / 13.0)
+    g = 128 + 100 * np.cos((y - 2 * index) / 11.0)
+    b = 128 + 90 * np.sin((x + y + index) / 17.0)
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
@@ -173,9 +173,11 @@ def ffmpeg_packets(ffmpeg: str, path: Path, stream: str) -> list[tuple[str, ...]
 
 
 def ffmpeg_frames(ffmpeg: str, path: Path) -> np.ndarray:
-    """All video frames as RGB, decoded by the ffmpeg binary (N, H, W, 3)."""
-    probe = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-map", "0:v:0", "-f", "rawvideo",
-                            "-pix_fmt", "rgb24", "-"], capture_output=True, check=True)
+    """All video frames as RGB, decoded by the ffmpeg binary (N, H, W, 3); the matrix and range are
+    ffmpeg's own choice from the file's tags, chroma is upsampled at full precision."""
+    probe = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-map", "0:v:0", "-sws_flags",
+                            "bicubic+accurate_rnd+full_chroma_int", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                           capture_output=True, check=True)
     info = subprocess.run([ffmpeg, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
     m = re.search(r"Video: .*?, (\d+)x(\d+)", info.stderr)
     w, h = int(m.group(1)), int(m.group(2))

@@ -186,17 +186,7 @@ class Writer:
                     self._copy_stream_metadata(stream, out)
                     self.copied[stream.index] = out
                 elif stream.type == "audio":
-                    src_cc = stream.codec_context
-                    out = self.output.add_stream("aac", rate=src_cc.sample_rate)
-                    out.layout = src_cc.layout
-                    self._copy_stream_metadata(stream, out)
-                    decoder = av.CodecContext.create(src_cc.name, "r")
-                    if src_cc.extradata:
-                        decoder.extradata = src_cc.extradata
-                    decoder.sample_rate, decoder.layout, decoder.format = src_cc.sample_rate, src_cc.layout, src_cc.format
-                    resampler = av.AudioResampler(format="fltp", layout=src_cc.layout, rate=src_cc.sample_rate)
-                    self.transcoded[stream.index] = (decoder, out, resampler)
-                    self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; re-encoded to AAC")
+                    self._reencode_audio(stream, label, name, supported)
                 else:
                     self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; not copied")
             if chapters:
@@ -204,6 +194,32 @@ class Writer:
                     self.output.set_chapters(chapters)
                 except (av.FFmpegError, ValueError, TypeError) as exc:
                     self.warn(f"chapters could not be copied: {exc}")
+
+    def _reencode_audio(self, stream: av.stream.Stream, label: str, name: str, supported: set[str]) -> None:
+        """Audio the container refuses: AAC, or the container's own default where AAC is refused too."""
+        src_cc = stream.codec_context
+        target = "aac" if "aac" in supported else self.output.default_audio_codec
+        target = {"opus": "libopus", "vorbis": "libvorbis"}.get(target, target)
+        try:
+            encoder = av.codec.Codec(target, "w")
+        except av.codec.codec.UnknownCodecError:
+            self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}, and no encoder fits; not copied")
+            return
+        rates = encoder.audio_rates
+        rate = src_cc.sample_rate if not rates or src_cc.sample_rate in rates else max(rates)
+        channels = len(src_cc.layout.channels)  # a named layout ("1 channels" -> mono)
+        layout = av.AudioLayout({1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, src_cc.layout.name))
+        out = self.output.add_stream(target, rate=rate)
+        out.layout = layout
+        out.format = encoder.audio_formats[0].name
+        self._copy_stream_metadata(stream, out)
+        decoder = av.CodecContext.create(src_cc.name, "r")
+        if src_cc.extradata:
+            decoder.extradata = src_cc.extradata
+        decoder.sample_rate, decoder.layout, decoder.format = src_cc.sample_rate, src_cc.layout, src_cc.format
+        resampler = av.AudioResampler(format=encoder.audio_formats[0].name, layout=layout, rate=rate)
+        self.transcoded[stream.index] = (decoder, out, resampler)
+        self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; re-encoded to {encoder.name}")
 
     @staticmethod
     def _copy_stream_metadata(src: av.stream.Stream, dst: av.stream.Stream) -> None:
@@ -254,7 +270,9 @@ class Writer:
         if packet is not None:
             packet.time_base = time_base
         for frame in decoder.decode(packet):
-            frame.pts = None
+            if frame.pts is not None and frame.time_base:  # keep the timing, in samples
+                frame.pts = round(frame.pts * frame.time_base * frame.sample_rate)
+                frame.time_base = Fraction(1, frame.sample_rate)
             for converted in resampler.resample(frame):
                 for encoded in out.encode(converted):
                     self.output.mux(encoded)

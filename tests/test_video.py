@@ -1,0 +1,234 @@
+"""The upscale pipeline on real containers: frames, timestamps, colours and every other stream."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import SAMPLE, ffmpeg_frames, ffmpeg_packets, make_clip, pyav_video_pts, tiny_generator
+from vsr.encode import EncodeOptions
+from vsr.metrics import psnr
+from vsr.model import Bicubic
+from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
+from vsr.upscaler import Upscaler
+
+LOSSLESS = EncodeOptions(codec="libx264", crf=0, preset="ultrafast")
+
+
+def run(src, dst, model=None, **kw):
+    up = Upscaler(model or Bicubic(4), "cpu", tile=kw.pop("tile", None))
+    return upscale_file(src, dst, up, UpscaleOptions(**kw))
+
+
+def test_real_clip_keeps_frames_timestamps_and_audio_bit_exact(tmp_path, ffmpeg):
+    dst = tmp_path / "bbb_x4.mp4"
+    result = run(SAMPLE, dst, tiny_generator(), batch_size=4)
+    assert result.frames == 25
+    src_pts, src_tb = pyav_video_pts(SAMPLE)
+    out_pts, out_tb = pyav_video_pts(dst)
+    assert [p * src_tb for p in src_pts] == [p * out_tb for p in out_pts]
+    with av.open(str(dst)) as c:
+        v = c.streams.video[0]
+        assert (v.width, v.height) == (1280, 720)
+    # Audio: the same packets, byte for byte, read by an independent demuxer.
+    assert ffmpeg_packets(ffmpeg, SAMPLE, "a:0") == ffmpeg_packets(ffmpeg, dst, "a:0")
+    assert len(ffmpeg_packets(ffmpeg, dst, "a:0")) == 47
+    assert ffmpeg_frames(ffmpeg, dst).shape == (25, 720, 1280, 3)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_variable_frame_rate_survives(tmp_path, container):
+    tb = Fraction(1, 1000)
+    stamps = [0, 40, 80, 200, 233, 400, 410, 600]  # irregular gaps, as phones record
+    src = make_clip(tmp_path / f"vfr.{container}", pts=stamps, time_base=tb, rate=Fraction(25))
+    dst = tmp_path / f"vfr_x4.{container}"
+    run(src, dst)
+    src_pts, src_tb = pyav_video_pts(src)
+    out_pts, out_tb = pyav_video_pts(dst)
+    assert len(out_pts) == len(stamps)
+    assert [float(p * out_tb) for p in out_pts] == pytest.approx([float(p * src_tb) for p in src_pts], abs=1e-3)
+    assert [float(p * src_tb) for p in src_pts] == pytest.approx([s / 1000 for s in stamps])
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_two_audio_streams_copied_with_languages(tmp_path, ffmpeg, container):
+    src = make_clip(tmp_path / f"two.{container}", frames=10, audio=2)
+    dst = tmp_path / f"two_x4.{container}"
+    result = run(src, dst)
+    assert result.frames == 10
+    for a in ("a:0", "a:1"):
+        assert ffmpeg_packets(ffmpeg, src, a) == ffmpeg_packets(ffmpeg, dst, a)
+    with av.open(str(dst)) as c:
+        assert [s.language for s in c.streams.audio] == ["eng", "fra"]
+        assert [s.codec_context.sample_rate for s in c.streams.audio] == [48000, 44100]
+
+
+def test_subtitles_metadata_chapters_sar_rotation_kept(tmp_path, ffmpeg):
+    src = make_clip(tmp_path / "rich.mp4", frames=6, audio=1, subtitles=True, chapters=True,
+                    metadata={"title": "A film", "comment": "kept"}, sar=Fraction(4, 3), rotation=90)
+    dst = tmp_path / "rich_x4.mp4"
+    run(src, dst)
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        assert b.metadata["title"] == "A film" and b.metadata["comment"] == "kept"
+        def seconds(chapters):
+            return [(c["start"] * c["time_base"], c["end"] * c["time_base"], c["metadata"]) for c in chapters]
+
+        assert len(a.chapters()) == 2
+        assert seconds(b.chapters()) == seconds(a.chapters())
+        assert len(b.streams.subtitles) == 1 and b.streams.subtitles[0].language == "deu"
+        v = b.streams.video[0]
+        assert Fraction(v.sample_aspect_ratio) == Fraction(4, 3)
+        assert next(b.decode(video=0)).rotation == 90
+    assert ffmpeg_packets(ffmpeg, src, "s:0") == ffmpeg_packets(ffmpeg, dst, "s:0")
+
+
+def test_audio_the_container_refuses_is_reencoded_with_a_warning(tmp_path):
+    """pcm_u8 fits in Matroska but not in MP4: it becomes AAC, with a warning, and lasts as long."""
+    src = tmp_path / "pcm.mkv"
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        a = out.add_stream("pcm_u8", rate=48000)
+        a.layout = "mono"
+        for i in range(5):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+        af = av.AudioFrame.from_ndarray((128 + 60 * np.sin(np.arange(9600) / 10)).astype(np.uint8)[None], format="u8", layout="mono")
+        af.sample_rate, af.pts = 48000, 0
+        for p in a.encode(af):
+            out.mux(p)
+        for p in a.encode(None):
+            out.mux(p)
+    dst = tmp_path / "pcm_x4.mp4"
+    result = upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions())
+    assert any("cannot hold pcm_u8; re-encoded to aac" in w for w in result.warnings)
+    with av.open(str(dst)) as c:
+        (a,) = c.streams.audio
+        assert a.codec_context.name == "aac"
+        samples = sum(f.samples for f in c.decode(a))
+    assert abs(samples - 9600) <= 1024
+
+
+@pytest.mark.parametrize("size", [(33, 17), (47, 29)])
+def test_odd_sizes(tmp_path, size):
+    src = make_clip(tmp_path / "odd.mkv", frames=3, size=size, pix_fmt="yuv444p")
+    dst = tmp_path / "odd_x4.mkv"
+    run(src, dst)
+    with av.open(str(dst)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (size[0] * 4, size[1] * 4)
+        assert c.streams.video[0].frames in (0, 3)
+        assert len(list(c.decode(video=0))) == 3
+
+
+@pytest.mark.parametrize("colorspace, matrix", [("bt709", 1), ("bt601", 6)])
+def test_bicubic_matches_reference_resize_and_keeps_colour_tags(tmp_path, ffmpeg, colorspace, matrix):
+    """--model bicubic against an independent reference: ffmpeg's RGB of the source, resized by torch."""
+    src = make_clip(tmp_path / f"{colorspace}.mp4", frames=4, size=(64, 48), colorspace=colorspace)
+    dst = tmp_path / f"{colorspace}_x4.mp4"
+    upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions(encode=LOSSLESS))
+    ref_lr = torch.from_numpy(ffmpeg_frames(ffmpeg, src).copy()).permute(0, 3, 1, 2).float() / 255
+    ref = F.interpolate(ref_lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    got = torch.from_numpy(ffmpeg_frames(ffmpeg, dst).copy()).permute(0, 3, 1, 2).float() / 255
+    assert got.shape == ref.shape
+    assert psnr(got, ref) >= 40.0
+    with av.open(str(dst)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (int(cc.colorspace), int(cc.color_primaries), int(cc.color_trc), int(cc.color_range)) == (matrix, matrix, matrix, 1)
+    # The wrong matrix would be visible: decoding the output as the other standard costs PSNR.
+    info = subprocess.run([ffmpeg, "-hide_banner", "-i", str(dst)], capture_output=True, text=True).stderr
+    assert {"bt709": "bt709", "bt601": "smpte170m"}[colorspace] in info
+
+
+def test_ten_bit_source_gives_ten_bit_output(tmp_path):
+    src = make_clip(tmp_path / "hdr.mkv", frames=3, size=(40, 24), pix_fmt="yuv420p10le")
+    dst = tmp_path / "hdr_x4.mkv"
+    run(src, dst)
+    with av.open(str(dst)) as c:
+        frames = list(c.decode(video=0))
+        assert len(frames) == 3 and frames[0].format.name == "yuv420p10le"
+        assert (frames[0].width, frames[0].height) == (160, 96)
+
+
+def test_tiles_match_untiled(tmp_path):
+    frame = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 45, 70, 3), dtype=np.uint8))
+    model = tiny_generator(blocks=2, batch_norm=False, global_skip="bicubic")
+    whole = Upscaler(model).upscale(frame).int()
+    tiled = Upscaler(model, tile=16).upscale(frame).int()
+    assert whole.shape == (1, 180, 280, 3)
+    assert (whole - tiled).abs().max() <= 1
+
+
+def test_batches_match_single_frames(tmp_path):
+    frames = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 20, 24, 3), dtype=np.uint8))
+    up = Upscaler(tiny_generator())
+    batched = up.upscale(frames)
+    single = torch.cat([up.upscale(frames[i : i + 1]) for i in range(3)])
+    assert (batched.int() - single.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp"])
+def test_images(tmp_path, ext):
+    src = tmp_path / f"in.{ext}"
+    av.VideoFrame.from_ndarray(np.ascontiguousarray(np.repeat(np.repeat(np.arange(0, 250, 10, dtype=np.uint8)[None, :, None], 20, 0), 3, 2)), format="rgb24").save(str(src)) if ext == "png" else None
+    if ext != "png":
+        png = tmp_path / "seed.png"
+        from conftest import pattern
+
+        av.VideoFrame.from_ndarray(pattern(0, 25, 20), format="rgb24").save(str(png))
+        upscale_file(png, src, Upscaler(Bicubic(2)), UpscaleOptions())  # make a real jpg/webp input
+    dst = tmp_path / f"out.{ext}"
+    upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions())
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        fa, fb = next(a.decode(video=0)), next(b.decode(video=0))
+        assert (fb.width, fb.height) == (fa.width * 4, fa.height * 4)
+
+
+def test_png_bicubic_is_exact(tmp_path):
+    from conftest import pattern
+
+    rgb = pattern(3, 30, 22)
+    src, dst = tmp_path / "p.png", tmp_path / "p_x4.png"
+    av.VideoFrame.from_ndarray(rgb, format="rgb24").save(str(src))
+    upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions())
+    with av.open(str(dst)) as c:
+        got = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    ref = F.interpolate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, scale_factor=4, mode="bicubic",
+                        align_corners=False).clamp(0, 1).mul(255).round().byte()[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(got, ref)
+
+
+def test_failure_mid_file_leaves_no_output(tmp_path):
+    src = make_clip(tmp_path / "c.mp4", frames=8)
+    dst = tmp_path / "c_x4.mp4"
+
+    def fault(index):
+        if index == 5:
+            raise RuntimeError("injected")
+
+    with pytest.raises(UpscaleError, match="injected"):
+        upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions(), fault=fault)
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.mp4"]
+
+
+def test_interrupt_removes_partial_file(tmp_path):
+    src = make_clip(tmp_path / "c.mp4", frames=8)
+    dst = tmp_path / "c_x4.mp4"
+
+    def fault(index):
+        if index == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions(), fault=fault)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.mp4"]
