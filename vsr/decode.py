@@ -61,11 +61,34 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
     if os.path.isdir(name):
         raise InputError(f"input {name!r} is a folder; expected a video or image file")
     try:
-        return av.open(name, metadata_errors="replace")
+        container = av.open(name, metadata_errors="replace")
     except av.error.InvalidDataError as exc:
-        raise InputError(f"expected a video or image file, got {name!r} (not a media file ffmpeg can read)") from exc
+        raise InputError(f"expected a video or image file, got {name!r} ({_describe(name)}; ffmpeg: {exc.strerror})") from exc
     except av.FFmpegError as exc:
         raise InputError(f"cannot open {name!r}: {exc}") from exc
+    if container.format.name in _NOT_MEDIA:  # FFmpeg renders any text file as "ANSI art" video
+        container.close()
+        raise InputError(f"expected a video or image file, got {name!r} ({_describe(name)})")
+    return container
+
+
+_NOT_MEDIA = {"tty"}
+
+
+def _describe(name: str) -> str:
+    """A word on what a non-media file looks like, for error messages."""
+    try:
+        with open(name, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return "unreadable"
+    if not head:
+        return "empty file"
+    try:
+        head.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "not a media format FFmpeg knows"
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:

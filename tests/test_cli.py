@@ -1,0 +1,179 @@
+"""The command line: exit codes, one-line errors, never a partial output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SAMPLE, make_clip, tiny_generator
+from vsr.cli import main
+from vsr.weights import save_generator
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env, catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments, code=1):
+    assert result.exit_code == code, result.output
+    text = " ".join(result.output.split())  # rich may wrap long lines
+    assert "Traceback" not in result.output
+    assert "error" in text.lower()
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+@pytest.fixture
+def clip(tmp_path):
+    return make_clip(tmp_path / "in.mp4", frames=4)
+
+
+def test_upscale_bicubic_end_to_end(tmp_path, clip):
+    out = tmp_path / "out.mp4"
+    result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "-q")
+    assert result.exit_code == 0, result.output
+    assert "4 frames" in result.output and "fps" in result.output
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (192, 128)
+
+
+def test_upscale_with_weights_file_and_default_output_name(tmp_path, clip, tiny_weights):
+    result = invoke("upscale", clip, "--weights", tiny_weights, "--batch-size", "2", "--tile", "16", "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "in_x4.mp4").exists()
+
+
+def test_missing_input(tmp_path):
+    result = invoke("upscale", tmp_path / "nope.mp4", "-o", tmp_path / "o.mp4", "--model", "bicubic")
+    assert_one_line_error(result, "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_a_media_file(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n" * 50)
+    result = invoke("upscale", notes, "-o", tmp_path / "o.mp4", "--model", "bicubic")
+    assert_one_line_error(result, "expected a video or image file", "notes.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_no_video_stream(tmp_path):
+    audio = tmp_path / "sound.m4a"
+    with av.open(str(audio), "w") as out:
+        a = out.add_stream("aac", rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 48000, 0
+        for p in a.encode(frame):
+            out.mux(p)
+        for p in a.encode(None):
+            out.mux(p)
+    result = invoke("upscale", audio, "-o", tmp_path / "o.mp4", "--model", "bicubic")
+    assert_one_line_error(result, "expected a file with a video stream", "audio")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sound.m4a"]
+
+
+def test_truncated_file_says_at_which_frame(tmp_path, ffmpeg):
+    whole = tmp_path / "whole.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(SAMPLE), "-c", "copy", "-movflags", "+faststart", str(whole)], check=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])
+    result = invoke("upscale", cut, "-o", tmp_path / "o.mp4", "--model", "bicubic", "-q")
+    assert_one_line_error(result, "decoding failed at frame")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "whole.mp4"]
+
+
+def test_output_exists_needs_overwrite(tmp_path, clip):
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"precious")
+    result = invoke("upscale", clip, "-o", out, "--model", "bicubic")
+    assert_one_line_error(result, "exists", "--overwrite")
+    assert out.read_bytes() == b"precious"
+    result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "--overwrite", "-q")
+    assert result.exit_code == 0
+    assert out.stat().st_size > 1000
+
+
+def test_output_is_input(tmp_path, clip):
+    result = invoke("upscale", clip, "-o", clip, "--model", "bicubic", "--overwrite")
+    assert_one_line_error(result, "is the input file")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--codec", "libnothing"], "unknown video encoder 'libnothing'"),
+    (["--codec", "aac"], "expected a video encoder"),
+    (["--pix-fmt", "yuv999p"], "unknown pixel format 'yuv999p'"),
+    (["--codec", "libx264", "--pix-fmt", "rgb48be"], "does not take pixel format 'rgb48be'"),
+])
+def test_bad_encoder_options_are_usage_errors(tmp_path, clip, args, fragment):
+    result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--model", "bicubic", *args)
+    assert_one_line_error(result, fragment, code=2)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_unusable_weights(tmp_path, clip):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--weights", junk)
+    assert_one_line_error(result, "not a safetensors weights file")
+    x2 = tmp_path / "x2.safetensors"
+    save_generator(x2, tiny_generator(scale=2))
+    result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--weights", x2, "--scale", "4")
+    assert_one_line_error(result, "x2 model", "x4 was asked for")
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_no_bundled_weights_points_to_the_ways_out(tmp_path, clip):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", env={"VSR_WEIGHTS_DIR": str(empty)})
+    assert_one_line_error(result, "no bundled weights", "--weights PATH", "--model bicubic")
+
+
+def test_unknown_output_extension(tmp_path, clip):
+    result = invoke("upscale", clip, "-o", tmp_path / "o.xyz", "--model", "bicubic")
+    assert_one_line_error(result, "cannot tell the output format")
+
+
+def test_bad_option_values_are_usage_errors(tmp_path, clip):
+    for args in (["--batch-size", "0"], ["--device", "tpu"], ["--tile", "4"]):
+        result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--model", "bicubic", *args)
+        assert result.exit_code == 2, args
+
+
+def test_cuda_asked_without_gpu(tmp_path, clip):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--model", "bicubic", "--device", "cuda")
+    assert_one_line_error(result, "no usable CUDA GPU")
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
+    """A real SIGINT to a real process, part-way through a file."""
+    src = make_clip(tmp_path / "long.mp4", frames=400, size=(160, 96))
+    out = tmp_path / "o.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "vsr", "upscale", str(src), "-o", str(out), "--model", "bicubic",
+                             "--preset", "veryslow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    import time
+
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".o.vsr-partial") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(2)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"]
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "vsr", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "upscale" in result.stdout and "finetune" in result.stdout
+    assert shutil.which("vsr") is not None
