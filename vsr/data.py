@@ -9,7 +9,6 @@ footage are near-flat sky, walls or blur and teach the network nothing.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import os
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.colour import frame_to_rgb
-from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, jpeg_qscale
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +276,6 @@ def degrade(lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
     ``lr`` is one CHW float image in [0, 1]; each effect is applied with probability 1/2.
     """
-    from torchvision.io import decode_jpeg, encode_jpeg
-
     x = lr
     if float(torch.rand(1, generator=generator)) < 0.5:
         sigma = _uniform(generator, 0.2, 1.5)
@@ -296,34 +293,42 @@ def degrade(lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = x.clamp(0, 1)
     choice = float(torch.rand(1, generator=generator))
     if choice < 0.33:
-        quality = int(_uniform(generator, 30, 95))
-        data = encode_jpeg((x * 255).round().byte(), quality=quality)
-        x = decode_jpeg(data).float() / 255
+        x = jpeg_roundtrip(x, quality=int(_uniform(generator, 30, 95)))
     elif choice < 0.66:
         x = h264_roundtrip(x, crf=int(_uniform(generator, 18, 36)))
     return x
 
 
-def h264_roundtrip(x: torch.Tensor, crf: int) -> torch.Tensor:
-    """Encode one CHW image as H.264 (yuv420p) in memory and decode it back."""
+def _codec_roundtrip(x: torch.Tensor, codec: str, pix_fmt: str, options: dict[str, str], even: bool) -> torch.Tensor:
+    """Encode one CHW float image with an FFmpeg encoder in memory and decode it back."""
     rgb = (x * 255).round().byte().permute(1, 2, 0).numpy()
     h, w = rgb.shape[:2]
-    pad_h, pad_w = h % 2, w % 2
-    if pad_h or pad_w:
-        rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="matroska") as out:
-        stream = out.add_stream("libx264", rate=25, options={"crf": str(crf), "preset": "veryfast"})
-        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    buf.seek(0)
-    with av.open(buf) as inp:
-        decoded = next(inp.decode(video=0)).to_ndarray(format="rgb24")
-    return torch.from_numpy(decoded[:h, :w]).permute(2, 0, 1).float() / 255
+    if even and (h % 2 or w % 2):
+        rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
+    ctx.time_base = Fraction(1, 25)
+    ctx.options = options
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format=pix_fmt)
+    frame.pts = 0
+    packets = list(ctx.encode(frame)) + list(ctx.encode(None))
+    dec = av.CodecContext.create(codec if codec != "libx264" else "h264", "r")
+    if ctx.extradata:
+        dec.extradata = ctx.extradata
+    frames = [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
+    out = frames[0].to_ndarray(format="rgb24")[:h, :w]
+    return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).float() / 255
+
+
+def jpeg_roundtrip(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG (4:2:0) at a 1-100 quality, in memory."""
+    q = str(jpeg_qscale(quality))
+    return _codec_roundtrip(x, "mjpeg", "yuvj420p", {"qmin": q, "qmax": q}, even=True)
+
+
+def h264_roundtrip(x: torch.Tensor, crf: int) -> torch.Tensor:
+    """H.264 (yuv420p) intra coding at a given CRF, in memory."""
+    return _codec_roundtrip(x, "libx264", "yuv420p", {"crf": str(crf), "preset": "veryfast"}, even=True)
 
 
 def validation_images(sources: Sequence[FrameSource], per_source: int = 2, crop: int = 256, scale: int = 4) -> list[torch.Tensor]:
@@ -337,5 +342,5 @@ def validation_images(sources: Sequence[FrameSource], per_source: int = 2, crop:
             h, w = rgb.shape[:2]
             ch, cw = min(crop, h) // scale * scale, min(crop, w) // scale * scale
             y, x = (h - ch) // 2, (w - cw) // 2
-            images.append(torch.from_numpy(np.ascontiguousarray(rgb[y : y + ch, x : x + cw])).permute(2, 0, 1).float() / 255)
+            images.append(torch.from_numpy(np.array(rgb[y : y + ch, x : x + cw])).permute(2, 0, 1).float() / 255)
     return images

@@ -19,6 +19,7 @@ import numpy as np
 
 from vsr.colour import ColourTags, rgb_to_frame
 from vsr.decode import VideoInfo, open_input
+from vsr.media import jpeg_qscale
 
 
 class EncodeError(Exception):
@@ -122,10 +123,9 @@ class Writer:
         rate = Fraction(1) if info.is_image else (info.rate or Fraction(25))
         if enc.name == "libwebp":
             stream_opts["quality"] = str(options.quality)
+        if enc.name == "mjpeg":
+            stream_opts["qmin"] = stream_opts["qmax"] = str(jpeg_qscale(options.quality))
         vs = self.output.add_stream(enc.name, rate=rate, options=stream_opts)
-        if enc.name == "mjpeg":  # -q:v 1..31 from a 1..100 quality
-            vs.codec_context.qscale = True
-            vs.codec_context.global_quality = int(118 * max(1, round(31 - 30 * options.quality / 100)))
         vs.width, vs.height = info.width * self.scale, info.height * self.scale
         vs.pix_fmt = pix_fmt
         cc = vs.codec_context

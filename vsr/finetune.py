@@ -47,6 +47,7 @@ class FinetuneOptions:
     frames_per_video: int = 32
     max_side: int | None = None
     device: str = "auto"
+    perceptual: torch.nn.Module | None = None  # a ready feature extractor (tests); else loaded from content_layer
 
 
 @dataclass
@@ -104,16 +105,6 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
     distributed, rank, world = _distributed()
     device = resolve_device(opts.device, rank=rank if distributed else None)
 
-    # The perceptual network is needed only for phase 2; fail before any work if it is missing.
-    perceptual = None
-    if cfg.gan_steps > 0:
-        from vsr.perceptual import PerceptualError, load_perceptual
-
-        try:
-            perceptual = load_perceptual(cfg.content_layer, opts.vgg_weights)
-        except PerceptualError as exc:
-            raise FinetuneError(str(exc)) from exc
-
     resume_state = None
     if opts.resume is not None:
         try:
@@ -125,6 +116,16 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
         cfg = train_mod.TrainConfig(**{**resume_state["train_config"], "steps": max(cfg.steps, resume_state["train_config"]["steps"])})
     else:
         generator, started_from = _starting_generator(opts)
+    # The perceptual network is needed only for phase 2; fail before any work if it is missing.
+    perceptual = opts.perceptual
+    if cfg.gan_steps > 0 and perceptual is None:
+        from vsr.perceptual import PerceptualError, load_perceptual
+
+        try:
+            perceptual = load_perceptual(cfg.content_layer, opts.vgg_weights)
+        except PerceptualError as exc:
+            raise FinetuneError(str(exc)) from exc
+
     scale = generator.config.scale
     if cfg.patch_size % scale or cfg.patch_size % 16:
         raise FinetuneError(f"--patch-size must be a multiple of 16 and of the scale {scale}, got {cfg.patch_size}")

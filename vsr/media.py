@@ -16,3 +16,8 @@ def kind_of(path) -> str | None:
     if ext in IMAGE_EXTENSIONS:
         return "image"
     return None
+
+
+def jpeg_qscale(quality: int) -> int:
+    """A 1-100 JPEG quality as FFmpeg's mjpeg quantiser scale (2 = best, 31 = worst)."""
+    return max(2, min(31, round(31 - 29 * quality / 100)))

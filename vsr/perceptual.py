@@ -149,7 +149,8 @@ def load_perceptual(spec: str = "vgg19:conv5_4", weights: str | os.PathLike | No
         missing = [k for k in features.state_dict() if k not in state and int(k.split(".")[0]) < end]
         if missing:
             raise PerceptualError(f"{path}: not {arch} weights (missing {missing[:3]})")
-        features.load_state_dict({k: v for k, v in state.items() if k in features.state_dict()}, strict=False)
+        needed = {k: v for k, v in state.items() if k in features.state_dict() and int(k.split(".")[0]) < end}
+        features.load_state_dict(needed, strict=False)
     else:
         import torchvision
 

@@ -162,7 +162,7 @@ class Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
-            losses.update(d=float(loss_d), d_real=float(torch.sigmoid(real_logit).mean()), d_fake=float(torch.sigmoid(fake_logit).mean()))
+            losses.update(d=loss_d.item(), d_real=torch.sigmoid(real_logit).mean().item(), d_fake=torch.sigmoid(fake_logit).mean().item())
 
         self._update_ema()
         self.step += 1

@@ -1,0 +1,125 @@
+"""Networks, config and weights files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from conftest import tiny_generator
+from vsr.model import Bicubic, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from vsr.upscaler import receptive_radius
+from vsr.weights import WeightsError, load_generator, resolve_weights, save_generator, training_info
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_generator_shapes_and_paper_layout(scale):
+    g = Generator(GeneratorConfig(scale=scale, blocks=2, channels=8))
+    y = g(torch.rand(2, 3, 11, 13))
+    assert y.shape == (2, 3, 11 * scale, 13 * scale)
+    assert g.head[0].kernel_size == (9, 9) and g.tail.kernel_size == (9, 9)
+    assert sum(isinstance(m, torch.nn.PixelShuffle) for m in g.modules()) == {2: 1, 4: 2}[scale]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in g.modules()) == 2 * 2 + 1
+
+
+def test_paper_defaults():
+    cfg = GeneratorConfig()
+    assert (cfg.scale, cfg.blocks, cfg.channels, cfg.batch_norm, cfg.global_skip) == (4, 16, 64, True, "none")
+    g = Generator(cfg)
+    assert sum(p.numel() for p in g.parameters()) == pytest.approx(1.55e6, rel=0.02)  # the paper's SRResNet
+
+
+def test_bicubic_skip_starts_as_exact_bicubic():
+    g = Generator(GeneratorConfig(blocks=1, channels=8, batch_norm=False, global_skip="bicubic")).eval()
+    x = torch.rand(1, 3, 16, 16)
+    ref = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.allclose(g(x), ref, atol=1e-6)
+
+
+def test_discriminator_is_the_papers():
+    d = Discriminator(DiscriminatorConfig(patch_size=96))
+    convs = [m for m in d.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 2, 1, 2]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules()) == 7
+    assert d(torch.rand(2, 3, 96, 96)).shape == (2,)
+    with pytest.raises(ValueError, match="96x96"):
+        d(torch.rand(1, 3, 64, 64))
+
+
+def test_config_validation_and_json_roundtrip():
+    with pytest.raises(ValueError, match="scale"):
+        GeneratorConfig(scale=3)
+    cfg = GeneratorConfig(scale=2, blocks=3, channels=16, batch_norm=False, global_skip="bicubic")
+    assert GeneratorConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="unknown generator config keys"):
+        GeneratorConfig.from_json(json.dumps({"scale": 4, "wings": 2}))
+
+
+def test_weights_roundtrip_is_exact(tmp_path):
+    g = tiny_generator(scale=2, blocks=2, batch_norm=True)
+    path = tmp_path / "w.safetensors"
+    save_generator(path, g, training={"steps": 7})
+    loaded = load_generator(path)
+    assert loaded.config == g.config
+    for (k, a), (_, b) in zip(g.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert training_info(path) == {"steps": 7}
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(g(x), loaded(x))
+
+
+def test_bad_weights_files_say_what_is_wrong(tmp_path):
+    good = tmp_path / "good.safetensors"
+    save_generator(good, tiny_generator())
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_generator(tmp_path / "missing.safetensors")
+    text = tmp_path / "t.safetensors"
+    text.write_text("hello")
+    with pytest.raises(WeightsError, match="not a safetensors"):
+        load_generator(text)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(1)}, str(foreign))
+    with pytest.raises(WeightsError, match="not vsr generator weights"):
+        load_generator(foreign)
+    state = tiny_generator().state_dict()
+    meta = {"vsr.format": "vsr-generator-1", "vsr.config": tiny_generator().config.to_json()}
+    missing = tmp_path / "missing_tensors.safetensors"
+    save_file({k: v for k, v in state.items() if not k.startswith("tail")}, str(missing), metadata=meta)
+    with pytest.raises(WeightsError, match="missing tensors.*tail"):
+        load_generator(missing)
+    shapes = tmp_path / "shapes.safetensors"
+    bad = dict(state)
+    bad["tail.bias"] = torch.zeros(5)
+    save_file(bad, str(shapes), metadata=meta)
+    with pytest.raises(WeightsError, match=r"tail.bias.*shape \(5,\), expected \(3,\)"):
+        load_generator(shapes)
+    with pytest.raises(WeightsError, match="x4 model, but x2 was asked for"):
+        load_generator(good, scale=2)
+
+
+def test_resolve_bundled_names(tmp_path, monkeypatch):
+    monkeypatch.setenv("VSR_WEIGHTS_DIR", str(tmp_path))
+    save_generator(tmp_path / "mine.safetensors", tiny_generator())
+    assert resolve_weights("mine") == tmp_path / "mine.safetensors"
+    assert resolve_weights("mine.safetensors") == tmp_path / "mine.safetensors"
+    with pytest.raises(WeightsError, match="bundled: mine.safetensors"):
+        resolve_weights("other")
+
+
+def test_receptive_radius_covers_the_network():
+    """Changing an input pixel farther away than the radius leaves an output pixel unchanged."""
+    torch.manual_seed(0)
+    g = tiny_generator(blocks=2, channels=4, batch_norm=False, global_skip="bicubic")
+    r = receptive_radius(g)
+    x = torch.rand(1, 3, 2 * r + 9, 2 * r + 9)
+    y0 = g(x)
+    c = r + 4  # the centre input pixel; its output block is at c*4 .. c*4+3
+    x2 = x.clone()
+    x2[..., :, : c - r - 1] = torch.rand_like(x2[..., :, : c - r - 1])  # everything beyond the radius, left
+    y1 = g(x2)
+    assert torch.allclose(y0[..., c * 4 : c * 4 + 4, c * 4 : c * 4 + 4], y1[..., c * 4 : c * 4 + 4, c * 4 : c * 4 + 4], atol=1e-6)
+    assert receptive_radius(Bicubic(4)) == 2

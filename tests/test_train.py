@@ -1,0 +1,270 @@
+"""The trainer: data, schedule, the step, checkpoints and resume, the CLI, DDP on CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from conftest import make_clip, pattern, tiny_generator
+from vsr import data as data_mod
+from vsr.cli import main
+from vsr.finetune import FinetuneError, FinetuneOptions, run_finetune
+from vsr.model import GeneratorConfig
+from vsr.perceptual import VGGFeatures, load_perceptual
+from vsr.train import TrainConfig, Trainer, lr_at
+from vsr.weights import load_generator, save_generator, training_info
+
+TINY = GeneratorConfig(scale=4, blocks=1, channels=8, batch_norm=False, global_skip="bicubic")
+
+
+def textured(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.stack([pattern(seed, w, h)[..., c] for c in range(3)], -1).astype(np.int16)
+    return np.clip(base + rng.integers(-40, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def tiny_perceptual() -> VGGFeatures:
+    torch.manual_seed(1)
+    feats = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+    return VGGFeatures(feats, len(feats))
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "media"
+    (root / "sub").mkdir(parents=True)
+    for i in range(3):
+        av.VideoFrame.from_ndarray(textured(i), format="rgb24").save(str(root / f"img{i}.png"))
+    make_clip(root / "sub" / "clip.mp4", frames=12, size=(128, 96))
+    return root
+
+
+def test_lr_schedule_warms_up_decays_and_restarts_per_phase():
+    cfg = TrainConfig(steps=1000, pretrain_steps=400, lr=1e-3, gan_lr=1e-4, warmup_steps=20, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-3 / 20)
+    assert lr_at(19, cfg) == pytest.approx(1e-3)
+    assert lr_at(399, cfg) == pytest.approx(1e-4, rel=0.01)  # cosine reaches the floor at the phase's end
+    assert lr_at(400, cfg) < lr_at(419, cfg) == pytest.approx(1e-4)  # phase 2 warms up again to its own peak
+    assert lr_at(999, cfg) == pytest.approx(1e-5, rel=0.01)
+    rates = [lr_at(s, cfg) for s in range(20, 400)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    no_gan = dataclasses.replace(cfg, no_gan=True)
+    assert lr_at(999, no_gan) == pytest.approx(1e-4, rel=0.01) and lr_at(500, no_gan) > 1e-4
+
+
+def test_pixel_steps_learn(folder):
+    torch.manual_seed(0)
+    hr = torch.from_numpy(textured(5, 32, 32)).permute(2, 0, 1)[None].float().repeat(4, 1, 1, 1) / 255
+    lr = data_mod.downscale(hr, 4)
+    trainer = Trainer(tiny_generator(batch_norm=False, global_skip="bicubic"), TrainConfig(steps=60, pretrain_steps=60, lr=3e-3, warmup_steps=1))
+    first = trainer.train_step(lr, hr)["pixel"]
+    for _ in range(58):
+        last = trainer.train_step(lr, hr)["pixel"]
+    assert last < 0.8 * first
+
+
+def test_gan_step_updates_both_networks_and_reports_losses():
+    cfg = TrainConfig(steps=4, pretrain_steps=1, batch_size=2, patch_size=32, warmup_steps=1)
+    trainer = Trainer(tiny_generator(batch_norm=False, global_skip="bicubic"), cfg, perceptual=tiny_perceptual())
+    hr = torch.rand(2, 3, 32, 32)
+    lr = data_mod.downscale(hr, 4)
+    assert set(trainer.train_step(lr, hr)) == {"lr", "pixel", "g_total"}
+    d_before = [p.detach().clone() for p in trainer.discriminator.parameters()]
+    g_before = [p.detach().clone() for p in trainer.generator.parameters()]
+    losses = trainer.train_step(lr, hr)
+    assert {"content", "adversarial", "d", "d_real", "d_fake"} <= set(losses)
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, trainer.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, trainer.generator.parameters()))
+    assert all(p.requires_grad for p in trainer.discriminator.parameters())
+
+
+def test_frames_are_extracted_by_seeking_and_junk_is_skipped(tmp_path):
+    clip = tmp_path / "in" / "c.mkv"
+    clip.parent.mkdir()
+    with av.open(str(clip), "w") as out:
+        vs = out.add_stream("libx264", rate=10, options={"crf": "5", "preset": "ultrafast", "g": "5"})
+        vs.width, vs.height, vs.pix_fmt = 96, 96, "yuv444p"
+        for i in range(40):
+            rgb = np.zeros((96, 96, 3), np.uint8) if i < 10 else textured(i // 10, 96, 96)  # black, then 3 scenes
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    sources, skipped = data_mod.extract_frames(tmp_path / "in", tmp_path / "cache", frames_per_video=8)
+    assert len(sources) == 1 and skipped == []
+    assert 3 <= len(sources[0].frames) <= 6  # black frames and consecutive duplicates dropped
+    arrays = [np.load(p) for p in sources[0].frames]
+    assert all(a.shape == (96, 96, 3) and a.mean() > 16 for a in arrays)
+    # Cached: a second call decodes nothing and returns the same files.
+    again, _ = data_mod.extract_frames(tmp_path / "in", tmp_path / "cache", frames_per_video=8)
+    assert again[0].frames == sources[0].frames
+
+
+def test_split_holds_out_whole_files(folder, tmp_path):
+    sources, _ = data_mod.extract_frames(folder, tmp_path / "cache")
+    train, val = data_mod.split_sources(sources, 0.25)
+    assert len(val) == 1 and len(train) == 3
+    assert not {s.path for s in train} & {s.path for s in val}
+
+
+def test_sampler_prefers_texture_and_seeds_differ(tmp_path):
+    img = np.full((256, 256, 3), 120, np.uint8)
+    img[:, 128:] = textured(3, 256, 128)
+    np.save(tmp_path / "half.npy", img)
+    sampler = data_mod.PatchSampler([tmp_path / "half.npy"], 32, 4, seed=0)
+    lr, hr = sampler.sample(64)
+    assert lr.shape == (64, 3, 8, 8) and hr.shape == (64, 3, 32, 32)
+    flat = sum(float(data_mod.gradient_energy(h.permute(1, 2, 0).numpy() * 255)) < data_mod.FLAT_GRADIENT for h in hr)
+    assert flat <= 16  # random crops would be about half flat
+    other = data_mod.PatchSampler([tmp_path / "half.npy"], 32, 4, seed=1000)
+    assert not torch.equal(other.sample(4)[1], data_mod.PatchSampler([tmp_path / "half.npy"], 32, 4, seed=0).sample(4)[1])
+
+
+def test_degrade_keeps_shape_and_range():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 24, 24)
+    for _ in range(6):
+        y = data_mod.degrade(x, g)
+        assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+
+
+def _opts(folder, out, **kw):
+    train = TrainConfig(**{"steps": 4, "pretrain_steps": 2, "batch_size": 2, "patch_size": 32, "warmup_steps": 1,
+                           "lr": 1e-3, **kw.pop("train", {})})
+    return FinetuneOptions(folder=folder, output=out, train=train, start="scratch", scratch_config=TINY,
+                           val_every=2, checkpoint_every=2, cache_dir=out.parent / "cache", device="cpu",
+                           perceptual=tiny_perceptual(), **kw)
+
+
+def test_finetune_writes_ema_weights_that_upscale_takes(folder, tmp_path):
+    out = tmp_path / "mine.safetensors"
+    summary = run_finetune(_opts(folder, out))
+    model = load_generator(out)
+    assert model.config == TINY
+    info = training_info(out)
+    assert info["steps"] == 4 and info["data"]["train_frames"] >= 3 and info["data"]["val_images"] >= 1
+    assert [s for s, _ in info["validation"]] == [2, 4]
+    assert {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"} <= set(info["validation"][0][1])
+    assert summary["final_losses"]["adversarial"] > 0
+    assert out.with_suffix(".ckpt").exists()
+
+
+def test_resume_continues_exactly(folder, tmp_path):
+    whole = tmp_path / "a" / "w.safetensors"
+    whole.parent.mkdir()
+    run_finetune(_opts(folder, whole, train={"steps": 4}))
+    part = tmp_path / "b" / "w.safetensors"
+    part.parent.mkdir()
+    run_finetune(_opts(folder, part, train={"steps": 2}))
+    state = torch.load(part.with_suffix(".ckpt"), weights_only=True)
+    assert state["step"] == 2
+    run_finetune(_opts(folder, part, train={"steps": 4}, resume=part.with_suffix(".ckpt")))
+    a, b = load_generator(whole).state_dict(), load_generator(part).state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_starting_weights_of_another_scale_are_refused(folder, tmp_path):
+    x2 = tmp_path / "x2.safetensors"
+    save_generator(x2, tiny_generator(scale=2))
+    opts = dataclasses.replace(_opts(folder, tmp_path / "o.safetensors"), start=str(x2), scale=4)
+    with pytest.raises(FinetuneError, match="x2 model, but x4 was asked for"):
+        run_finetune(opts)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["finetune", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_finetune_no_gan_then_upscale(folder, tmp_path):
+    out = tmp_path / "cli.safetensors"
+    r = invoke(folder, "-o", out, "--from", "scratch", "--blocks", "1", "--channels", "4", "--steps", "3", "--no-gan",
+               "--patch-size", "32", "--batch-size", "2", "--val-every", "3", "--cache-dir", tmp_path / "c", "-q")
+    assert r.exit_code == 0, r.output
+    assert "validation" in r.output and "wrote" in r.output
+    clip = make_clip(tmp_path / "v.mp4", frames=2)
+    r = CliRunner().invoke(main, ["upscale", str(clip), "--weights", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("case", ["empty", "undecodable", "too_small", "unwritable", "no_vgg"])
+def test_cli_finetune_bad_input(tmp_path, case, monkeypatch):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    out = tmp_path / "o.safetensors"
+    extra = ["--no-gan"]
+    if case == "undecodable":
+        (folder / "broken.mp4").write_bytes(b"\x00\x01junk" * 100)
+        expected = "nothing usable"
+    elif case == "too_small":
+        av.VideoFrame.from_ndarray(textured(0, 40, 40), format="rgb24").save(str(folder / "tiny.png"))
+        expected = "smaller than a 96-px crop"
+    elif case == "unwritable":
+        av.VideoFrame.from_ndarray(textured(0, 128, 128), format="rgb24").save(str(folder / "ok.png"))
+        out = tmp_path / "missing_dir" / "o.safetensors"
+        expected = "does not exist"
+    elif case == "no_vgg":
+        import torchvision
+
+        def offline(*a, **k):
+            raise urllib.error.URLError("no network")
+
+        monkeypatch.setattr(torchvision.models, "vgg19", offline)
+        av.VideoFrame.from_ndarray(textured(0, 128, 128), format="rgb24").save(str(folder / "ok.png"))
+        extra = ["--pretrain-steps", "1"]
+        expected = "--vgg-weights"
+    else:
+        expected = "no videos or images"
+    r = invoke(folder, "-o", out, "--from", "scratch", "--steps", "2", "--cache-dir", tmp_path / "c", "-q", *extra)
+    assert r.exit_code == 1, r.output
+    text = " ".join(r.output.split())
+    assert expected in text and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_keras_h5_vgg16_backbone_loads(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "vgg16.weights.h5"
+    rng = np.random.default_rng(0)
+    widths = [(3, 64), (64, 64)]
+    with h5py.File(path, "w") as f:
+        for block, convs in zip(range(1, 6), (2, 2, 3, 3, 3)):
+            for k in range(convs):
+                cin, cout = widths[k] if block == 1 else (3, 3)
+                g = f.create_group(f"block{block}/layers/conv2d{'' if k == 0 else f'_{k}'}/vars")
+                g["0"] = rng.normal(size=(3, 3, cin, cout)).astype(np.float32)
+                g["1"] = rng.normal(size=(cout,)).astype(np.float32)
+    net = load_perceptual("vgg16:conv1_1", path)
+    x = torch.rand(1, 3, 8, 8)
+    # Reference: Caffe input (BGR, 0-255, mean-subtracted) through the Keras kernel (H, W, in, out).
+    with h5py.File(path, "r") as f:
+        kernel = torch.from_numpy(f["block1/layers/conv2d/vars/0"][()]).permute(3, 2, 0, 1)
+        bias = torch.from_numpy(f["block1/layers/conv2d/vars/1"][()])
+    caffe = x.flip(1) * 255 - torch.tensor([104.00699, 116.66877, 122.67892]).view(1, 3, 1, 1)
+    ref = torch.relu(torch.nn.functional.conv2d(caffe, kernel, bias, padding=1))
+    assert torch.allclose(net(x), ref, atol=1e-3)
+
+
+def test_torchrun_ddp_on_cpu_with_gloo(folder, tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "vsr",
+           "finetune", str(folder), "-o", str(out), "--from", "scratch", "--blocks", "1", "--channels", "4",
+           "--steps", "2", "--no-gan", "--patch-size", "32", "--batch-size", "2", "--device", "cpu",
+           "--cache-dir", str(tmp_path / "c"), "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert training_info(out)["world_size"] == 2
