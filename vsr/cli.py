@@ -94,10 +94,21 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (fixed frame sizes).")
+@click.option("-r", "--recursive", is_flag=True, help="Folders: include subfolders.")
+@click.option("--include", multiple=True, help="Folders: only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Folders: skip files matching this glob (repeatable).")
+@click.option("--ext", default=None, help="Folders: container extension for video outputs (e.g. mkv).")
+@click.option("--dry-run", is_flag=True, help="Folders: show what would be converted or skipped, and why.")
+@click.option("--devices", default=None, help="Folders: one worker per device, e.g. cuda:0,cuda:1.")
+@click.option("--shard", default=None, help="Folders: process the I-th of N slices of the file list (I/N).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def upscale(input, output, model, weights, scale, batch_size, device, tile, codec, crf, preset, pix_fmt, overwrite,
-            use_compile, quiet):
-    """Upscale a video or image INPUT into OUTPUT, keeping every other stream."""
+            use_compile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
+    """Upscale a video or image INPUT into OUTPUT, keeping every other stream.
+
+    INPUT may be a folder: every video and image in it is converted into the folder OUTPUT,
+    mirroring the tree; outputs that exist are skipped (finished earlier), bad files are reported
+    and the rest go on (exit code 1 if any failed)."""
     from vsr.device import DeviceError, resolve_device
     from vsr.encode import EncodeError, EncodeOptions, check_codec
     from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
@@ -114,9 +125,13 @@ def upscale(input, output, model, weights, scale, batch_size, device, tile, code
         dev = resolve_device(device)
     except (WeightsError, DeviceError) as exc:
         fail(str(exc))
-    output = output or default_output(input, int(net.scale))
     options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite,
                              encode=EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt))
+    if input.is_dir():
+        _upscale_folder(input, output, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run,
+                        devices or device, shard, quiet)
+        return
+    output = output or default_output(input, int(net.scale))
     upscaler = Upscaler(net, dev, tile=tile, compile=use_compile)
     progress = FileProgress(err, quiet=quiet)
     try:
@@ -127,6 +142,65 @@ def upscale(input, output, model, weights, scale, batch_size, device, tile, code
         err.print("interrupted; no output written")
         sys.exit(EXIT_INTERRUPTED)
     out.print(f"{result.output}: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
+
+
+def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run, devices,
+                    shard, quiet):
+    import copy
+
+    from vsr import batch
+    from vsr.device import DeviceError, resolve_device
+    from vsr.progress import BatchProgress
+    from vsr.upscaler import Upscaler
+
+    if dst is None:
+        fail("a folder input needs -o OUTPUT_FOLDER", EXIT_USAGE)
+    try:
+        opts = batch.BatchOptions(recursive=recursive, include=tuple(include), exclude=tuple(exclude), ext=ext,
+                                  overwrite=options.overwrite, shard=batch.parse_shard(shard) if shard else (1, 1))
+        jobs = batch.plan(src, dst, opts, int(net.scale))
+        device_list = [resolve_device(d.strip()) for d in devices.split(",") if d.strip()]
+    except (batch.BatchError, DeviceError) as exc:
+        fail(str(exc), EXIT_USAGE if isinstance(exc, batch.BatchError) and "--shard" in str(exc) else EXIT_FAILED)
+    todo = [j for j in jobs if j.action == "convert"]
+    skipped = [j for j in jobs if j.action == "skip"]
+    if dry_run:
+        table = Table(title=f"plan: {len(todo)} to convert, {len(skipped)} done earlier")
+        for col in ("file", "action", "why", "output"):
+            table.add_column(col)
+        for j in jobs:
+            table.add_row(j.rel, j.action, j.reason, "" if j.action == "ignore" else str(j.dst))
+        out.print(table)
+        return
+    batch.count_frames(todo)
+    frames = [j.frames for j in todo]
+    total = sum(f for f in frames if f) if all(frames) else None
+    if skipped and not quiet:
+        err.print(f"{len(skipped)} done earlier, skipped")
+    upscalers = [Upscaler(net if k == 0 else copy.deepcopy(net), d, tile=tile, compile=use_compile)
+                 for k, d in enumerate(device_list)]
+    progress = BatchProgress(err, total_files=len(todo), total_frames=total, quiet=quiet)
+    try:
+        batch.run(jobs, upscalers, options, progress)
+    except KeyboardInterrupt:
+        progress.stop()
+        err.print("interrupted; finished files are kept, the current one was not written (re-run to resume)")
+        sys.exit(EXIT_INTERRUPTED)
+    progress.stop()
+    table = Table(title="summary")
+    for col, justify in (("file", "left"), ("frames", "right"), ("seconds", "right"), ("fps", "right"), ("status", "left")):
+        table.add_column(col, justify=justify)
+    for j in jobs:
+        r = j.result
+        status = {"done": "[green]done[/]", "skipped": "skipped (done earlier)", "ignored": "ignored (not media)"}.get(
+            j.status, f"[red]{j.status}[/]: {j.error}")
+        table.add_row(j.rel, str(r.frames) if r else "", f"{r.seconds:.1f}" if r else "", f"{r.fps:.2f}" if r else "", status)
+    out.print(table)
+    failed = [j for j in jobs if j.status == "failed"]
+    done = [j for j in jobs if j.status == "done"]
+    out.print(f"{len(done)} converted, {len(skipped)} done earlier, skipped, {len(failed)} failed")
+    if failed:
+        sys.exit(EXIT_FAILED)
 
 
 # ---------------------------------------------------------------------------- finetune

@@ -109,6 +109,21 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
                 return _END
 
 
+class _Stop:
+    """This file's stop flag: set by our own threads on failure, or from outside (Ctrl-C, a batch
+    being cancelled).  Setting it never touches the outside event."""
+
+    def __init__(self, outside: threading.Event | None) -> None:
+        self._own = threading.Event()
+        self._outside = outside
+
+    def set(self) -> None:
+        self._own.set()
+
+    def is_set(self) -> bool:
+        return self._own.is_set() or (self._outside is not None and self._outside.is_set())
+
+
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
@@ -126,7 +141,7 @@ def upscale_file(
     """Upscale ``src`` into ``dst``.  ``fault`` (tests) is called with each frame index before the model."""
     src, dst = Path(src), Path(dst)
     reporter = reporter or Reporter()
-    stop = stop or threading.Event()
+    stop = _Stop(stop)
     check_paths(src, dst, options.overwrite)
     try:
         info = probe(src)

@@ -87,3 +87,64 @@ class FileProgress:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class BatchProgress:
+    """Overall (files, frames, ETA) and per-file progress for a folder (stderr)."""
+
+    def __init__(self, console: Console, total_files: int, total_frames: int | None, quiet: bool = False) -> None:
+        self.console = console
+        self.files_done = 0
+        self.total_files = total_files
+        self.progress: Progress | None = None
+        if quiet:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+        )
+        self.overall = self.progress.add_task("all frames", total=total_frames or None, info=f"0/{total_files} files")
+        self.progress.start()
+
+    def _print(self, message: str) -> None:
+        (self.progress.console if self.progress else self.console).print(message, soft_wrap=True)
+
+    def for_job(self, job) -> "_FileTask":
+        return _FileTask(self, job)
+
+    def file_finished(self, job) -> None:
+        self.files_done += 1
+        if self.progress is not None:
+            self.progress.update(self.overall, info=f"{self.files_done}/{self.total_files} files")
+        if job.status == "failed":
+            self._print(f"[red]failed:[/] {job.rel}: {job.error}")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class _FileTask:
+    """The pipeline Reporter for one file of a batch."""
+
+    def __init__(self, batch: BatchProgress, job) -> None:
+        self.batch, self.job, self.task = batch, job, None
+
+    def start(self, name: str, total: int | None) -> None:
+        if self.batch.progress is not None:
+            self.task = self.batch.progress.add_task(self.job.rel, total=total, info="")
+
+    def advance(self, frames: int) -> None:
+        if self.batch.progress is not None:
+            self.batch.progress.update(self.batch.overall, advance=frames)
+            if self.task is not None:
+                self.batch.progress.update(self.task, advance=frames)
+
+    def warn(self, message: str) -> None:
+        self.batch._print(f"[yellow]warning:[/] {self.job.rel}: {message}")
+
+    def finish(self) -> None:
+        if self.batch.progress is not None and self.task is not None:
+            self.batch.progress.remove_task(self.task)
+            self.task = None

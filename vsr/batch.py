@@ -1,0 +1,222 @@
+"""Folders: plan which files to convert, skip what is done, keep going past bad files.
+
+The plan is a pure function of the folder tree and the options; outputs are only ever
+created complete (temporary file + rename, in :mod:`vsr.pipeline`), so an output that
+exists is a finished one and a re-run skips it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from vsr.decode import InputError, probe
+from vsr.media import kind_of
+from vsr.pipeline import Reporter, Result, UpscaleError, UpscaleOptions, temporary_path, upscale_file
+from vsr.upscaler import Upscaler
+
+
+class BatchError(Exception):
+    """The batch as a whole cannot run (a usage problem); the message says why."""
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    rel: str
+    action: str  # "convert", "skip" (done earlier), "ignore" (not media)
+    reason: str = ""
+    frames: int | None = None
+    status: str = "pending"  # after running: "done", "failed", "skipped", "ignored"
+    result: Result | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    recursive: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    ext: str | None = None  # container extension for video outputs, e.g. "mkv"
+    overwrite: bool = False
+    shard: tuple[int, int] = (1, 1)  # (I, N), 1-based
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BatchError(f"expected --shard I/N (e.g. 2/4), got {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise BatchError(f"expected --shard I/N with 1 <= I <= N, got {text!r}")
+    return i, n
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def list_files(root: Path, opts: BatchOptions) -> list[str]:
+    """Relative POSIX paths of the candidate files, sorted: the deterministic list shards cut."""
+    paths = root.rglob("*") if opts.recursive else root.iterdir()
+    rels = []
+    for p in paths:
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        rel = p.relative_to(root).as_posix()
+        if opts.include and not _matches(rel, opts.include):
+            continue
+        if opts.exclude and _matches(rel, opts.exclude):
+            continue
+        rels.append(rel)
+    return sorted(rels)
+
+
+def plan(src_dir: Path, dst_dir: Path, opts: BatchOptions, scale: int) -> list[Job]:
+    if not src_dir.is_dir():
+        raise BatchError(f"input folder {os.fspath(src_dir)!r} does not exist")
+    if _inside(dst_dir, src_dir):
+        raise BatchError(
+            f"output folder {os.fspath(dst_dir)!r} is inside the input folder {os.fspath(src_dir)!r}; "
+            f"choose an output folder outside it"
+        )
+    existing = dst_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BatchError(f"output folder {os.fspath(dst_dir)!r} cannot be created: {os.fspath(existing)!r} is a file")
+    if not os.access(existing, os.W_OK):
+        raise BatchError(f"output folder {os.fspath(dst_dir)!r} is not writable")
+    rels = list_files(src_dir, opts)
+    if not any(kind_of(r) for r in rels):
+        raise BatchError(f"no videos or images in {os.fspath(src_dir)!r}" + ("" if opts.recursive else " (use --recursive for subfolders)"))
+    i, n = opts.shard
+    rels = [r for k, r in enumerate(rels) if k % n == i - 1]
+    jobs = []
+    for rel in rels:
+        src = src_dir / rel
+        kind = kind_of(rel)
+        dst = dst_dir / rel
+        if kind == "video" and opts.ext:
+            dst = dst.with_suffix("." + opts.ext.lstrip("."))
+        if kind is None:
+            jobs.append(Job(src, dst, rel, "ignore", "not a video or image"))
+        elif dst.exists() and not opts.overwrite:
+            jobs.append(Job(src, dst, rel, "skip", "done earlier"))
+        else:
+            jobs.append(Job(src, dst, rel, "convert", "replace" if dst.exists() else "new"))
+    return jobs
+
+
+def count_frames(jobs: Sequence[Job]) -> None:
+    """Fill in frame counts (for the overall ETA); unreadable files are left for the run to report."""
+    for job in jobs:
+        if job.action == "convert":
+            try:
+                job.frames = probe(job.src).frames
+            except InputError:
+                job.frames = None
+
+
+class BatchReporter:
+    """What a batch tells its caller: a Reporter for each file, and each file's outcome."""
+
+    def for_job(self, job: Job) -> Reporter:
+        return Reporter()
+
+    def file_finished(self, job: Job) -> None: ...
+
+
+def run(
+    jobs: Sequence[Job],
+    upscalers: Sequence[Upscaler],
+    options: UpscaleOptions,
+    reporter: BatchReporter | None = None,
+    fault: Callable[[Job, int], None] | None = None,
+) -> list[Job]:
+    """Convert the jobs; one worker thread per upscaler (device), files handed out from one queue.
+
+    A failed file is recorded and the batch goes on; Ctrl-C stops the whole batch (no partial files).
+    """
+    reporter = reporter or BatchReporter()
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        if job.action == "skip":
+            job.status = "skipped"
+        elif job.action == "ignore":
+            job.status = "ignored"
+        else:
+            todo.put(job)
+    stop = threading.Event()
+    lock = threading.Lock()
+    interrupted: list[BaseException] = []
+    opts = UpscaleOptions(batch_size=options.batch_size, overwrite=True, encode=options.encode, queue_size=options.queue_size)
+
+    def worker(upscaler: Upscaler) -> None:
+        while not stop.is_set():
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
+                return
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            hook = (lambda index, job=job: fault(job, index)) if fault is not None else None
+            try:
+                job.result = upscale_file(job.src, job.dst, upscaler, opts, reporter.for_job(job), stop=stop, fault=hook)
+                job.status = "done"
+            except UpscaleError as exc:
+                job.status, job.error = "failed", str(exc)
+            except KeyboardInterrupt as exc:
+                job.status, job.error = "interrupted", "interrupted"
+                interrupted.append(exc)
+                stop.set()
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                _remove_stale(job.dst)
+            with lock:
+                reporter.file_finished(job)
+
+    if len(upscalers) == 1:
+        try:
+            worker(upscalers[0])
+        except KeyboardInterrupt:
+            stop.set()
+            raise
+    else:
+        threads = [threading.Thread(target=worker, args=(u,), name=f"vsr-worker-{k}", daemon=True) for k, u in enumerate(upscalers)]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.2)
+        except KeyboardInterrupt:
+            stop.set()
+            for t in threads:
+                t.join()
+            raise
+    if interrupted:
+        raise KeyboardInterrupt
+    return list(jobs)
+
+
+def _remove_stale(dst: Path) -> None:
+    tmp = temporary_path(dst)
+    if tmp.exists():
+        tmp.unlink()
