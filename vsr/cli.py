@@ -94,6 +94,7 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (fixed frame sizes).")
+@click.option("--profile", is_flag=True, help="Print the time spent in each stage and which one bounds throughput.")
 @click.option("-r", "--recursive", is_flag=True, help="Folders: include subfolders.")
 @click.option("--include", multiple=True, help="Folders: only files matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Folders: skip files matching this glob (repeatable).")
@@ -103,7 +104,7 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--shard", default=None, help="Folders: process the I-th of N slices of the file list (I/N).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def upscale(input, output, model, weights, scale, batch_size, device, tile, codec, crf, preset, pix_fmt, overwrite,
-            use_compile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
+            use_compile, profile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
     """Upscale a video or image INPUT into OUTPUT, keeping every other stream.
 
     INPUT may be a folder: every video and image in it is converted into the folder OUTPUT,
@@ -142,6 +143,26 @@ def upscale(input, output, model, weights, scale, batch_size, device, tile, code
         err.print("interrupted; no output written")
         sys.exit(EXIT_INTERRUPTED)
     out.print(f"{result.output}: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
+    if profile:
+        print_profile(result)
+
+
+def print_profile(result) -> None:
+    """Per-stage seconds and ms/frame, grouped by pipeline thread, and the bounding thread."""
+    from vsr.timing import STAGES
+
+    table = Table(title="where the time goes")
+    for col, justify in (("stage", "left"), ("thread", "left"), ("seconds", "right"), ("ms/frame", "right"),
+                         ("% of wall", "right")):
+        table.add_column(col, justify=justify)
+    n = max(1, result.frames)
+    for stage in STAGES:
+        secs = result.stages.get(stage, 0.0)
+        table.add_row(stage, STAGES[stage], f"{secs:.2f}", f"{1000 * secs / n:.1f}", f"{100 * secs / result.seconds:.0f}%")
+    out.print(table)
+    name, busy = result.stages.bottleneck()
+    out.print(f"bounded by the {name} thread: busy {busy:.1f} s of {result.seconds:.1f} s wall "
+              f"({100 * busy / result.seconds:.0f}%); the other threads overlap with it")
 
 
 def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run, devices,

@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from vsr.colour import ColourTags, frame_to_rgb
+from vsr.timing import Timings
 
 
 class InputError(Exception):
@@ -167,12 +168,13 @@ class PacketItem:
     time_base: Fraction
 
 
-def read(info: VideoInfo, copy_streams: set[int], stop=None) -> Iterator[FrameItem | PacketItem]:
+def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None) -> Iterator[FrameItem | PacketItem]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
     index = 0
+    timings = timings if timings is not None else Timings()
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
@@ -185,8 +187,12 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None) -> Iterator[FrameIt
                     if packet.dts is not None or packet.pts is not None:
                         yield PacketItem(packet, packet.stream.index, Fraction(packet.time_base))
                     continue
-                for frame in packet.decode():
-                    yield FrameItem(index, frame_to_rgb(frame), frame.pts, Fraction(frame.time_base or info.time_base))
+                with timings("decode"):
+                    frames = packet.decode()
+                for frame in frames:
+                    with timings("to_rgb"):
+                        rgb = frame_to_rgb(frame)
+                    yield FrameItem(index, rgb, frame.pts, Fraction(frame.time_base or info.time_base))
                     index += 1
         except av.FFmpegError as exc:
             raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc

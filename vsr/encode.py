@@ -20,6 +20,7 @@ import numpy as np
 from vsr.colour import ColourTags, rgb_to_frame
 from vsr.decode import VideoInfo, open_input
 from vsr.media import jpeg_qscale
+from vsr.timing import Timings
 
 
 class EncodeError(Exception):
@@ -87,6 +88,7 @@ class Writer:
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
         self.frames_written = 0
+        self.timings = Timings()
         self.image = image
         self._last_pts: int | None = None
         try:
@@ -238,7 +240,8 @@ class Writer:
 
     # -- writing -----------------------------------------------------------------------------
     def write_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None:
-        frame = rgb_to_frame(rgb, self.pix_fmt, self.tags)
+        with self.timings("to_yuv"):
+            frame = rgb_to_frame(rgb, self.pix_fmt, self.tags)
         if self.info.is_image or self.image:
             frame.pts = self.frames_written
         else:
@@ -250,8 +253,9 @@ class Writer:
             frame.pts = pts
             frame.time_base = time_base
             self._last_pts = pts
-        for packet in self.video.encode(frame):
-            self.output.mux(packet)
+        with self.timings("encode"):
+            for packet in self.video.encode(frame):
+                self.output.mux(packet)
         self.frames_written += 1
 
     def copy_packet(self, packet: av.Packet, index: int, time_base: Fraction) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, VideoInfo, probe, read
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from vsr.timing import Timings
 from vsr.upscaler import Upscaler
 
 
@@ -49,7 +50,7 @@ class Result:
     frames: int
     seconds: float
     warnings: list[str]
-    stages: dict[str, float]  # seconds spent per stage (decode, model, encode), per thread
+    stages: Timings  # seconds per stage (decode, to_rgb, to_tensor, model, to_frame, to_yuv, encode)
 
     @property
     def fps(self) -> float:
@@ -161,7 +162,8 @@ def upscale_file(
         _remove(tmp)
         raise UpscaleError(str(exc)) from exc
 
-    stages = {"decode": 0.0, "model": 0.0, "encode": 0.0}
+    stages = Timings()
+    upscaler.timings.clear()
     q_in: queue.Queue = queue.Queue(maxsize=options.queue_size)
     q_out: queue.Queue = queue.Queue(maxsize=options.queue_size)
     errors: list[BaseException] = []
@@ -169,11 +171,9 @@ def upscale_file(
 
     def reader() -> None:
         try:
-            it = read(info, writer.streams_to_copy(), stop)
+            it = read(info, writer.streams_to_copy(), stop, stages)
             while True:
-                t0 = time.perf_counter()
                 item = next(it, _END)
-                stages["decode"] += time.perf_counter() - t0
                 if not _put(q_in, item, stop) or item is _END:
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
@@ -185,19 +185,17 @@ def upscale_file(
                 item = _get(q_out, stop)
                 if item is _END:
                     if not stop.is_set():
-                        t0 = time.perf_counter()
-                        writer.close()
-                        stages["encode"] += time.perf_counter() - t0
+                        with writer.timings("encode"):
+                            writer.close()
                     return
-                t0 = time.perf_counter()
                 if isinstance(item, PacketItem):
-                    writer.copy_packet(item.packet, item.stream_index, item.time_base)
+                    with writer.timings("encode"):
+                        writer.copy_packet(item.packet, item.stream_index, item.time_base)
                 else:
                     for rgb, pts, tb in item:
                         writer.write_frame(rgb, pts, tb)
                     written[0] += len(item)
                     reporter.advance(len(item))
-                stages["encode"] += time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
             stop.set()
@@ -216,9 +214,7 @@ def upscale_file(
         def flush() -> None:
             if not batch:
                 return
-            t0 = time.perf_counter()
             out = upscaler.upscale(np.stack([f.rgb for f in batch])).numpy()
-            stages["model"] += time.perf_counter() - t0
             _put(q_out, [(out[i], f.pts, f.time_base) for i, f in enumerate(batch)], stop)
             batch.clear()
 
@@ -269,6 +265,8 @@ def upscale_file(
             _remove(tmp)
         reporter.finish()
     seconds = time.perf_counter() - began
+    stages.update(upscaler.timings)
+    stages.update(writer.timings)
     os.replace(tmp, dst)
     if info.frames_exact and info.frames and written[0] != info.frames:
         warn(f"{src.name}: wrote {written[0]} frames, the input says it has {info.frames}")

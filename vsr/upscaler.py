@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vsr.model import Bicubic, Generator
+from vsr.timing import Timings
 
 
 def receptive_radius(model: nn.Module) -> int:
@@ -81,6 +82,7 @@ class Upscaler:
             model = model.half()
         self.model = torch.compile(model) if compile else model
         self.dtype = torch.float16 if self.half else torch.float32
+        self.timings = Timings()  # to_tensor / model / to_frame seconds (CPU path; CUDA work overlaps)
         self._cuda = CudaRunner(self) if self.device.type == "cuda" else None
 
     # -- the model on one device-resident float batch --------------------------------------
@@ -104,9 +106,14 @@ class Upscaler:
         """uint8 NHWC RGB -> uint8 NHWC RGB (``scale`` times larger), on the CPU."""
         batch = _as_uint8_nhwc(frames)
         if self._cuda is not None:
-            return self._cuda.run([batch])[0]
-        x = batch.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
-        return to_uint8(self._forward(x)).cpu()
+            with self.timings("model"):
+                return self._cuda.run([batch])[0]
+        with self.timings("to_tensor"):
+            x = batch.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+        with self.timings("model"):
+            y = self._forward(x)
+        with self.timings("to_frame"):
+            return to_uint8(y).cpu()
 
     def upscale_stream(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Like :meth:`upscale` over many batches; on CUDA, copies and compute overlap."""
