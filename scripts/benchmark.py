@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Throughput benchmark for `vsr upscale` (prints numbers; not a test).
+
+Measures, on the machine it runs on:
+  1. model efficiency: the generator's achieved FLOP rate vs the fp32 GEMM rate of the same run;
+  2. pipeline efficiency: end-to-end `upscale_file` fps vs model-only fps on the same frames;
+  3. the naive baseline (decode -> model -> encode, one frame at a time, one thread) and our speed-up;
+  4. flat memory: peak RSS of the pipeline on a clip and on one 10x longer (separate processes);
+  5. optionally (--sweep) thread counts and batch sizes, and (--compile) torch.compile.
+
+Usage: python scripts/benchmark.py [--weights NAME|PATH] [--frames 12] [--sweep] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from vsr.model import Bicubic, Generator, GeneratorConfig  # noqa: E402
+from vsr.pipeline import UpscaleOptions, upscale_file  # noqa: E402
+from vsr.upscaler import Upscaler  # noqa: E402
+from vsr.weights import WeightsError, load_generator, resolve_weights  # noqa: E402
+
+SAMPLE = ROOT / "tests" / "data" / "bbb_sample.mp4"
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def load_model(spec: str | None) -> Generator:
+    try:
+        return load_generator(resolve_weights(spec or "vsr_x4_psnr"))
+    except WeightsError:
+        print("(no bundled weights: timing an untrained generator of the bundled configuration)")
+        return Generator(GeneratorConfig(batch_norm=False, global_skip="bicubic")).eval()
+
+
+def decoded_frames(path: Path, count: int) -> list[np.ndarray]:
+    from vsr.colour import frame_to_rgb
+
+    with av.open(str(path)) as c:
+        frames = [frame_to_rgb(f) for f in c.decode(video=0)]
+    while len(frames) < count:
+        frames += frames
+    return frames[:count]
+
+
+def model_only(up: Upscaler, frames: list[np.ndarray], batch: int) -> float:
+    """Frames per second of the upscaler alone (uint8 in, uint8 out), after one warm-up call."""
+    up.upscale(np.stack(frames[:batch]))
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), batch):
+        up.upscale(np.stack(frames[i : i + batch]))
+    return len(frames) / (time.perf_counter() - t0)
+
+
+def naive(model: torch.nn.Module, src: Path, dst: Path, limit: int) -> float:
+    """Real-ESRGAN-script style: one thread, one frame at a time, default (BT.601) RGB conversion."""
+    model = model.eval().to(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    n = 0
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        vin = inp.streams.video[0]
+        vs = out.add_stream("libx264", rate=vin.average_rate, options={"crf": "18", "preset": "medium"})
+        vs.width, vs.height, vs.pix_fmt = vin.width * model.scale, vin.height * model.scale, "yuv420p"
+        for frame in inp.decode(vin):
+            x = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].float() / 255
+            with torch.inference_mode():
+                y = model(x.contiguous(memory_format=torch.channels_last)).clamp(0, 1)
+            rgb = (y[0] * 255).round().byte().permute(1, 2, 0).contiguous().numpy()
+            for p in vs.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(p)
+            n += 1
+            if n >= limit:
+                break
+        for p in vs.encode(None):
+            out.mux(p)
+    return n / (time.perf_counter() - t0)
+
+
+def trimmed_clip(src: Path, dst: Path, frames: int) -> Path:
+    """The first ``frames`` frames of ``src`` (video re-encoded losslessly-ish, audio copied)."""
+    import imageio_ffmpeg
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-stream_loop", "-1", "-i", str(src),
+                    "-frames:v", str(frames), "-c:v", "libx264", "-crf", "12", "-preset", "fast", "-c:a", "aac",
+                    "-shortest", str(dst)], check=True)
+    return dst
+
+
+def rss_child(path: str, out: str) -> None:
+    """Run in a subprocess: upscale with bicubic and report peak RSS (kB)."""
+    upscale_file(path, out, Upscaler(Bicubic(4)), UpscaleOptions(overwrite=True))
+    print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def peak_rss(path: Path, out: Path) -> int:
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from scripts.benchmark import rss_child; rss_child({str(path)!r}, {str(out)!r})"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_kb"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--frames", type=int, default=12, help="frames for the timed runs (320x180 -> 1280x720)")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--sweep", action="store_true", help="also try thread counts and batch sizes")
+    ap.add_argument("--compile", action="store_true", help="also try torch.compile")
+    ap.add_argument("--memory-frames", type=int, default=50, help="short clip length for the RSS test (long = 10x)")
+    args = ap.parse_args()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, PyAV {av.__version__}")
+    tmp = Path(tempfile.mkdtemp(prefix="vsr-bench-"))
+    model = load_model(args.weights)
+    cfg = model.config
+    frames = decoded_frames(SAMPLE, args.frames)
+    h, w = frames[0].shape[:2]
+    flops = cfg.flops_per_pixel() * h * w
+    print(f"model {cfg}; input {w}x{h} -> {w * cfg.scale}x{h * cfg.scale}; {flops / 1e9:.1f} GFLOP per frame")
+
+    # 1. model efficiency
+    gemm = gemm_gflops()
+    up = Upscaler(model, "cpu")
+    fps_model = model_only(up, frames, args.batch_size)
+    achieved = fps_model * flops / 1e9
+    print(f"[model] fp32 GEMM {gemm:.1f} GFLOPS; generator {achieved:.1f} GFLOPS ({1 / fps_model:.2f} s/frame); "
+          f"ratio {achieved / gemm:.2f} (target >= 0.80)")
+    if args.sweep:
+        threads0 = torch.get_num_threads()
+        for threads in sorted({1, threads0}):
+            torch.set_num_threads(threads)
+            for batch in (1, 2, 4):
+                fps = model_only(up, frames[: max(batch * 2, 4)], batch)
+                print(f"  sweep: threads={threads} batch={batch}: {fps * flops / 1e9:.1f} GFLOPS")
+        torch.set_num_threads(threads0)
+        nchw = model.to(memory_format=torch.contiguous_format)
+        x = torch.rand(1, 3, h, w)
+        with torch.inference_mode():
+            nchw(x)
+            t0 = time.perf_counter()
+            nchw(x)
+        print(f"  sweep: NCHW (no channels_last): {flops / (time.perf_counter() - t0) / 1e9:.1f} GFLOPS")
+    if args.compile:
+        upc = Upscaler(load_model(args.weights), "cpu", compile=True)
+        t0 = time.perf_counter()
+        upc.upscale(frames[0][None])
+        print(f"  compile: first call (compiling) {time.perf_counter() - t0:.1f} s")
+        fps = model_only(upc, frames, args.batch_size)
+        print(f"  compile: {fps * flops / 1e9:.1f} GFLOPS")
+
+    # 2. pipeline efficiency, same frames
+    clip = trimmed_clip(SAMPLE, tmp / "clip.mp4", args.frames)
+    result = upscale_file(clip, tmp / "out.mp4", up, UpscaleOptions(batch_size=args.batch_size, overwrite=True))
+    fps_pipe = result.fps
+    print(f"[pipeline] end-to-end {fps_pipe:.3f} fps vs model-only {fps_model:.3f} fps: ratio {fps_pipe / fps_model:.3f} "
+          f"(target >= 0.95)")
+    stages = ", ".join(f"{k} {1000 * v / result.frames:.0f} ms" for k, v in result.stages.items())
+    print(f"  per frame: {stages}; bounded by the {result.stages.bottleneck()[0]} thread")
+
+    # 3. naive baseline
+    fps_naive = naive(model, clip, tmp / "naive.mp4", args.frames)
+    print(f"[baseline] naive one-thread loop {fps_naive:.3f} fps; vsr speed-up {fps_pipe / fps_naive:.2f}x")
+
+    # 4. flat memory
+    short = trimmed_clip(SAMPLE, tmp / "short.mp4", args.memory_frames)
+    long = trimmed_clip(SAMPLE, tmp / "long.mp4", args.memory_frames * 10)
+    rss_short = peak_rss(short, tmp / "short_x4.mp4")
+    rss_long = peak_rss(long, tmp / "long_x4.mp4")
+    print(f"[memory] peak RSS {args.memory_frames} frames {rss_short / 1024:.0f} MiB, {args.memory_frames * 10} frames "
+          f"{rss_long / 1024:.0f} MiB: ratio {rss_long / rss_short:.3f} (target <= 1.10; bicubic model, same pipeline)")
+
+
+if __name__ == "__main__":
+    main()
