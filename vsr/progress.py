@@ -20,8 +20,8 @@ class TrainProgress:
         self.first = 0
 
     def start(self, step: int, total: int) -> None:
-        self.began, self.first = time.monotonic(), step
-        if self.quiet:
+        self.began, self.first, self.total, self.last_line = time.monotonic(), step, total, time.monotonic()
+        if self.quiet or not self.console.is_terminal:
             return
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
@@ -32,12 +32,18 @@ class TrainProgress:
         self.progress.start()
 
     def step(self, step: int, losses: dict[str, float]) -> None:
-        if self.progress is None:
+        if self.quiet:
             return
         elapsed = time.monotonic() - self.began
         rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
         shown = " ".join(f"{k}={v:.4g}" for k, v in losses.items() if k not in ("d_real", "d_fake"))
-        self.progress.update(self.task, completed=step, rate=f"{rate:.2f} step/s", losses=shown)
+        if self.progress is not None and self.console.is_terminal:
+            self.progress.update(self.task, completed=step, rate=f"{rate:.2f} step/s", losses=shown)
+        elif time.monotonic() - self.last_line >= 60 or step == self.total:
+            # Not a terminal (a log file, nohup): a plain line a minute instead of a live bar.
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            self.console.print(f"step {step}/{self.total} {rate:.3f} step/s ETA {eta / 60:.0f} min {shown}")
+            self.last_line = time.monotonic()
 
     def validate(self, step: int, scores: dict[str, float]) -> None:
         line = (f"step {step}: PSNR-Y {scores['psnr']:.2f} dB (bicubic {scores['bicubic_psnr']:.2f}, "
