@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from conftest import tiny_generator
 from vsr.model import Bicubic, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from vsr.upscaler import receptive_radius
+from vsr.upscaler import receptive_radius, tile_for_memory
 from vsr.weights import WeightsError, load_generator, resolve_weights, save_generator, training_info
 
 
@@ -123,3 +123,12 @@ def test_receptive_radius_covers_the_network():
     y1 = g(x2)
     assert torch.allclose(y0[..., c * 4 : c * 4 + 4, c * 4 : c * 4 + 4], y1[..., c * 4 : c * 4 + 4, c * 4 : c * 4 + 4], atol=1e-6)
     assert receptive_radius(Bicubic(4)) == 2
+
+
+def test_tiles_sized_from_free_memory():
+    g = Generator(GeneratorConfig())
+    small, big = tile_for_memory(1 << 30, g), tile_for_memory(16 << 30, g)
+    assert 32 <= small < big <= 4096 and small % 8 == 0
+    # 64 channels x 16 output pixels x 3 maps x 2 bytes = 6144 bytes per input pixel; half of 1 GiB: 295 px.
+    assert small == 288
+    assert tile_for_memory(1 << 20, g) == 32

@@ -40,6 +40,18 @@ def receptive_radius(model: nn.Module) -> int:
     return 16  # unknown module: a generous margin
 
 
+def tile_for_memory(free_bytes: int, model: nn.Module, batch: int = 1, dtype_bytes: int = 2, fraction: float = 0.5) -> int:
+    """The largest tile (input pixels per side) whose activations fit in ``fraction`` of ``free_bytes``.
+
+    Peak memory per input pixel is dominated by about three live feature maps of ``channels``
+    at the output size (``scale**2`` pixels per input pixel) during the last stages.
+    """
+    channels = model.config.channels if isinstance(model, Generator) else 3
+    per_pixel = 3 * channels * model.scale**2 * dtype_bytes * batch
+    side = int(math.sqrt(max(1, free_bytes * fraction) / per_pixel))
+    return max(32, min(4096, side // 8 * 8))
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Float NCHW in [0, 1] -> uint8 NHWC (rounded, clamped)."""
     return x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -153,6 +165,9 @@ class CudaRunner:
         self.compute_stream = torch.cuda.Stream(device=upscaler.device)
         self._in: dict[tuple, list[torch.Tensor]] = {}
         self._out: dict[tuple, list[torch.Tensor]] = {}
+        if upscaler.tile is None:  # size tiles from the memory this GPU has free now
+            free, _ = torch.cuda.mem_get_info(upscaler.device)
+            upscaler.tile = tile_for_memory(free, upscaler.model, dtype_bytes=2 if upscaler.half else 4)
 
     def _pinned(self, pool: dict, shape: tuple, slot: int) -> torch.Tensor:
         buffers = pool.setdefault(shape, [])
