@@ -268,3 +268,21 @@ def test_torchrun_ddp_on_cpu_with_gloo(folder, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert training_info(out)["world_size"] == 2
+
+
+def test_ctrl_c_writes_a_checkpoint_that_resumes(folder, tmp_path):
+    from vsr.finetune import Callbacks
+
+    out = tmp_path / "w.safetensors"
+
+    def interrupt(step, losses):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(_opts(folder, out, train={"steps": 6}), Callbacks(on_step=interrupt))
+    assert not out.exists()
+    state = torch.load(out.with_suffix(".ckpt"), weights_only=True)
+    assert state["step"] == 3
+    run_finetune(_opts(folder, out, train={"steps": 6}, resume=out.with_suffix(".ckpt")))
+    assert training_info(out)["steps"] == 6
