@@ -88,7 +88,7 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--batch-size", type=int, default=1, show_default=True, callback=_positive, help="Frames per model call.")
 @click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--tile", type=int, default=None, callback=_tile, help="Split frames into tiles of this many input pixels.")
-@click.option("--codec", default="libx264", show_default=True, help="Video encoder (any FFmpeg encoder PyAV has).")
+@click.option("--codec", default=None, help="Video encoder (default libx264, or the container's own where it refuses H.264, e.g. VP9 for .webm).")
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True, help="Constant rate factor (x264/x265/vp9/av1).")
 @click.option("--preset", default="medium", show_default=True, help="Encoder preset (x264/x265).")
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")

@@ -40,6 +40,7 @@ class VideoInfo:
     frames: int | None  # frame count, exact when the container says, else estimated
     frames_exact: bool  # the container gave the count (mp4, mov): fewer decoded frames means truncation
     duration: float | None  # seconds
+    start_time: float | None  # seconds, of the video stream
     sample_aspect_ratio: Fraction | None
     rotation: int  # degrees, counter-clockwise, from the display matrix
     colour: ColourTags
@@ -141,6 +142,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             frames=1 if is_image else frames,
             frames_exact=bool(stream.frames) and not is_image,
             duration=duration,
+            start_time=float(stream.start_time * tb) if stream.start_time is not None else None,
             sample_aspect_ratio=_sar(stream),
             rotation=int(round(first.rotation or 0)),
             colour=ColourTags.of(first),
@@ -174,6 +176,7 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
     index = 0
+    last_time = None
     timings = timings if timings is not None else Timings()
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
@@ -192,12 +195,26 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                 for frame in frames:
                     with timings("to_rgb"):
                         rgb = frame_to_rgb(frame)
-                    yield FrameItem(index, rgb, frame.pts, Fraction(frame.time_base or info.time_base))
+                    tb = Fraction(frame.time_base or info.time_base)
+                    if frame.pts is not None:
+                        last_time = float(frame.pts * tb)
+                    yield FrameItem(index, rgb, frame.pts, tb)
                     index += 1
         except av.FFmpegError as exc:
             raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc
-    if info.frames_exact and info.frames and index < info.frames:
+    if info.frames_exact and info.frames and index < info.frames and _ends_early(info, last_time):
         raise DecodeError(
             f"{info.path!r}: decoding failed at frame {index}: the file says it has {info.frames} frames "
             f"(truncated or corrupt file?)"
         )
+
+
+def _ends_early(info: VideoInfo, last_time: float | None) -> bool:
+    """Fewer frames than the header says *and* the last one well before the stream's end: truncation.
+
+    (An edit list can legitimately hide a few frames at either end; those files still end on time.)
+    """
+    if info.duration is None or last_time is None:
+        return True
+    frame = float(1 / info.rate) if info.rate else 0.04
+    return last_time < (info.start_time or 0.0) + info.duration - max(3 * frame, 0.1)

@@ -36,15 +36,16 @@ IMAGE_CODECS = {"png": ("png", "rgb24"), "jpg": ("mjpeg", "yuvj444p"), "jpeg": (
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    codec: str = "libx264"
+    codec: str | None = None  # None: libx264, or the container's own default where it refuses H.264
     crf: int | None = 18
     preset: str | None = "medium"
     pix_fmt: str | None = None  # None: yuv420p, or 10-bit when the source is and the codec can
     quality: int = 95  # images (jpg/webp)
 
 
-def check_codec(codec: str, pix_fmt: str | None) -> av.codec.Codec:
+def check_codec(codec: str | None, pix_fmt: str | None) -> av.codec.Codec:
     """The encoder, or :class:`EncodeError` naming what exists."""
+    codec = codec or "libx264"
     try:
         enc = av.codec.Codec(codec, "w")
     except (av.codec.codec.UnknownCodecError, ValueError) as exc:
@@ -111,9 +112,12 @@ class Writer:
             ext = self.path.rsplit(".", 1)[-1].lower()
             codec, pix_fmt = IMAGE_CODECS[ext]
             options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality)
-        enc = check_codec(options.codec, options.pix_fmt)
-        pix_fmt = choose_pix_fmt(enc, info, options.pix_fmt)
         supported = self.output.supported_codecs
+        codec = options.codec
+        if codec is None:
+            codec = "libx264" if not supported or "libx264" in supported else self.output.default_video_codec
+        enc = check_codec(codec, options.pix_fmt)
+        pix_fmt = choose_pix_fmt(enc, info, options.pix_fmt)
         if supported and enc.name not in supported:
             raise EncodeError(f"the {self.output.format.name} container cannot hold {enc.name} video")
         stream_opts: dict[str, str] = {}
