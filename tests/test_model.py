@@ -132,3 +132,27 @@ def test_tiles_sized_from_free_memory():
     # 64 channels x 16 output pixels x 3 maps x 2 bytes = 6144 bytes per input pixel; half of 1 GiB: 295 px.
     assert small == 288
     assert tile_for_memory(1 << 20, g) == 32
+
+
+@pytest.mark.parametrize("cfg", [
+    GeneratorConfig(scale=4, blocks=2, channels=8),
+    GeneratorConfig(scale=2, blocks=1, channels=8, batch_norm=False, global_skip="bicubic"),
+    GeneratorConfig(scale=4, blocks=1, channels=16, batch_norm=False, global_skip="bicubic"),
+])
+def test_fast_generator_is_the_same_function(cfg):
+    """The polyphase rewrite of the last stage gives the generator's outputs, borders included."""
+    from vsr.upscaler import FastGenerator
+
+    torch.manual_seed(3)
+    g = Generator(cfg).eval()
+    with torch.no_grad():
+        g.tail.weight.normal_(0, 0.05)
+        for m in g.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(-0.5, 0.5)
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 17, 29)
+    with torch.inference_mode():
+        assert torch.allclose(FastGenerator(g)(x), g(x), atol=1e-5)
