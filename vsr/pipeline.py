@@ -218,7 +218,7 @@ def upscale_file(
             _put(q_out, [(out[i], f.pts, f.time_base) for i, f in enumerate(batch)], stop)
             batch.clear()
 
-        while True:
+        while not stop.is_set():  # set by the writer on an error: stop feeding the model at once
             item = _get(q_in, stop)
             if item is _END:
                 break
