@@ -177,3 +177,9 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "vsr", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "upscale" in result.stdout and "finetune" in result.stdout
     assert shutil.which("vsr") is not None
+
+
+def test_video_to_image_name_is_refused(tmp_path, clip):
+    result = invoke("upscale", clip, "-o", tmp_path / "frame.png", "--model", "bicubic")
+    assert_one_line_error(result, "is a video", "frame.png")
+    assert not (tmp_path / "frame.png").exists()

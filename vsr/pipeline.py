@@ -156,6 +156,8 @@ def upscale_file(
 
     tmp = temporary_path(dst)
     image_out = dst.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+    if image_out and not info.is_image:
+        raise UpscaleError(f"{src.name} is a video but {dst.name!r} is an image name; use a video extension (.mp4, .mkv, ...)")
     try:
         writer = Writer(tmp, info, options.encode, upscaler.scale, warn=warn, image=image_out)
     except EncodeError as exc:
