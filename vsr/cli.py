@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -19,7 +20,7 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
-def fail(message: str, code: int = EXIT_FAILED) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     sys.exit(code)
 

@@ -17,7 +17,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from vsr.colour import ColourTags, rgb_to_frame
+from vsr.colour import rgb_to_frame
 from vsr.decode import VideoInfo, open_input
 from vsr.media import jpeg_qscale
 from vsr.timing import Timings
@@ -273,8 +273,6 @@ class Writer:
 
     def _transcode(self, index: int, packet: av.Packet | None, time_base: Fraction | None = None) -> None:
         decoder, out, resampler = self.transcoded[index]
-        if decoder is None:
-            return
         if packet is not None:
             packet.time_base = time_base
         for frame in decoder.decode(packet):
@@ -289,13 +287,11 @@ class Writer:
         """Flush every encoder and finish the file."""
         for packet in self.video.encode(None):
             self.output.mux(packet)
-        for index in list(self.transcoded):
-            decoder, out, resampler = self.transcoded[index]
-            if decoder is not None:
-                self._transcode(index, None)
-                for converted in resampler.resample(None):
-                    for encoded in out.encode(converted):
-                        self.output.mux(encoded)
+        for index, (_decoder, out, resampler) in self.transcoded.items():
+            self._transcode(index, None)
+            for converted in resampler.resample(None):
+                for encoded in out.encode(converted):
+                    self.output.mux(encoded)
             for encoded in out.encode(None):
                 self.output.mux(encoded)
         self.output.close()

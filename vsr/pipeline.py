@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, VideoInfo, probe, read
+from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, probe, read
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vsr.timing import Timings
