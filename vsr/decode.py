@@ -1,8 +1,9 @@
 """Decoding: a media file becomes a description (:class:`VideoInfo`) and a stream of items.
 
 Items are :class:`FrameItem` (uint8 RGB, converted with the source's matrix and range,
-with the frame's own timestamp) and :class:`PacketItem` (packets of every other stream,
-untouched, to be copied into the output).
+with the frame's own timestamp; or still the decoded frame, for a later :func:`to_rgb` in
+another thread) and :class:`PacketItem` (packets of every other stream, untouched, to be
+copied into the output).
 """
 
 from __future__ import annotations
@@ -155,9 +156,19 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 @dataclass
 class FrameItem:
     index: int
-    rgb: np.ndarray  # uint8 HxWx3
+    rgb: np.ndarray | None  # uint8 HxWx3; None until converted (see ``frame``)
     pts: int | None
     time_base: Fraction
+    frame: av.VideoFrame | None = None  # the decoded frame, when read(..., convert=False)
+
+
+def to_rgb(item: FrameItem, timings: Timings | None = None) -> FrameItem:
+    """Convert a :class:`FrameItem` read with ``convert=False`` to RGB (in place; returns it)."""
+    if item.rgb is None:
+        with (timings if timings is not None else Timings())("to_rgb"):
+            item.rgb = frame_to_rgb(item.frame)
+        item.frame = None
+    return item
 
 
 @dataclass
@@ -170,8 +181,11 @@ class PacketItem:
     time_base: Fraction
 
 
-def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None) -> Iterator[FrameItem | PacketItem]:
+def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None,
+         convert: bool = True) -> Iterator[FrameItem | PacketItem]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
+
+    With ``convert=False`` frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb`.
 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
@@ -193,12 +207,11 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                 with timings("decode"):
                     frames = packet.decode()
                 for frame in frames:
-                    with timings("to_rgb"):
-                        rgb = frame_to_rgb(frame)
                     tb = Fraction(frame.time_base or info.time_base)
                     if frame.pts is not None:
                         last_time = float(frame.pts * tb)
-                    yield FrameItem(index, rgb, frame.pts, tb)
+                    item = FrameItem(index, None, frame.pts, tb, frame)
+                    yield to_rgb(item, timings) if convert else item
                     index += 1
         except av.FFmpegError as exc:
             raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc

@@ -89,6 +89,7 @@ class Writer:
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
         self.frames_written = 0
+        self._frames_prepared = 0
         self.timings = Timings()
         self.image = image
         self._last_pts: int | None = None
@@ -244,10 +245,14 @@ class Writer:
 
     # -- writing -----------------------------------------------------------------------------
     def write_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None:
+        self.encode_frame(self.prepare_frame(rgb, pts, time_base))
+
+    def prepare_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> av.VideoFrame:
+        """RGB -> the encoder's pixel format, with its timestamp.  Call in frame order (one thread)."""
         with self.timings("to_yuv"):
             frame = rgb_to_frame(rgb, self.pix_fmt, self.tags)
         if self.info.is_image or self.image:
-            frame.pts = self.frames_written
+            frame.pts = self._frames_prepared
         else:
             if pts is None:  # no timestamp: follow the previous one by one frame
                 step = int(round(1 / ((self.info.rate or Fraction(25)) * self.info.time_base)))
@@ -257,6 +262,11 @@ class Writer:
             frame.pts = pts
             frame.time_base = time_base
             self._last_pts = pts
+        self._frames_prepared += 1
+        return frame
+
+    def encode_frame(self, frame: av.VideoFrame) -> None:
+        """Encode and mux a frame made by :meth:`prepare_frame` (possibly in another thread)."""
         with self.timings("encode"):
             for packet in self.video.encode(frame):
                 self.output.mux(packet)

@@ -1,9 +1,13 @@
-"""One file through the pipeline: decode -> upscale -> encode, in three threads with bounded queues.
+"""One file through the pipeline: decode -> upscale -> encode, in five threads with bounded queues.
 
-* the reader thread demuxes, decodes and converts to RGB (:mod:`vsr.decode`);
+* ``vsr-decode`` demuxes and decodes (:mod:`vsr.decode`);
+* ``vsr-to-rgb`` converts decoded frames to RGB with the source's matrix and range;
 * the calling thread batches frames and runs the model (:mod:`vsr.upscaler`);
-* the writer thread converts back to YUV, encodes and muxes, copying other streams' packets
-  (:mod:`vsr.encode`).
+* ``vsr-to-yuv`` converts the results to the encoder's pixel format and stamps them;
+* ``vsr-encode`` encodes and muxes, copying other streams' packets (:mod:`vsr.encode`).
+
+Packets of the other streams travel through the same queues, so the output interleaves them as
+the input did.  Every queue is bounded: memory does not grow with the length of the file.
 
 The output is written to a temporary file beside the destination and renamed only when it is
 complete; on any error or Ctrl-C the temporary file is removed.
@@ -21,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, probe, read
+from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, probe, read, to_rgb
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vsr.timing import Timings
@@ -125,11 +129,6 @@ class _Stop:
         return self._own.is_set() or (self._outside is not None and self._outside.is_set())
 
 
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
 def upscale_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -166,44 +165,63 @@ def upscale_file(
 
     stages = Timings()
     upscaler.timings.clear()
-    q_in: queue.Queue = queue.Queue(maxsize=options.queue_size)
-    q_out: queue.Queue = queue.Queue(maxsize=options.queue_size)
+    size = options.queue_size
+    q_decoded, q_rgb, q_upscaled, q_yuv = (queue.Queue(maxsize=size) for _ in range(4))
     errors: list[BaseException] = []
     written = [0]
 
-    def reader() -> None:
-        try:
-            it = read(info, writer.streams_to_copy(), stop, stages)
-            while True:
-                item = next(it, _END)
-                if not _put(q_in, item, stop) or item is _END:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            _put(q_in, _Failure(exc), stop)
+    def worker(body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                errors.append(exc)
+                stop.set()
+        return run
 
-    def writer_loop() -> None:
-        try:
+    def decode() -> None:
+        for item in read(info, writer.streams_to_copy(), stop, stages, convert=False):
+            if not _put(q_decoded, item, stop):
+                return
+        _put(q_decoded, _END, stop)
+
+    def relay(q_in: queue.Queue, q_out: queue.Queue, convert: Callable[[Any], Any]) -> Callable[[], None]:
+        """Pass items from ``q_in`` to ``q_out``, frames through ``convert``, packets as they are."""
+        def body() -> None:
             while True:
-                item = _get(q_out, stop)
-                if item is _END:
-                    if not stop.is_set():
-                        with writer.timings("encode"):
-                            writer.close()
+                item = _get(q_in, stop)
+                if item is not _END and not isinstance(item, PacketItem):
+                    item = convert(item)
+                if not _put(q_out, item, stop) or item is _END:
                     return
-                if isinstance(item, PacketItem):
+        return body
+
+    def encode() -> None:
+        while True:
+            item = _get(q_yuv, stop)
+            if item is _END:
+                if not stop.is_set():
                     with writer.timings("encode"):
-                        writer.copy_packet(item.packet, item.stream_index, item.time_base)
-                else:
-                    for rgb, pts, tb in item:
-                        writer.write_frame(rgb, pts, tb)
-                    written[0] += len(item)
-                    reporter.advance(len(item))
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-            stop.set()
+                        writer.close()
+                return
+            if isinstance(item, PacketItem):
+                with writer.timings("encode"):
+                    writer.copy_packet(item.packet, item.stream_index, item.time_base)
+            else:
+                for frame in item:
+                    writer.encode_frame(frame)
+                written[0] += len(item)
+                reporter.advance(len(item))
 
-    threads = [threading.Thread(target=reader, name="vsr-decode", daemon=True),
-               threading.Thread(target=writer_loop, name="vsr-encode", daemon=True)]
+    def prepare(results: list) -> list:
+        return [writer.prepare_frame(rgb, pts, tb) for rgb, pts, tb in results]
+
+    threads = [threading.Thread(target=worker(body), name=name, daemon=True) for name, body in [
+        ("vsr-decode", decode),
+        ("vsr-to-rgb", relay(q_decoded, q_rgb, lambda item: to_rgb(item, stages))),
+        ("vsr-to-yuv", relay(q_upscaled, q_yuv, prepare)),
+        ("vsr-encode", encode),
+    ]]
     reporter.start(src.name, info.frames)
     began = time.perf_counter()
     ok = False
@@ -211,38 +229,36 @@ def upscale_file(
         for t in threads:
             t.start()
         batch: list[FrameItem] = []
-        size = (info.height, info.width)
+        shape = (info.height, info.width)
 
         def flush() -> None:
             if not batch:
                 return
             out = upscaler.upscale(np.stack([f.rgb for f in batch])).numpy()
-            _put(q_out, [(out[i], f.pts, f.time_base) for i, f in enumerate(batch)], stop)
+            _put(q_upscaled, [(out[i], f.pts, f.time_base) for i, f in enumerate(batch)], stop)
             batch.clear()
 
-        while not stop.is_set():  # set by the writer on an error: stop feeding the model at once
-            item = _get(q_in, stop)
+        while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
+            item = _get(q_rgb, stop)
             if item is _END:
                 break
-            if isinstance(item, _Failure):
-                raise item.exc
             if isinstance(item, PacketItem):
-                _put(q_out, item, stop)
+                _put(q_upscaled, item, stop)
                 continue
-            if item.rgb.shape[:2] != size:
+            if item.rgb.shape[:2] != shape:
                 raise UpscaleError(
                     f"{src.name}: the picture size changes at frame {item.index} "
-                    f"({size[1]}x{size[0]} -> {item.rgb.shape[1]}x{item.rgb.shape[0]}); this is not supported"
+                    f"({shape[1]}x{shape[0]} -> {item.rgb.shape[1]}x{item.rgb.shape[0]}); this is not supported"
                 )
             if fault is not None:
                 fault(item.index)
             batch.append(item)
             if len(batch) >= options.batch_size:
                 flush()
-        flush()
         if not stop.is_set():
-            _put(q_out, _END, stop)
-        threads[1].join()
+            flush()
+            _put(q_upscaled, _END, stop)
+        threads[-1].join()
         if errors:
             raise errors[0]
         if stop.is_set():

@@ -8,9 +8,9 @@ from typing import Iterator
 
 # stage -> the pipeline thread that runs it
 STAGES = {
-    "decode": "reader", "to_rgb": "reader",
+    "decode": "decode", "to_rgb": "to-rgb",
     "to_tensor": "model", "model": "model", "to_frame": "model",
-    "to_yuv": "writer", "encode": "writer",
+    "to_yuv": "to-yuv", "encode": "encode",
 }
 
 
