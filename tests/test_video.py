@@ -42,6 +42,33 @@ def test_real_clip_keeps_frames_timestamps_and_audio_bit_exact(tmp_path, ffmpeg)
     assert ffmpeg_frames(ffmpeg, dst).shape == (25, 720, 1280, 3)
 
 
+class LateUpscaler(Upscaler):
+    """Hands results back one batch late, as the CUDA runner does (batch k+1 is copied in before
+    batch k's result is returned): the pipeline must keep frames and packets in order anyway."""
+
+    def upscale_stream(self, batches):
+        previous = None
+        for batch in batches:
+            current = self.upscale(batch)
+            if previous is not None:
+                yield previous
+            previous = current
+        if previous is not None:
+            yield previous
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_results_one_batch_late_keep_frames_and_audio_in_order(tmp_path, ffmpeg, batch_size):
+    dst = tmp_path / "late.mp4"
+    result = upscale_file(SAMPLE, dst, LateUpscaler(Bicubic(4)), UpscaleOptions(batch_size=batch_size))
+    ref = tmp_path / "ref.mp4"
+    run(SAMPLE, ref, batch_size=batch_size)
+    assert result.frames == 25
+    assert pyav_video_pts(dst) == pyav_video_pts(ref)
+    assert ffmpeg_packets(ffmpeg, SAMPLE, "a:0") == ffmpeg_packets(ffmpeg, dst, "a:0")
+    assert np.array_equal(ffmpeg_frames(ffmpeg, dst), ffmpeg_frames(ffmpeg, ref))
+
+
 @pytest.mark.parametrize("container", ["mp4", "mkv"])
 def test_variable_frame_rate_survives(tmp_path, container):
     tb = Fraction(1, 1000)

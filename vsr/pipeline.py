@@ -19,9 +19,10 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -228,35 +229,54 @@ def upscale_file(
     try:
         for t in threads:
             t.start()
-        batch: list[FrameItem] = []
         shape = (info.height, info.width)
+        # In input order: batches handed to the model and packets that arrived behind them.  On
+        # CUDA the upscaler keeps one batch in flight while the next is copied in, so results come
+        # back one batch late; packets wait here for the frames before them.
+        pending: deque[list[FrameItem] | PacketItem] = deque()
 
-        def flush() -> None:
-            if not batch:
-                return
-            out = upscaler.upscale(np.stack([f.rgb for f in batch])).numpy()
-            _put(q_upscaled, [(out[i], f.pts, f.time_base) for i, f in enumerate(batch)], stop)
-            batch.clear()
+        def batches() -> Iterator[np.ndarray]:
+            batch: list[FrameItem] = []
+            held: list[PacketItem] = []
+            while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
+                item = _get(q_rgb, stop)
+                if item is _END:
+                    break
+                if isinstance(item, PacketItem):
+                    if batch:
+                        held.append(item)
+                    elif pending:
+                        pending.append(item)
+                    else:
+                        _put(q_upscaled, item, stop)
+                    continue
+                if item.rgb.shape[:2] != shape:
+                    raise UpscaleError(
+                        f"{src.name}: the picture size changes at frame {item.index} "
+                        f"({shape[1]}x{shape[0]} -> {item.rgb.shape[1]}x{item.rgb.shape[0]}); this is not supported"
+                    )
+                if fault is not None:
+                    fault(item.index)
+                batch.append(item)
+                if len(batch) >= options.batch_size:
+                    pending.append(batch)
+                    pending.extend(held)
+                    yield np.stack([f.rgb for f in batch])
+                    batch, held = [], []
+            if batch and not stop.is_set():
+                pending.append(batch)
+                pending.extend(held)
+                yield np.stack([f.rgb for f in batch])
 
-        while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
-            item = _get(q_rgb, stop)
-            if item is _END:
-                break
-            if isinstance(item, PacketItem):
-                _put(q_upscaled, item, stop)
-                continue
-            if item.rgb.shape[:2] != shape:
-                raise UpscaleError(
-                    f"{src.name}: the picture size changes at frame {item.index} "
-                    f"({shape[1]}x{shape[0]} -> {item.rgb.shape[1]}x{item.rgb.shape[0]}); this is not supported"
-                )
-            if fault is not None:
-                fault(item.index)
-            batch.append(item)
-            if len(batch) >= options.batch_size:
-                flush()
+        for out in upscaler.upscale_stream(batches()):
+            frames = pending.popleft()
+            out = out.numpy()
+            _put(q_upscaled, [(out[i], f.pts, f.time_base) for i, f in enumerate(frames)], stop)
+            while pending and isinstance(pending[0], PacketItem):
+                _put(q_upscaled, pending.popleft(), stop)
+        while pending and not stop.is_set():  # packets after the last frame
+            _put(q_upscaled, pending.popleft(), stop)
         if not stop.is_set():
-            flush()
             _put(q_upscaled, _END, stop)
         threads[-1].join()
         if errors:
