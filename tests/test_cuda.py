@@ -47,3 +47,12 @@ def test_tiles_on_cuda_match_untiled():
 def test_pipeline_on_cuda(tmp_path):
     result = upscale_file(SAMPLE, tmp_path / "o.mp4", Upscaler(tiny_generator(), "cuda"), UpscaleOptions(batch_size=4))
     assert result.frames == 25
+
+
+def test_compiled_with_cuda_graphs_matches_eager():
+    model = tiny_generator(blocks=2, batch_norm=False, global_skip="bicubic")
+    eager = Upscaler(model, "cuda")
+    graphs = Upscaler(tiny_generator(blocks=2, batch_norm=False, global_skip="bicubic"), "cuda", compile=True)
+    batches = [frames(2, seed=k) for k in range(4)]
+    for a, b in zip(eager.upscale_stream(batches), graphs.upscale_stream(batches)):
+        assert (a.int() - b.int()).abs().max() <= 1

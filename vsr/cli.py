@@ -94,7 +94,7 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--preset", default="medium", show_default=True, help="Encoder preset (x264/x265).")
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (fixed frame sizes).")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (fixed frame sizes; on CUDA with CUDA graphs).")
 @click.option("--profile", is_flag=True, help="Print the time spent in each stage and which one bounds throughput.")
 @click.option("-r", "--recursive", is_flag=True, help="Folders: include subfolders.")
 @click.option("--include", multiple=True, help="Folders: only files matching this glob (repeatable).")

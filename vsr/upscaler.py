@@ -145,23 +145,31 @@ class Upscaler:
         model = model.to(self.device, memory_format=self.memory_format)
         if self.half:
             model = model.half()
-        self.model = torch.compile(model) if compile else model
+        # On CUDA, compiling also captures CUDA graphs (mode "reduce-overhead"): for fixed frame and
+        # tile sizes the whole network replays as one launch.  On the CPU: inductor's default mode.
+        self._cudagraphs = compile and self.device.type == "cuda"
+        self.model = torch.compile(model, mode="reduce-overhead" if self._cudagraphs else None) if compile else model
         self.dtype = torch.float16 if self.half else torch.float32
         self.timings = Timings()  # to_tensor / model / to_frame seconds (CPU path; CUDA work overlaps)
         self._cuda = CudaRunner(self) if self.device.type == "cuda" else None
 
     # -- the model on one device-resident float batch --------------------------------------
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cudagraphs:  # each call is a new step: earlier outputs are consumed before it
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.model(x.contiguous(memory_format=self.memory_format))
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """float NCHW [0,1] on the device -> float NCHW [0,1] on the device, tiled if asked."""
         n, _, h, w = x.shape
         if not self.tile or (h <= self.tile and w <= self.tile):
-            return self.model(x.contiguous(memory_format=self.memory_format))
+            return self._run(x)
         s, r = self.scale, self.radius
         out = torch.empty((n, 3, h * s, w * s), dtype=x.dtype, device=x.device)
         for t in plan_tiles(h, w, self.tile):
             y0, y1 = max(0, t.y0 - r), min(h, t.y1 + r)
             x0, x1 = max(0, t.x0 - r), min(w, t.x1 + r)
-            patch = self.model(x[:, :, y0:y1, x0:x1].contiguous(memory_format=self.memory_format))
+            patch = self._run(x[:, :, y0:y1, x0:x1])
             oy, ox = (t.y0 - y0) * s, (t.x0 - x0) * s
             out[:, :, t.y0 * s : t.y1 * s, t.x0 * s : t.x1 * s] = patch[:, :, oy : oy + (t.y1 - t.y0) * s, ox : ox + (t.x1 - t.x0) * s]
         return out
