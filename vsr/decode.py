@@ -162,10 +162,10 @@ class FrameItem:
     frame: av.VideoFrame | None = None  # the decoded frame, when read(..., convert=False)
 
 
-def to_rgb(item: FrameItem, timings: Timings | None = None) -> FrameItem:
+def to_rgb(item: FrameItem, timings: Timings) -> FrameItem:
     """Convert a :class:`FrameItem` read with ``convert=False`` to RGB (in place; returns it)."""
     if item.rgb is None:
-        with (timings if timings is not None else Timings())("to_rgb"):
+        with timings("to_rgb"):
             item.rgb = frame_to_rgb(item.frame)
         item.frame = None
     return item

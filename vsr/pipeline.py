@@ -236,16 +236,13 @@ def upscale_file(
         pending: deque[list[FrameItem] | PacketItem] = deque()
 
         def batches() -> Iterator[np.ndarray]:
-            batch: list[FrameItem] = []
-            held: list[PacketItem] = []
+            batch: list[FrameItem] | None = None  # filling; already in ``pending``
             while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
                 item = _get(q_rgb, stop)
                 if item is _END:
                     break
                 if isinstance(item, PacketItem):
-                    if batch:
-                        held.append(item)
-                    elif pending:
+                    if pending:
                         pending.append(item)
                     else:
                         _put(q_upscaled, item, stop)
@@ -257,15 +254,14 @@ def upscale_file(
                     )
                 if fault is not None:
                     fault(item.index)
+                if batch is None:
+                    batch = []
+                    pending.append(batch)
                 batch.append(item)
                 if len(batch) >= options.batch_size:
-                    pending.append(batch)
-                    pending.extend(held)
                     yield np.stack([f.rgb for f in batch])
-                    batch, held = [], []
+                    batch = None
             if batch and not stop.is_set():
-                pending.append(batch)
-                pending.extend(held)
                 yield np.stack([f.rgb for f in batch])
 
         for out in upscaler.upscale_stream(batches()):
