@@ -78,14 +78,14 @@ def model_only(up: Upscaler, frames: list[np.ndarray], batch: int) -> float:
 
 
 def model_times(up: Upscaler, frames: list[np.ndarray], batch: int) -> list[float]:
-    """Seconds per frame of each call of the upscaler, after one warm-up call."""
+    """Seconds per frame, one entry per frame (a batch's time shared by its frames), after one warm-up call."""
     up.upscale(np.stack(frames[:batch]))
     times = []
     for i in range(0, len(frames), batch):
         chunk = frames[i : i + batch]
         t0 = time.perf_counter()
         up.upscale(np.stack(chunk))
-        times.append((time.perf_counter() - t0) / len(chunk))
+        times += [(time.perf_counter() - t0) / len(chunk)] * len(chunk)
     return times
 
 
