@@ -8,7 +8,8 @@ Measures, on the machine it runs on:
   4. flat memory: peak RSS of the pipeline on a clip and on one 10x longer (separate processes);
   5. optionally (--sweep) thread counts and batch sizes, and (--compile) torch.compile.
 
-Usage: python scripts/benchmark.py [--weights NAME|PATH] [--frames 12] [--sweep] [--compile]
+Usage: python scripts/benchmark.py [--weights NAME|PATH] [--frames 12] [--sweep] [--compile] [--memory-model bicubic]
+(the memory test with the generator takes 550 frames: ~11 min on 2 cores; bicubic is fast)
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--sweep", action="store_true", help="also try thread counts and batch sizes")
     ap.add_argument("--compile", action="store_true", help="also try torch.compile")
-    ap.add_argument("--memory-frames", type=int, default=10, help="short clip length for the RSS test (long = 10x)")
+    ap.add_argument("--memory-frames", type=int, default=50,
+                    help="short clip length for the RSS test (long = 10x; x264 needs ~50 frames to fill its lookahead)")
     ap.add_argument("--memory-model", default=None, help="model for the RSS test (default: as --weights; 'bicubic' is fast)")
     args = ap.parse_args()
     kept = keep_freed_memory()  # as the CLI does; VSR_KEEP_FREED_MEMORY=0 measures glibc's default instead
