@@ -271,12 +271,13 @@ def finetune(folder, output, start, scale, blocks, channels, batch_norm, global_
              ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
              frames_per_video, max_side, seed, device, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
-    from vsr.device import DeviceError
+    from vsr.device import DeviceError, keep_freed_memory
     from vsr.finetune import Callbacks, FinetuneError, FinetuneOptions, run_finetune
     from vsr.model import GeneratorConfig
     from vsr.progress import TrainProgress
     from vsr.train import TrainConfig
 
+    keep_freed_memory()
     try:
         cfg = TrainConfig(
             steps=steps, pretrain_steps=min(pretrain_steps, steps), batch_size=batch_size, patch_size=patch_size, lr=lr,
