@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vsr.data import downscale  # noqa: E402
+from scripts.evaluate import hr_and_lr  # noqa: E402
+from vsr.data import load_image  # noqa: E402
 from vsr.model import Bicubic  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
 from vsr.weights import load_generator, resolve_weights  # noqa: E402
@@ -41,12 +41,9 @@ def main() -> None:
     for spec in args.crop:
         name, _, corner = spec.partition(":")
         y, x = (int(v) for v in corner.split(","))
-        hr = np.array(Image.open(args.folder / name).convert("RGB"))
-        s = ups[0].scale
-        hr = hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s]
-        lr = downscale(torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255, s)
-        lr = (lr.clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).numpy()
-        outs = [hr] + [u.upscale(lr[None])[0].numpy() for u in ups]
+        hr, lr = hr_and_lr(load_image(args.folder / name), ups[0].scale)
+        lr = lr.permute(0, 2, 3, 1)
+        outs = [(hr[0].permute(1, 2, 0) * 255).round().byte().numpy()] + [u.upscale(lr)[0].numpy() for u in ups]
         rows.append(np.concatenate([o[y : y + args.size, x : x + args.size] for o in outs], 1))
     sheet = Image.fromarray(np.concatenate(rows, 0))
     sheet = sheet.resize((round(sheet.width * args.zoom), round(sheet.height * args.zoom)), Image.NEAREST)

@@ -36,6 +36,14 @@ def images(folder: Path, frames_per_video: int, max_side: int | None):
                 yield f"{path.name}#{i}", _shrink(rgb, max_side)
 
 
+def hr_and_lr(rgb: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HR as float NCHW in [0, 1], cropped to a multiple of ``scale``, and its LR as a file would
+    hold it (uint8 NCHW), made as the trainer makes it."""
+    h, w = (rgb.shape[0] // scale) * scale, (rgb.shape[1] // scale) * scale
+    hr = torch.from_numpy(np.array(rgb[:h, :w])).permute(2, 0, 1)[None].float() / 255
+    return hr, (downscale(hr, scale) * 255).round().byte()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path)
@@ -49,10 +57,8 @@ def main() -> None:
     ups = {w: Upscaler(m, "cpu", tile=args.tile) for w, m in models.items()}
     rows = []
     for name, rgb in images(args.folder, args.frames_per_video, args.max_side):
-        h, w = (rgb.shape[0] // scale) * scale, (rgb.shape[1] // scale) * scale
-        hr = torch.from_numpy(np.array(rgb[:h, :w])).permute(2, 0, 1)[None].float() / 255
-        lr = downscale(hr, scale)
-        lr8 = (lr * 255).round().byte()  # what a file would hold
+        hr, lr8 = hr_and_lr(rgb, scale)
+        h, w = hr.shape[-2:]
         lr_f = lr8.float() / 255
         bic = F.interpolate(lr_f, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
         row = {"image": f"{name} ({w}x{h})", "bicubic": (psnr_y(bic, hr, scale), ssim_y(bic, hr, scale))}
