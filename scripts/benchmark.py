@@ -119,12 +119,17 @@ def naive_child(weights: str | None, src: str, dst: str, limit: int) -> None:
     print(json.dumps({"fps": naive(load_model(weights), Path(src), Path(dst), limit)}))
 
 
+def in_subprocess(function: str, *args, env: dict[str, str] | None = None) -> dict:
+    """Call ``function(*args)`` of this script in a fresh Python; it prints one JSON line, returned here."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from scripts.benchmark import {function}; "
+            f"{function}(*{tuple(str(a) if isinstance(a, Path) else a for a in args)!r})")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def naive_fps(weights: str | None, src: Path, dst: Path, limit: int) -> float:
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from scripts.benchmark import naive_child; "
-            f"naive_child({weights!r}, {str(src)!r}, {str(dst)!r}, {limit})")
-    env = {**os.environ, "VSR_KEEP_FREED_MEMORY": "0"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    return json.loads(res.stdout.strip().splitlines()[-1])["fps"]
+    return in_subprocess("naive_child", weights, src, dst, limit, env={"VSR_KEEP_FREED_MEMORY": "0"})["fps"]
 
 
 def trimmed_clip(src: Path, dst: Path, frames: int) -> Path:
@@ -158,10 +163,7 @@ def peak_rss_self_kb() -> int:
 
 
 def peak_rss(path: Path, out: Path, weights: str | None) -> int:
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from scripts.benchmark import rss_child; "
-            f"rss_child({str(path)!r}, {str(out)!r}, {weights!r})")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_kb"]
+    return in_subprocess("rss_child", path, out, weights)["peak_rss_kb"]
 
 
 def main() -> None:
