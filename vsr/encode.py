@@ -77,7 +77,8 @@ def choose_pix_fmt(enc: av.codec.Codec, info: VideoInfo, asked: str | None) -> s
 
 
 class Writer:
-    """Owns the output container.  Feed :meth:`write_frame` and :meth:`copy_packet`, then :meth:`close`."""
+    """Owns the output container.  Feed frames through :meth:`prepare_frame` then :meth:`encode_frame`
+    (two threads may do the two steps), packets through :meth:`copy_packet`, then :meth:`close`."""
 
     def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, scale: int,
                  container_format: str | None = None, warn: Callable[[str], None] = lambda m: None,
@@ -244,9 +245,6 @@ class Writer:
         return set(self.copied) | set(self.transcoded)
 
     # -- writing -----------------------------------------------------------------------------
-    def write_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> None:
-        self.encode_frame(self.prepare_frame(rgb, pts, time_base))
-
     def prepare_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> av.VideoFrame:
         """RGB -> the encoder's pixel format, with its timestamp.  Call in frame order (one thread)."""
         with self.timings("to_yuv"):

@@ -169,7 +169,6 @@ def upscale_file(
     size = options.queue_size
     q_decoded, q_rgb, q_upscaled, q_yuv = (queue.Queue(maxsize=size) for _ in range(4))
     errors: list[BaseException] = []
-    written = [0]
 
     def worker(body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -211,7 +210,6 @@ def upscale_file(
             else:
                 for frame in item:
                     writer.encode_frame(frame)
-                written[0] += len(item)
                 reporter.advance(len(item))
 
     def prepare(results: list) -> list:
@@ -289,7 +287,7 @@ def upscale_file(
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # an FFmpeg or torch error mid-file: say where, as one line
-        raise UpscaleError(f"{src.name}: failed after {written[0]} frames: {type(exc).__name__}: {exc}") from exc
+        raise UpscaleError(f"{src.name}: failed after {writer.frames_written} frames: {type(exc).__name__}: {exc}") from exc
     finally:
         if not ok:
             stop.set()
@@ -302,9 +300,9 @@ def upscale_file(
     stages.update(upscaler.timings)
     stages.update(writer.timings)
     os.replace(tmp, dst)
-    if info.frames_exact and info.frames and written[0] != info.frames:
-        warn(f"{src.name}: wrote {written[0]} frames, the input says it has {info.frames}")
-    return Result(os.fspath(src), os.fspath(dst), written[0], seconds, warnings, stages)
+    if info.frames_exact and info.frames and writer.frames_written != info.frames:
+        warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
+    return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages)
 
 
 def _remove(path: Path) -> None:
