@@ -211,7 +211,7 @@ def test_bundled_weights_load_and_beat_or_sharpen_bicubic(name, steps):
     # smooth random texture (band-limited noise), 128 px
     rng = torch.Generator().manual_seed(0)
     hr = F.interpolate(torch.rand(1, 3, 32, 32, generator=rng), size=128, mode="bicubic", align_corners=False).clamp(0, 1)
-    lr = downscale(hr, 4).clamp(0, 1)
+    lr = downscale(hr, 4)  # clamped to [0, 1] by downscale
     with torch.inference_mode():
         sr = g(lr).clamp(0, 1)
         bic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
