@@ -157,8 +157,31 @@ def test_fast_generator_is_the_same_function(cfg):
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2)
     x = torch.rand(2, 3, 17, 29)
+    fast = FastGenerator(g).eval()
     with torch.inference_mode():
-        assert torch.allclose(FastGenerator(g)(x), g(x), atol=1e-5)
+        want = g(x)
+        assert torch.allclose(fast(x), want, atol=1e-5)
+        # channels_last, as Upscaler runs it on the CPU (fused conv+add when oneDNN offers it)
+        fast = fast.to(memory_format=torch.channels_last)
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
+
+
+def test_conv_add_is_an_in_place_residual_add():
+    from vsr.upscaler import _fused_conv_add_op, conv_add_
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.rand(2, 16, 9, 13).contiguous(memory_format=torch.channels_last)
+    acc = torch.rand(2, 32, 9, 13).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = acc + conv(x)
+        out = conv_add_(acc, x, conv)
+        assert out.data_ptr() == acc.data_ptr()
+        assert torch.allclose(acc, want, atol=1e-5)
+        nchw = torch.rand(2, 32, 9, 13)
+        assert torch.allclose(conv_add_(nchw.clone(), x.contiguous(), conv), nchw + conv(x), atol=1e-5)
+    if torch.backends.mkldnn.is_available() and _fused_conv_add_op() is None:
+        pytest.skip("this PyTorch build has no usable oneDNN conv+add (the plain path was tested)")
 
 
 KEEP_MEMORY_CHILD = """
