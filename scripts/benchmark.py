@@ -43,16 +43,42 @@ from vsr.weights import WeightsError, load_generator, resolve_weights  # noqa: E
 SAMPLE = ROOT / "tests" / "data" / "bbb_sample.mp4"
 
 
-def gemm_gflops(n: int = 2048, repeats: int = 15) -> tuple[float, float]:
-    """fp32 square GEMM rate: (median, best) over ``repeats`` calls."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
+def gemm_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b)
         times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9, 2 * n**3 / min(times) / 1e9
+    return times
+
+
+def model_vs_gemm(up: Upscaler, frames: list[np.ndarray], batch: int, n: int = 2048,
+                  gemm_repeats: int = 3) -> tuple[list[float], list[float]]:
+    """Seconds per frame of the upscaler and seconds per fp32 n^3 GEMM, measured alternately (a few
+    GEMMs before each group of frames) so that both see the same machine: on a shared VM the speed
+    of both drifts by 10-30 % within minutes, which a GEMM measured once at the start does not follow.
+    A group is what the upscaler runs at once (batch x its CPU workers)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    group = batch * up.cpu_workers(torch.from_numpy(np.stack(frames[:batch])))
+    stream_seconds(up, frames[:group], batch)  # warm-up
+    frame_times: list[float] = []
+    gemm_times: list[float] = []
+    for i in range(0, len(frames), group):
+        gemm_times += gemm_seconds(a, b, gemm_repeats)
+        chunk = frames[i : i + group]
+        frame_times += [stream_seconds(up, chunk, batch) / len(chunk)] * len(chunk)
+    gemm_times += gemm_seconds(a, b, gemm_repeats)
+    return frame_times, gemm_times
+
+
+def stream_seconds(up: Upscaler, frames: list[np.ndarray], batch: int) -> float:
+    """Wall seconds to upscale ``frames`` (uint8 in, uint8 out) as the pipeline feeds the model."""
+    batches = [np.stack(frames[i : i + batch]) for i in range(0, len(frames), batch)]
+    t0 = time.perf_counter()
+    for _ in up.upscale_stream(batches):
+        pass
+    return time.perf_counter() - t0
 
 
 def load_model(spec: str | None) -> Generator:
@@ -74,20 +100,9 @@ def decoded_frames(path: Path, count: int) -> list[np.ndarray]:
 
 
 def model_only(up: Upscaler, frames: list[np.ndarray], batch: int) -> float:
-    """Frames per second of the upscaler alone (uint8 in, uint8 out), after one warm-up call."""
-    return len(frames) / sum(model_times(up, frames, batch))
-
-
-def model_times(up: Upscaler, frames: list[np.ndarray], batch: int) -> list[float]:
-    """Seconds per frame, one entry per frame (a batch's time shared by its frames), after one warm-up call."""
-    up.upscale(np.stack(frames[:batch]))
-    times = []
-    for i in range(0, len(frames), batch):
-        chunk = frames[i : i + batch]
-        t0 = time.perf_counter()
-        up.upscale(np.stack(chunk))
-        times += [(time.perf_counter() - t0) / len(chunk)] * len(chunk)
-    return times
+    """Frames per second of the upscaler alone (uint8 in, uint8 out), after a warm-up."""
+    stream_seconds(up, frames[: 2 * batch], batch)
+    return len(frames) / stream_seconds(up, frames, batch)
 
 
 def naive(model: torch.nn.Module, src: Path, dst: Path, limit: int) -> float:
@@ -191,22 +206,21 @@ def main() -> None:
           f"(the paper's layers; the exact polyphase tail executes ~7 GFLOP more, zeros included)")
 
     # 1. model efficiency
-    gemm_med, gemm_best = gemm_gflops()
     up = Upscaler(model, "cpu")
-    times = model_times(up, frames, args.batch_size)
+    times, gemm_times = model_vs_gemm(up, frames, args.batch_size)
+    gemm_flops = 2 * 2048**3
+    gemm_med, gemm_best = gemm_flops / statistics.median(gemm_times) / 1e9, gemm_flops / min(gemm_times) / 1e9
     fps_model = len(times) / sum(times)
     med, best = flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
-    print(f"[model] fp32 GEMM (2048^3) {gemm_med:.1f} GFLOPS median, {gemm_best:.1f} best; generator {med:.1f} "
-          f"GFLOPS median ({statistics.median(times):.2f} s/frame), {best:.1f} best; ratio {med / gemm_med:.2f} "
-          f"median/median, {best / gemm_best:.2f} best/best (target >= 0.80)")
+    print(f"[model] {up.cpu_workers(torch.from_numpy(frames[0][None]))} worker(s) x batch {args.batch_size}; fp32 GEMM (2048^3, {len(gemm_times)} runs between the frames) {gemm_med:.1f} GFLOPS median, "
+          f"{gemm_best:.1f} best; generator {med:.1f} GFLOPS median ({statistics.median(times):.2f} s/frame), "
+          f"{best:.1f} best; ratio {med / gemm_med:.2f} median/median, {best / gemm_best:.2f} best/best (target >= 0.80)")
     if args.sweep:
-        threads0 = torch.get_num_threads()
-        for threads in sorted({1, threads0}):
-            torch.set_num_threads(threads)
-            for batch in (1, 2, 4):
-                fps = model_only(up, frames[: max(batch * 2, 4)], batch)
-                print(f"  sweep: threads={threads} batch={batch}: {fps * flops / 1e9:.1f} GFLOPS")
-        torch.set_num_threads(threads0)
+        for workers in (1, 2):
+            for batch in (1, 2):
+                fps = model_only(Upscaler(model, "cpu", workers=workers), frames[: 4 * batch], batch)
+                print(f"  sweep: workers={workers} (x{torch.get_num_threads() // workers} threads) batch={batch}: "
+                      f"{fps * flops / 1e9:.1f} GFLOPS")
         nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # `up` shares model's layers
         x = torch.rand(1, 3, h, w)
         with torch.inference_mode():

@@ -49,6 +49,17 @@ def test_upscale_with_weights_file_and_default_output_name(tmp_path, clip, tiny_
     assert (tmp_path / "in_x4.mp4").exists()
 
 
+def test_profile_names_the_model_workers(tmp_path, clip, tiny_weights):
+    import torch
+
+    result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--weights", tiny_weights, "--device", "cpu",
+                    "--cpu-workers", "2", "--profile", "-q")
+    assert result.exit_code == 0, result.output
+    lanes = min(2, torch.get_num_threads())
+    assert ("model x2: 2 worker threads, each on its own frame" in " ".join(result.output.split())) == (lanes == 2)
+    assert "bounded by the" in result.output and "where the time goes" in result.output
+
+
 def test_missing_input(tmp_path):
     result = invoke("upscale", tmp_path / "nope.mp4", "-o", tmp_path / "o.mp4", "--model", "bicubic")
     assert_one_line_error(result, "does not exist")
@@ -141,7 +152,8 @@ def test_unknown_output_extension(tmp_path, clip):
 
 
 def test_bad_option_values_are_usage_errors(tmp_path, clip):
-    for args in (["--batch-size", "0"], ["--device", "tpu"], ["--tile", "4"]):
+    for args in (["--batch-size", "0"], ["--device", "tpu"], ["--tile", "4"], ["--cpu-workers", "0"],
+                 ["--device", "cpu", "--compile", "--cpu-workers", "2"]):
         result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--model", "bicubic", *args)
         assert result.exit_code == 2, args
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from conftest import tiny_generator
 from vsr.model import Bicubic, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from vsr.upscaler import receptive_radius, tile_for_memory
+from vsr.upscaler import Upscaler, receptive_radius, tile_for_memory
 from vsr.weights import WeightsError, load_generator, resolve_weights, save_generator, training_info
 
 
@@ -244,3 +244,20 @@ def test_bundled_weights_load_and_beat_or_sharpen_bicubic(name, steps):
         def detail(x):
             return (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
         assert detail(sr) > 1.35 * detail(bic)  # measured 1.55x (the PSNR model: 1.25x)
+
+
+def test_stages_run_by_several_workers_count_per_worker():
+    from vsr.timing import Timings
+
+    t = Timings({"model": 8.0, "encode": 5.0, "to_tensor": 0.4})
+    assert t.bottleneck() == ("model", 8.4)
+    t.lanes["model"] = 2  # two frames at once: each worker thread is busy half of the summed time
+    assert t.by_thread() == {"model": 4.2, "encode": 5.0}
+    assert t.bottleneck() == ("encode", 5.0)
+
+
+def test_upscaler_workers_are_checked():
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        Upscaler(Bicubic(4), "cpu", workers=0)
+    with pytest.raises(ValueError, match="CPU eager-mode"):
+        Upscaler(Bicubic(4), "cpu", workers=2, compile=True)

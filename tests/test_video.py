@@ -69,6 +69,43 @@ def test_results_one_batch_late_keep_frames_and_audio_in_order(tmp_path, ffmpeg,
     assert np.array_equal(ffmpeg_frames(ffmpeg, dst), ffmpeg_frames(ffmpeg, ref))
 
 
+def test_cpu_workers_give_the_same_file_as_one_worker(tmp_path, ffmpeg):
+    """Frames upscaled two at a time on worker threads come back in order, bit for bit."""
+    model = tiny_generator(blocks=2, batch_norm=False, global_skip="bicubic")
+    threads = torch.get_num_threads()
+    outs = {}
+    for workers in (1, 2):
+        up = Upscaler(model, "cpu", workers=workers)
+        outs[workers] = tmp_path / f"w{workers}.mp4"
+        result = upscale_file(SAMPLE, outs[workers], up, UpscaleOptions(batch_size=2, encode=LOSSLESS))
+        assert result.frames == 25
+        assert result.stages.lanes["model"] == min(workers, threads)
+        assert torch.get_num_threads() == threads  # the workers' thread split is not left behind
+    assert pyav_video_pts(outs[1]) == pyav_video_pts(outs[2])
+    assert ffmpeg_packets(ffmpeg, SAMPLE, "a:0") == ffmpeg_packets(ffmpeg, outs[2], "a:0")
+    assert np.array_equal(ffmpeg_frames(ffmpeg, outs[1]), ffmpeg_frames(ffmpeg, outs[2]))
+
+
+class FailingBicubic(Bicubic):
+    def __init__(self, fail_at: int) -> None:
+        super().__init__(4)
+        self.calls, self.fail_at = 0, fail_at
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("worker fault")
+        return super().forward(x)
+
+
+def test_error_in_a_cpu_worker_fails_the_file_cleanly(tmp_path):
+    dst = tmp_path / "out.mp4"
+    with pytest.raises(UpscaleError, match="worker fault"):
+        upscale_file(SAMPLE, dst, Upscaler(FailingBicubic(6), "cpu", workers=2), UpscaleOptions())
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
+    assert torch.get_num_threads() >= 1
+
+
 @pytest.mark.parametrize("container", ["mp4", "mkv"])
 def test_variable_frame_rate_survives(tmp_path, container):
     tb = Fraction(1, 1000)

@@ -89,6 +89,8 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--batch-size", type=int, default=1, show_default=True, callback=_positive, help="Frames per model call.")
 @click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--tile", type=int, default=None, callback=_tile, help="Split frames into tiles of this many input pixels.")
+@click.option("--cpu-workers", type=int, default=None, callback=_positive,
+              help="CPU: frames upscaled at once, each on its share of the threads (default: 2 if there are 2+ threads and memory allows).")
 @click.option("--codec", default=None, help="Video encoder (default libx264, or the container's own where it refuses H.264, e.g. VP9 for .webm).")
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True, help="Constant rate factor (x264/x265/vp9/av1).")
 @click.option("--preset", default="medium", show_default=True, help="Encoder preset (x264/x265).")
@@ -104,7 +106,7 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--devices", default=None, help="Folders: one worker per device, e.g. cuda:0,cuda:1.")
 @click.option("--shard", default=None, help="Folders: process the I-th of N slices of the file list (I/N).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def upscale(input, output, model, weights, scale, batch_size, device, tile, codec, crf, preset, pix_fmt, overwrite,
+def upscale(input, output, model, weights, scale, batch_size, device, tile, cpu_workers, codec, crf, preset, pix_fmt, overwrite,
             use_compile, profile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
     """Upscale a video or image INPUT into OUTPUT, keeping every other stream.
 
@@ -128,14 +130,17 @@ def upscale(input, output, model, weights, scale, batch_size, device, tile, code
         dev = resolve_device(device)
     except (WeightsError, DeviceError) as exc:
         fail(str(exc))
+    if cpu_workers is not None and (dev.type != "cpu" or (use_compile and cpu_workers > 1)):
+        fail(f"--cpu-workers is for the CPU in eager mode; got it with device {dev.type}"
+             f"{' and --compile' if use_compile else ''}", EXIT_USAGE)
     options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite,
                              encode=EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt))
     if input.is_dir():
         _upscale_folder(input, output, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run,
-                        devices or device, shard, quiet)
+                        devices or device, shard, quiet, cpu_workers)
         return
     output = output or default_output(input, int(net.scale))
-    upscaler = Upscaler(net, dev, tile=tile, compile=use_compile)
+    upscaler = Upscaler(net, dev, tile=tile, compile=use_compile, workers=cpu_workers)
     progress = FileProgress(err, quiet=quiet)
     try:
         result = upscale_file(input, output, upscaler, options, progress)
@@ -158,17 +163,23 @@ def print_profile(result) -> None:
                          ("% of wall", "right")):
         table.add_column(col, justify=justify)
     n = max(1, result.frames)
-    for stage in STAGES:
-        secs = result.stages.get(stage, 0.0)
-        table.add_row(stage, STAGES[stage], f"{secs:.2f}", f"{1000 * secs / n:.1f}", f"{100 * secs / result.seconds:.0f}%")
+    for stage, thread in STAGES.items():
+        secs, lanes = result.stages.get(stage, 0.0), result.stages.lanes.get(thread, 1)
+        label = f"{thread} x{lanes}" if lanes > 1 else thread
+        # per lane: what share of the wall clock this stage keeps each of its threads busy
+        table.add_row(stage, label, f"{secs:.2f}", f"{1000 * secs / n:.1f}", f"{100 * secs / lanes / result.seconds:.0f}%")
     out.print(table)
+    for thread, lanes in result.stages.lanes.items():
+        if lanes > 1:
+            out.print(f"{thread} x{lanes}: {lanes} worker threads, each on its own frame; seconds are summed over "
+                      f"them, % of wall is per worker")
     name, busy = result.stages.bottleneck()
     out.print(f"bounded by the {name} thread: busy {busy:.1f} s of {result.seconds:.1f} s wall "
               f"({100 * busy / result.seconds:.0f}%); the other threads overlap with it")
 
 
 def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run, devices,
-                    shard, quiet):
+                    shard, quiet, cpu_workers=None):
     import copy
 
     from vsr import batch
@@ -200,7 +211,8 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
     total = sum(f for f in frames if f) if all(frames) else None
     if skipped and not quiet:
         err.print(f"{len(skipped)} done earlier, skipped")
-    upscalers = [Upscaler(net if k == 0 else copy.deepcopy(net), d, tile=tile, compile=use_compile)
+    upscalers = [Upscaler(net if k == 0 else copy.deepcopy(net), d, tile=tile, compile=use_compile,
+                          workers=cpu_workers if d.type == "cpu" else None)
                  for k, d in enumerate(device_list)]
     progress = BatchProgress(err, total_files=len(todo), total_frames=total, quiet=quiet)
     try:

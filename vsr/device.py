@@ -62,3 +62,15 @@ def keep_freed_memory() -> bool:
         return False
     return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
                 and libc.mallopt(_M_ARENA_MAX, 1))
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give this process without swapping (Linux ``MemAvailable``); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None

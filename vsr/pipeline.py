@@ -297,8 +297,8 @@ def upscale_file(
             _remove(tmp)
         reporter.finish()
     seconds = time.perf_counter() - began
-    stages.update(upscaler.timings)
-    stages.update(writer.timings)
+    stages.merge(upscaler.timings)
+    stages.merge(writer.timings)
     os.replace(tmp, dst)
     if info.frames_exact and info.frames and writer.frames_written != info.frames:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
