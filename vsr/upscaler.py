@@ -11,6 +11,7 @@ field, so the stitched result equals the untiled one up to float rounding: no se
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -147,28 +148,23 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     return fuse_conv_bn_eval(conv.eval(), bn.eval())
 
 
+@functools.cache
 def _fused_conv_add_op():
     """oneDNN's convolution with an in-place add post-op, as PyTorch's inductor uses it; None if this
-    build lacks it or gets it wrong (checked once on a tiny input)."""
-    global _FUSED
-    if _FUSED is False:
-        try:
-            op = torch.ops.mkldnn._convolution_pointwise_.binary
-            with torch.no_grad():
-                gen = torch.Generator().manual_seed(0)
-                x = torch.rand(1, 8, 6, 5, generator=gen).to(memory_format=torch.channels_last)
-                w = torch.rand(16, 8, 3, 3, generator=gen).to(memory_format=torch.channels_last)
-                b, acc = torch.rand(16, generator=gen), torch.rand(1, 16, 6, 5, generator=gen)
-                acc = acc.to(memory_format=torch.channels_last)
-                want = acc + F.conv2d(x, w, b, padding=1)
-                op(acc, x, w, b, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, None, [], None)
-            _FUSED = op if torch.allclose(acc, want, atol=1e-5) else None
-        except (AttributeError, RuntimeError):
-            _FUSED = None
-    return _FUSED
-
-
-_FUSED = False  # not checked yet
+    build lacks it or gets it wrong (checked once, on a tiny input)."""
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise_.binary
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(0)
+            x = torch.rand(1, 8, 6, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+            w = torch.rand(16, 8, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
+            b = torch.rand(16, generator=gen)
+            acc = torch.rand(1, 16, 6, 5, generator=gen).contiguous(memory_format=torch.channels_last)
+            want = acc + F.conv2d(x, w, b, padding=1)
+            op(acc, x, w, b, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, None, [], None)
+        return op if torch.allclose(acc, want, atol=1e-5) else None
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def conv_add_(acc: torch.Tensor, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -181,7 +177,7 @@ def conv_add_(acc: torch.Tensor, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tens
             and not torch.compiler.is_compiling()
             and all(t.is_contiguous(memory_format=torch.channels_last) for t in (acc, x, conv.weight))
             and _fused_conv_add_op() is not None):
-        _FUSED(acc, x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+        _fused_conv_add_op()(acc, x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
                conv.groups, "add", 1.0, None, [], None)
         return acc
     return acc.add_(conv(x))
