@@ -2,11 +2,12 @@
 """Throughput benchmark for `vsr upscale` (prints numbers; not a test).
 
 Measures, on the machine it runs on:
-  1. model efficiency: the generator's achieved FLOP rate vs the fp32 GEMM rate of the same run;
+  1. model efficiency: the generator's achieved FLOP rate (the frames as the pipeline feeds them,
+     CPU workers included) vs the fp32 GEMM rate, the two measured alternately in the same run;
   2. pipeline efficiency: end-to-end `upscale_file` fps vs model-only fps on the same frames;
   3. the naive baseline (decode -> model -> encode, one frame at a time, one thread) and our speed-up;
   4. flat memory: peak RSS of the pipeline on a clip and on one 10x longer (separate processes);
-  5. optionally (--sweep) thread counts and batch sizes, and (--compile) torch.compile.
+  5. optionally (--sweep) CPU workers and batch sizes, and (--compile) torch.compile.
 
 Usage: python scripts/benchmark.py [--weights NAME|PATH] [--frames 12] [--sweep] [--compile] [--memory-model bicubic]
 (the memory test with the generator takes 550 frames: ~11 min on 2 cores; bicubic is fast)
