@@ -53,15 +53,14 @@ def gemm_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int) -> list[float]:
     return times
 
 
-def model_vs_gemm(up: Upscaler, frames: list[np.ndarray], batch: int, n: int = 2048,
+def model_vs_gemm(up: Upscaler, frames: list[np.ndarray], batch: int, group: int, n: int = 2048,
                   gemm_repeats: int = 3) -> tuple[list[float], list[float]]:
     """Seconds per frame of the upscaler and seconds per fp32 n^3 GEMM, measured alternately (a few
     GEMMs before each group of frames) so that both see the same machine: on a shared VM the speed
     of both drifts by 10-30 % within minutes, which a GEMM measured once at the start does not follow.
-    A group is what the upscaler runs at once (batch x its CPU workers)."""
+    ``group``: the frames the upscaler runs at once (batch x its CPU workers)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    group = batch * up.cpu_workers(torch.from_numpy(np.stack(frames[:batch])))
     stream_seconds(up, frames[:group], batch)  # warm-up
     frame_times: list[float] = []
     gemm_times: list[float] = []
@@ -208,13 +207,14 @@ def main() -> None:
 
     # 1. model efficiency
     up = Upscaler(model, "cpu")
-    times, gemm_times = model_vs_gemm(up, frames, args.batch_size)
+    workers = up.cpu_workers(torch.from_numpy(np.stack(frames[: args.batch_size])))
+    times, gemm_times = model_vs_gemm(up, frames, args.batch_size, group=workers * args.batch_size)
     gemm_flops = 2 * 2048**3
     gemm_med, gemm_best = gemm_flops / statistics.median(gemm_times) / 1e9, gemm_flops / min(gemm_times) / 1e9
     fps_model = len(times) / sum(times)
     med, best = flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
-    print(f"[model] {up.cpu_workers(torch.from_numpy(frames[0][None]))} worker(s) x batch {args.batch_size}; fp32 GEMM (2048^3, {len(gemm_times)} runs between the frames) {gemm_med:.1f} GFLOPS median, "
-          f"{gemm_best:.1f} best; generator {med:.1f} GFLOPS median ({statistics.median(times):.2f} s/frame), "
+    print(f"[model] {workers} worker(s) x batch {args.batch_size}; fp32 GEMM (2048^3, {len(gemm_times)} runs "
+          f"between the frames) {gemm_med:.1f} GFLOPS median, {gemm_best:.1f} best; generator {med:.1f} GFLOPS median ({statistics.median(times):.2f} s/frame), "
           f"{best:.1f} best; ratio {med / gemm_med:.2f} median/median, {best / gemm_best:.2f} best/best (target >= 0.80)")
     if args.sweep:
         for workers in (1, 2):

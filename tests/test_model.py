@@ -259,5 +259,5 @@ def test_stages_run_by_several_workers_count_per_worker():
 def test_upscaler_workers_are_checked():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         Upscaler(Bicubic(4), "cpu", workers=0)
-    with pytest.raises(ValueError, match="CPU eager-mode"):
+    with pytest.raises(ValueError, match="CPU in eager mode"):
         Upscaler(Bicubic(4), "cpu", workers=2, compile=True)

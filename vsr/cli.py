@@ -117,7 +117,7 @@ def upscale(input, output, model, weights, scale, batch_size, device, tile, cpu_
     from vsr.encode import EncodeError, EncodeOptions, check_codec
     from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
     from vsr.progress import FileProgress
-    from vsr.upscaler import Upscaler
+    from vsr.upscaler import Upscaler, check_workers
     from vsr.weights import WeightsError
 
     keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap (see its docstring)
@@ -130,9 +130,10 @@ def upscale(input, output, model, weights, scale, batch_size, device, tile, cpu_
         dev = resolve_device(device)
     except (WeightsError, DeviceError) as exc:
         fail(str(exc))
-    if cpu_workers is not None and (dev.type != "cpu" or (use_compile and cpu_workers > 1)):
-        fail(f"--cpu-workers is for the CPU in eager mode; got it with device {dev.type}"
-             f"{' and --compile' if use_compile else ''}", EXIT_USAGE)
+    try:
+        check_workers(cpu_workers, dev, use_compile)
+    except ValueError as exc:
+        fail(f"--cpu-workers: {exc}", EXIT_USAGE)
     options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite,
                              encode=EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt))
     if input.is_dir():

@@ -233,6 +233,15 @@ def plan_tiles(height: int, width: int, tile: int) -> list[Tile]:
     return [Tile(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(ny) for j in range(nx)]
 
 
+def check_workers(workers: int | None, device: torch.device, compile: bool) -> None:
+    """Raise ValueError unless ``workers`` (CPU frames at once; None = choose) suits the device and mode."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers not in (None, 1) and (device.type != "cpu" or compile):
+        raise ValueError(f"several CPU workers are for the CPU in eager mode, not for device {device.type}"
+                         f"{' with compile' if compile else ''} (CUDA overlaps batches on its own)")
+
+
 class Upscaler:
     """Runs a model (a :class:`Generator` or :class:`Bicubic`) over batches of frames.
 
@@ -243,10 +252,7 @@ class Upscaler:
                  half: bool | None = None, compile: bool = False, fast: bool = True,
                  workers: int | None = None) -> None:
         self.device = torch.device(device)
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if workers not in (None, 1) and (self.device.type != "cpu" or compile):
-            raise ValueError("several workers are a CPU eager-mode setting (CUDA overlaps batches on its own)")
+        check_workers(workers, self.device, compile)
         # CPU: batches upscale_stream runs at once; None: choose (cpu_workers).  A compiled model runs
         # in one thread (compiling from several threads at once is not something to rely on).
         self.workers = 1 if workers is None and compile else workers
