@@ -343,8 +343,9 @@ class Upscaler:
         all of them.  Frames on separate single-threaded workers do not wait for each other:
         measured on 2 cores (320x180 -> 1280x720), two workers of one thread matched one worker of
         two threads for the model alone on a quiet machine (up to 9 % more on a busy one) and gave
-        10-14 % more frames per second in the whole pipeline, where the encoder shares the cores.  Default: 2 workers when there are at least 2 threads (more cores: unmeasured),
-        fewer if their feature maps would not fit in half the available memory.
+        10-14 % more frames per second in the whole pipeline, where the encoder shares the cores.
+        Default: 2 workers when there are at least 2 threads (more cores: unmeasured), fewer if
+        their feature maps would not fit in half the available memory.
         """
         threads = torch.get_num_threads()
         workers = self.workers or (2 if threads >= 2 else 1)
