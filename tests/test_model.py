@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from conftest import tiny_generator
 from vsr.model import Bicubic, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from vsr.upscaler import Upscaler, receptive_radius, tile_for_memory
+from vsr.upscaler import Upscaler, peak_bytes_per_pixel, receptive_radius, tile_for_memory
 from vsr.weights import WeightsError, load_generator, resolve_weights, save_generator, training_info
 
 
@@ -130,11 +130,25 @@ def test_receptive_radius_covers_the_network():
 
 def test_tiles_sized_from_free_memory():
     g = Generator(GeneratorConfig())
-    small, big = tile_for_memory(1 << 30, g), tile_for_memory(16 << 30, g)
-    assert 32 <= small < big <= 4096 and small % 8 == 0
+    per_pixel = peak_bytes_per_pixel(g, dtype_bytes=2)
     # 64 channels x 16 output pixels x 3 maps x 2 bytes = 6144 bytes per input pixel; half of 1 GiB: 295 px.
+    assert per_pixel == 6144
+    small, big = tile_for_memory(1 << 30, per_pixel), tile_for_memory(16 << 30, per_pixel)
+    assert 32 <= small < big <= 4096 and small % 8 == 0
     assert small == 288
-    assert tile_for_memory(1 << 20, g) == 32
+    assert tile_for_memory(1 << 30, per_pixel, batch=4) == 144  # four frames at once: half the side
+    assert tile_for_memory(1 << 20, per_pixel) == 32
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_memory_per_pixel_comes_from_the_model_not_its_wrapper(compile):
+    """The upscaler runs a FastGenerator (or a compiled wrapper of one), which has no 64-channel
+    config of its own to read: its memory figure is taken from the model it was given."""
+    g = Generator(GeneratorConfig(batch_norm=False, global_skip="bicubic"))
+    up = Upscaler(g, "cpu", precision="fp32", compile=compile)
+    assert not isinstance(up.model, Generator)
+    assert up.bytes_per_pixel == g.config.peak_bytes_per_pixel(4) == 3 * 64 * 16 * 4
+    assert Upscaler(Bicubic(2), "cpu").bytes_per_pixel == Bicubic(2).peak_bytes_per_pixel(4)
 
 
 @pytest.mark.parametrize("cfg", [

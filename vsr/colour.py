@@ -23,6 +23,14 @@ _AVCOL_SPC_TO_SWS = {
     9: 9,  # BT2020 NCL
     10: 9,  # BT2020 CL (closest swscale has)
 }
+# swscale matrix -> (Kr, Kb), the luma weights of red and blue (ITU-R BT.709, BT.601, BT.2020, ...).
+MATRIX_COEFFICIENTS = {
+    1: (0.2126, 0.0722),  # BT.709
+    4: (0.30, 0.11),  # FCC
+    5: (0.299, 0.114),  # BT.601
+    7: (0.212, 0.087),  # SMPTE 240M
+    9: (0.2627, 0.0593),  # BT.2020
+}
 UNSPECIFIED = 2
 RANGE_LIMITED, RANGE_FULL = 1, 2
 _INTERP = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
@@ -46,6 +54,38 @@ class ColourTags:
             int(obj.color_primaries or UNSPECIFIED),
             int(obj.color_trc or UNSPECIFIED),
         )
+
+
+@dataclass(frozen=True)
+class PlaneFormat:
+    """A planar or semi-planar YUV pixel format: bit depth, chroma subsampling (log2), layout."""
+
+    name: str
+    bits: int
+    sub_x: int  # log2 of the horizontal chroma subsampling
+    sub_y: int
+    semi_planar: bool = False  # NV12: Y plane, then one plane of interleaved U,V
+    full_range: bool | None = None  # yuvj*: full range whatever the tags say
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8) if self.bits <= 8 else np.dtype("<i2")  # as torch's int16
+
+    def plane_shapes(self, height: int, width: int) -> list[tuple[int, ...]]:
+        """Shapes of the planes of one frame (``(H, W)``, or ``(H, W, 2)`` for interleaved chroma)."""
+        ch, cw = -(-height // (1 << self.sub_y)), -(-width // (1 << self.sub_x))
+        if self.semi_planar:
+            return [(height, width), (ch, cw, 2)]
+        return [(height, width), (ch, cw), (ch, cw)]
+
+
+PLANE_FORMATS = {f.name: f for f in [
+    PlaneFormat("yuv420p", 8, 1, 1), PlaneFormat("yuv422p", 8, 1, 0), PlaneFormat("yuv444p", 8, 0, 0),
+    PlaneFormat("yuvj420p", 8, 1, 1, full_range=True), PlaneFormat("yuvj422p", 8, 1, 0, full_range=True),
+    PlaneFormat("yuvj444p", 8, 0, 0, full_range=True),
+    PlaneFormat("yuv420p10le", 10, 1, 1), PlaneFormat("yuv422p10le", 10, 1, 0), PlaneFormat("yuv444p10le", 10, 0, 0),
+    PlaneFormat("nv12", 8, 1, 1, semi_planar=True),
+]}
 
 
 def is_yuv_format(name: str) -> bool:
@@ -100,11 +140,44 @@ def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, tags: ColourTags) -> av.VideoFra
         dst_color_range=ColorRange(rng),
         interpolation=_INTERP,
     )
+    return _tag(out, tags, rng)
+
+
+def _tag(frame: av.VideoFrame, tags: ColourTags, rng: int) -> av.VideoFrame:
     if tags.colorspace != UNSPECIFIED:
-        out.colorspace = tags.colorspace
-    out.color_range = rng
+        frame.colorspace = tags.colorspace
+    frame.color_range = rng
     if tags.color_primaries != UNSPECIFIED:
-        out.color_primaries = tags.color_primaries
+        frame.color_primaries = tags.color_primaries
     if tags.color_trc != UNSPECIFIED:
-        out.color_trc = tags.color_trc
-    return out
+        frame.color_trc = tags.color_trc
+    return frame
+
+
+def _plane_views(frame: av.VideoFrame, shapes: list[tuple[int, ...]], dtype: np.dtype) -> list[np.ndarray]:
+    """Each plane of ``frame`` as an array of ``shapes[i]`` (a view: rows are padded to line_size)."""
+    views = []
+    for plane, shape in zip(frame.planes, shapes):
+        row = int(np.prod(shape[1:])) * dtype.itemsize
+        data = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[: shape[0], :row]
+        views.append(data.view(dtype).reshape(shape))
+    return views
+
+
+def frame_planes(frame: av.VideoFrame, pix_fmt: str, shapes: list[tuple[int, ...]], dtype: np.dtype) -> list[np.ndarray]:
+    """The planes of a decoded frame as contiguous arrays (copies), in ``pix_fmt`` (a frame in
+    another format, e.g. after a mid-stream change, is first converted by swscale)."""
+    if frame.format.name != pix_fmt:
+        frame = frame.reformat(format=pix_fmt, interpolation=_INTERP)
+    return [np.ascontiguousarray(v) for v in _plane_views(frame, shapes, dtype)]
+
+
+def planes_to_frame(planes: list[np.ndarray], pix_fmt: str, size: tuple[int, int], tags: ColourTags,
+                    full_range: bool) -> av.VideoFrame:
+    """Planes made on the device (:class:`vsr.yuv.RgbToYuv`) as a ``pix_fmt`` frame of ``size``
+    (height, width), tagged as :func:`rgb_to_frame` tags its output."""
+    height, width = size
+    frame = av.VideoFrame(width, height, pix_fmt)
+    for view, plane in zip(_plane_views(frame, [p.shape for p in planes], planes[0].dtype), planes):
+        view[...] = plane
+    return _tag(frame, tags, RANGE_FULL if full_range else RANGE_LIMITED)

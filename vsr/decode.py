@@ -16,7 +16,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from vsr.colour import ColourTags, frame_to_rgb
+from vsr.colour import PLANE_FORMATS, ColourTags, PlaneFormat, frame_planes, frame_to_rgb, planes_to_frame
 from vsr.timing import Timings
 
 
@@ -48,6 +48,7 @@ class VideoInfo:
     is_image: bool
     stream_index: int
     other_streams: tuple[str, ...] = field(default=())  # "audio aac (eng)", ...
+    chroma_left: bool = False  # subsampled chroma on the even luma columns (as swscale reads the frames)
 
 
 def _sar(stream) -> Fraction | None:
@@ -150,7 +151,24 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             is_image=is_image,
             stream_index=stream.index,
             other_streams=others,
+            chroma_left=_chroma_left(first),
         )
+
+
+def _chroma_left(frame: av.VideoFrame) -> bool:
+    """Whether the decoder marked the frame's chroma as co-sited left (H.264, HEVC, MPEG-2/4 do).
+
+    PyAV does not expose the frame's chroma location, but swscale honours it: the frame converts
+    differently from a copy of its planes in a new frame (which has none, i.e. centred chroma).
+    """
+    fmt = PLANE_FORMATS.get(frame.format.name)
+    if fmt is None or not fmt.sub_x:
+        return False
+    shapes = fmt.plane_shapes(frame.height, frame.width)
+    copy = planes_to_frame(frame_planes(frame, fmt.name, shapes, fmt.numpy_dtype), fmt.name,
+                           (frame.height, frame.width), ColourTags(), False)
+    tags = ColourTags.of(frame)
+    return not np.array_equal(frame_to_rgb(frame, tags), frame_to_rgb(copy, tags))
 
 
 @dataclass
@@ -160,6 +178,12 @@ class FrameItem:
     pts: int | None
     time_base: Fraction
     frame: av.VideoFrame | None = None  # the decoded frame, when read(..., convert=False)
+    planes: list[np.ndarray] | None = None  # its YUV planes, for colour conversion on the model's device
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the picture."""
+        return self.rgb.shape[:2] if self.rgb is not None else self.planes[0].shape[:2]
 
 
 def to_rgb(item: FrameItem, timings: Timings) -> FrameItem:
@@ -167,6 +191,16 @@ def to_rgb(item: FrameItem, timings: Timings) -> FrameItem:
     if item.rgb is None:
         with timings("to_rgb"):
             item.rgb = frame_to_rgb(item.frame)
+        item.frame = None
+    return item
+
+
+def to_planes(item: FrameItem, layout: PlaneFormat, timings: Timings) -> FrameItem:
+    """Take the YUV planes of a :class:`FrameItem` read with ``convert=False`` (in place; returns it)."""
+    if item.planes is None:
+        with timings("to_planes"):
+            frame = item.frame
+            item.planes = frame_planes(frame, layout.name, layout.plane_shapes(frame.height, frame.width), layout.numpy_dtype)
         item.frame = None
     return item
 

@@ -17,7 +17,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from vsr.colour import rgb_to_frame
+from vsr.colour import planes_to_frame, rgb_to_frame
 from vsr.decode import VideoInfo, open_input
 from vsr.media import jpeg_qscale
 from vsr.timing import Timings
@@ -249,6 +249,18 @@ class Writer:
         """RGB -> the encoder's pixel format, with its timestamp.  Call in frame order (one thread)."""
         with self.timings("to_yuv"):
             frame = rgb_to_frame(rgb, self.pix_fmt, self.tags)
+        return self._stamp(frame, pts, time_base)
+
+    def prepare_planes(self, planes: list[np.ndarray], full_range: bool, pts: int | None,
+                       time_base: Fraction) -> av.VideoFrame:
+        """Planes already in the encoder's pixel format (converted on the model's device) -> a frame
+        with its tags and timestamp.  Call in frame order (one thread)."""
+        with self.timings("from_planes"):
+            size = (self.info.height * self.scale, self.info.width * self.scale)
+            frame = planes_to_frame(planes, self.pix_fmt, size, self.tags, full_range)
+        return self._stamp(frame, pts, time_base)
+
+    def _stamp(self, frame: av.VideoFrame, pts: int | None, time_base: Fraction) -> av.VideoFrame:
         if self.info.is_image or self.image:
             frame.pts = self._frames_prepared
         else:

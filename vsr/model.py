@@ -77,6 +77,12 @@ class GeneratorConfig:
         macs += area * 9 * 9 * c * 3  # tail at the output size
         return 2.0 * macs
 
+    def peak_bytes_per_pixel(self, dtype_bytes: int = 4) -> int:
+        """Activation bytes per *input* pixel at the network's peak: about three live feature maps
+        of ``channels`` at the output size (``scale**2`` pixels per input pixel) in the last stage.
+        The one formula tile sizes (CUDA) and CPU worker counts are derived from."""
+        return 3 * self.channels * self.scale**2 * dtype_bytes
+
 
 # The model table: explicit names, not folder scanning.
 PRESETS: dict[str, GeneratorConfig] = {
@@ -146,6 +152,10 @@ class Bicubic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+    def peak_bytes_per_pixel(self, dtype_bytes: int = 4) -> int:
+        """The output (3 channels at ``scale**2`` pixels per input pixel) and its input, per input pixel."""
+        return 3 * (self.scale**2 + 1) * dtype_bytes
 
 
 @dataclass(frozen=True)

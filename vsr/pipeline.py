@@ -26,11 +26,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, probe, read, to_rgb
+from vsr.colour import PLANE_FORMATS
+from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, VideoInfo, probe, read, to_planes, to_rgb
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vsr.timing import Timings
 from vsr.upscaler import Upscaler
+from vsr.yuv import PlaneConversion, plane_conversion
 
 
 class UpscaleError(Exception):
@@ -40,12 +42,23 @@ class UpscaleError(Exception):
 _END = object()
 
 
+COLOUR_MODES = ("auto", "cpu", "device")
+
+
 @dataclass(frozen=True)
 class UpscaleOptions:
     batch_size: int = 1
     overwrite: bool = False
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     queue_size: int = 16
+    # Where YUV <-> RGB happens: "cpu" (swscale, in the to-rgb and to-yuv threads), "device" (torch
+    # ops beside the model, only planes travel: vsr.yuv), "auto" (the device when it is a GPU).
+    # Formats vsr.yuv does not handle are converted on the CPU whatever is asked.
+    colour: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.colour not in COLOUR_MODES:
+            raise ValueError(f"colour conversion must be one of {COLOUR_MODES}, got {self.colour!r}")
 
 
 @dataclass
@@ -164,6 +177,7 @@ def upscale_file(
         _remove(tmp)
         raise UpscaleError(str(exc)) from exc
 
+    colour = _device_colour(options.colour, info, writer, upscaler, warn)
     stages = Timings()
     upscaler.timings.clear()
     size = options.queue_size
@@ -213,11 +227,18 @@ def upscale_file(
                 reporter.advance(len(item))
 
     def prepare(results: list) -> list:
-        return [writer.prepare_frame(rgb, pts, tb) for rgb, pts, tb in results]
+        if colour is None:
+            return [writer.prepare_frame(rgb, pts, tb) for rgb, pts, tb in results]
+        return [writer.prepare_planes(planes, colour.encode.full_range, pts, tb) for planes, pts, tb in results]
 
+    if colour is None:
+        convert_in = lambda item: to_rgb(item, stages)  # noqa: E731
+    else:
+        layout = PLANE_FORMATS[colour.decode.format.name]
+        convert_in = lambda item: to_planes(item, layout, stages)  # noqa: E731
     threads = [threading.Thread(target=worker(body), name=name, daemon=True) for name, body in [
         ("vsr-decode", decode),
-        ("vsr-to-rgb", relay(q_decoded, q_rgb, lambda item: to_rgb(item, stages))),
+        ("vsr-to-rgb", relay(q_decoded, q_rgb, convert_in)),
         ("vsr-to-yuv", relay(q_upscaled, q_yuv, prepare)),
         ("vsr-encode", encode),
     ]]
@@ -233,7 +254,12 @@ def upscale_file(
         # back one batch late; packets wait here for the frames before them.
         pending: deque[list[FrameItem] | PacketItem] = deque()
 
-        def batches() -> Iterator[np.ndarray]:
+        def stack(frames: list[FrameItem]):
+            if colour is None:
+                return np.stack([f.rgb for f in frames])
+            return tuple(np.stack([f.planes[k] for f in frames]) for k in range(len(frames[0].planes)))
+
+        def batches() -> Iterator:
             batch: list[FrameItem] | None = None  # filling; already in ``pending``
             while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
                 item = _get(q_rgb, stop)
@@ -245,10 +271,10 @@ def upscale_file(
                     else:
                         _put(q_upscaled, item, stop)
                     continue
-                if item.rgb.shape[:2] != shape:
+                if item.size != shape:
                     raise UpscaleError(
                         f"{src.name}: the picture size changes at frame {item.index} "
-                        f"({shape[1]}x{shape[0]} -> {item.rgb.shape[1]}x{item.rgb.shape[0]}); this is not supported"
+                        f"({shape[1]}x{shape[0]} -> {item.size[1]}x{item.size[0]}); this is not supported"
                     )
                 if fault is not None:
                     fault(item.index)
@@ -257,15 +283,21 @@ def upscale_file(
                     pending.append(batch)
                 batch.append(item)
                 if len(batch) >= options.batch_size:
-                    yield np.stack([f.rgb for f in batch])
+                    yield stack(batch)
                     batch = None
             if batch and not stop.is_set():
-                yield np.stack([f.rgb for f in batch])
+                yield stack(batch)
 
-        for out in upscaler.upscale_stream(batches()):
+        results = upscaler.upscale_stream(batches()) if colour is None else upscaler.upscale_stream(batches(), colour)
+        for out in results:
             frames = pending.popleft()
-            out = out.numpy()
-            _put(q_upscaled, [(out[i], f.pts, f.time_base) for i, f in enumerate(frames)], stop)
+            if colour is None:
+                out = out.numpy()
+                done = [(out[i], f.pts, f.time_base) for i, f in enumerate(frames)]
+            else:
+                planes = [p.numpy() for p in out]
+                done = [([p[i] for p in planes], f.pts, f.time_base) for i, f in enumerate(frames)]
+            _put(q_upscaled, done, stop)
             while pending and isinstance(pending[0], PacketItem):
                 _put(q_upscaled, pending.popleft(), stop)
         while pending and not stop.is_set():  # packets after the last frame
@@ -303,6 +335,19 @@ def upscale_file(
     if info.frames_exact and info.frames and writer.frames_written != info.frames:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages)
+
+
+def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscaler,
+                   warn: Callable[[str], None]) -> PlaneConversion | None:
+    """The conversions to run beside the model, or None to convert with swscale on the CPU."""
+    if mode == "cpu" or (mode == "auto" and upscaler.device.type != "cuda"):
+        return None
+    out_size = (info.height * upscaler.scale, info.width * upscaler.scale)
+    colour = plane_conversion(info.pix_fmt, info.colour, (info.height, info.width), writer.pix_fmt, writer.tags, out_size,
+                              info.chroma_left)
+    if colour is None and mode == "device":
+        warn(f"colour conversion {info.pix_fmt} -> {writer.pix_fmt} is not offered on the device; converting on the CPU")
+    return colour
 
 
 def _remove(path: Path) -> None:

@@ -9,9 +9,9 @@ from typing import Iterator
 
 # stage -> the pipeline thread that runs it
 STAGES = {
-    "decode": "decode", "to_rgb": "to-rgb",
+    "decode": "decode", "to_rgb": "to-rgb", "to_planes": "to-rgb",
     "to_tensor": "model", "model": "model", "to_frame": "model",
-    "to_yuv": "to-yuv", "encode": "encode",
+    "to_yuv": "to-yuv", "from_planes": "to-yuv", "encode": "encode",
 }
 
 

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from vsr.device import available_memory
+from vsr.device import available_memory, resolve_precision
 from vsr.model import Bicubic, Generator
 from vsr.timing import Timings
+from vsr.yuv import PlaneConversion, phase_taps
 
 
 class FastGenerator(nn.Module):
@@ -109,13 +110,7 @@ class BicubicPhases(nn.Module):
     def __init__(self, scale: int) -> None:
         super().__init__()
         g = scale // 2  # the tail's grid, in input pixels
-        taps = torch.zeros(scale, 5, dtype=torch.float64)
-        for r in range(scale):
-            src = (r + 0.5) / scale - 0.5
-            f = math.floor(src)
-            t = src - f
-            for d in (-1, 0, 1, 2):
-                taps[r, f + d + 2] += _cubic(t - d)
+        taps = phase_taps(scale)
         kernel = torch.zeros(3, 2, 2, g, g, 5, 5, dtype=torch.float64)  # colour, a, b, s, t
         for a in (0, 1):
             for b in (0, 1):
@@ -126,19 +121,12 @@ class BicubicPhases(nn.Module):
         self.shuffle = nn.PixelShuffle(g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        phases = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), self.kernel.to(x.dtype), groups=3)
+        # In the input's own dtype even under autocast: under CPU bf16 autocast the skip (and so the
+        # output, which the tail adds onto it) stays fp32; only the convolutions of the body are bf16.
+        with torch.autocast(x.device.type, enabled=False):
+            phases = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), self.kernel.to(x.dtype), groups=3)
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         return self.shuffle(phases).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def _cubic(d: float, a: float = -0.75) -> float:
-    """PyTorch's (and OpenCV's) cubic convolution kernel."""
-    d = abs(d)
-    if d <= 1:
-        return ((a + 2) * d - (a + 3)) * d * d + 1
-    if d < 2:
-        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    return 0.0
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
@@ -200,21 +188,27 @@ def receptive_radius(model: nn.Module) -> int:
     return 16  # unknown module: a generous margin
 
 
-def tile_for_memory(free_bytes: int, model: nn.Module, batch: int = 1, dtype_bytes: int = 2, fraction: float = 0.5) -> int:
-    """The largest tile (input pixels per side) whose activations fit in ``fraction`` of ``free_bytes``.
+def peak_bytes_per_pixel(model: nn.Module, dtype_bytes: int = 4) -> int:
+    """Activation bytes per input pixel at the model's peak (the model's own figure: its config's
+    ``peak_bytes_per_pixel``, or Bicubic's); a generous 64-channel guess for other modules."""
+    config = getattr(model, "config", None)
+    source = config if hasattr(config, "peak_bytes_per_pixel") else model
+    if hasattr(source, "peak_bytes_per_pixel"):
+        return source.peak_bytes_per_pixel(dtype_bytes)
+    return 3 * 64 * int(getattr(model, "scale", 4)) ** 2 * dtype_bytes
 
-    Peak memory per input pixel is dominated by about three live feature maps of ``channels``
-    at the output size (``scale**2`` pixels per input pixel) during the last stages.
-    """
-    channels = model.config.channels if isinstance(model, Generator) else 3
-    per_pixel = 3 * channels * model.scale**2 * dtype_bytes * batch
-    side = int(math.sqrt(max(1, free_bytes * fraction) / per_pixel))
+
+def tile_for_memory(free_bytes: int, bytes_per_pixel: int, batch: int = 1, fraction: float = 0.5) -> int:
+    """The largest tile (input pixels per side) whose activations (``bytes_per_pixel`` per input
+    pixel and frame, :func:`peak_bytes_per_pixel`) fit in ``fraction`` of ``free_bytes``."""
+    side = int(math.sqrt(max(1, free_bytes * fraction) / (bytes_per_pixel * batch)))
     return max(32, min(4096, side // 8 * 8))
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float NCHW in [0, 1] -> uint8 NHWC (rounded, clamped)."""
-    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    """Float NCHW in [0, 1] -> uint8 NHWC (rounded, clamped; computed in fp32, since bf16 cannot
+    hold 0..255 in steps of one)."""
+    return x.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 @dataclass(frozen=True)
@@ -245,12 +239,18 @@ def check_workers(workers: int | None, device: torch.device, compile: bool) -> N
 class Upscaler:
     """Runs a model (a :class:`Generator` or :class:`Bicubic`) over batches of frames.
 
-    ``upscale(frames)`` takes uint8 NHWC (tensor or array) and returns uint8 NHWC on the CPU.
+    ``upscale(frames)`` takes uint8 NHWC RGB (tensor or array) and returns uint8 NHWC on the CPU.
+    With a ``colour`` conversion (:class:`vsr.yuv.PlaneConversion`) batches are tuples of YUV
+    planes instead, converted to RGB on the model's device and back to the output's planes there.
+
+    ``precision`` (``auto|fp32|bf16|fp16``, :func:`vsr.device.resolve_precision`): on CUDA the
+    model's weights are cast to it; on the CPU the weights stay fp32 and bf16/fp16 run under
+    autocast (the convolutions in bf16, the bicubic skip and so the output in fp32; measured
+    1.97x over fp32 on a CPU with AVX512_BF16, output 55 dB from fp32's).
     """
 
     def __init__(self, model: nn.Module, device: torch.device | str = "cpu", tile: int | None = None,
-                 half: bool | None = None, compile: bool = False, fast: bool = True,
-                 workers: int | None = None) -> None:
+                 precision: str = "auto", compile: bool = False, workers: int | None = None) -> None:
         self.device = torch.device(device)
         check_workers(workers, self.device, compile)
         # CPU: batches upscale_stream runs at once; None: choose (cpu_workers).  A compiled model runs
@@ -259,84 +259,105 @@ class Upscaler:
         self.scale = int(model.scale)
         self.tile = tile
         self.radius = receptive_radius(model)
-        self.half = (self.device.type == "cuda") if half is None else half
-        if self.half and self.device.type != "cuda":
-            raise ValueError("fp16 inference is only offered on CUDA (it is slower than fp32 on CPUs)")
+        self.dtype = resolve_precision(precision, self.device)  # what the convolutions compute in
+        self._autocast = self.dtype if self.device.type == "cpu" and self.dtype != torch.float32 else None
+        self.input_dtype = torch.float32 if self._autocast else self.dtype  # what the model is fed
+        # activation bytes per input pixel, from the model itself (not from a wrapper of it)
+        self.bytes_per_pixel = peak_bytes_per_pixel(model, self.dtype.itemsize)
         self.memory_format = torch.channels_last
         model = model.eval().requires_grad_(False)
-        if fast and isinstance(model, Generator):
+        if isinstance(model, Generator):
             model = FastGenerator(model).eval().requires_grad_(False)
         model = model.to(self.device, memory_format=self.memory_format)
-        if self.half:
-            model = model.half()
+        if self.device.type == "cuda":
+            model = model.to(self.dtype)
         # On CUDA, compiling also captures CUDA graphs (mode "reduce-overhead"): for fixed frame and
         # tile sizes the whole network replays as one launch.  On the CPU: inductor's default mode.
         self._cudagraphs = compile and self.device.type == "cuda"
         self.model = torch.compile(model, mode="reduce-overhead" if self._cudagraphs else None) if compile else model
-        self.dtype = torch.float16 if self.half else torch.float32
         self.timings = Timings()  # to_tensor / model / to_frame seconds (CPU path; CUDA work overlaps)
         self._cuda = CudaRunner(self) if self.device.type == "cuda" else None
-        # feature-map bytes per input pixel at the peak (~3 maps of `channels` at the output size)
-        config = getattr(model, "config", None)
-        self._peak_bytes_per_pixel = 3 * (config.channels if config else 3) * self.scale**2 * 4
 
     # -- the model on one device-resident float batch --------------------------------------
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self._cudagraphs:  # each call is a new step: earlier outputs are consumed before it
             torch.compiler.cudagraph_mark_step_begin()
-        return self.model(x.contiguous(memory_format=self.memory_format))
+        x = x.contiguous(memory_format=self.memory_format)
+        if self._autocast is None:
+            return self.model(x)
+        with torch.autocast(self.device.type, dtype=self._autocast):
+            return self.model(x)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """float NCHW [0,1] on the device -> float NCHW [0,1] on the device, tiled if asked."""
         n, _, h, w = x.shape
         if not self.tile or (h <= self.tile and w <= self.tile):
             return self._run(x)
         s, r = self.scale, self.radius
-        out = torch.empty((n, 3, h * s, w * s), dtype=x.dtype, device=x.device)
+        out = None
         for t in plan_tiles(h, w, self.tile):
             y0, y1 = max(0, t.y0 - r), min(h, t.y1 + r)
             x0, x1 = max(0, t.x0 - r), min(w, t.x1 + r)
             patch = self._run(x[:, :, y0:y1, x0:x1])
+            if out is None:
+                out = torch.empty((n, 3, h * s, w * s), dtype=patch.dtype, device=x.device)
             oy, ox = (t.y0 - y0) * s, (t.x0 - x0) * s
             out[:, :, t.y0 * s : t.y1 * s, t.x0 * s : t.x1 * s] = patch[:, :, oy : oy + (t.y1 - t.y0) * s, ox : ox + (t.x1 - t.x0) * s]
         return out
 
+    # -- host tensors <-> the model's float RGB ---------------------------------------------
+    def to_model(self, tensors: Sequence[torch.Tensor], colour: PlaneConversion | None) -> torch.Tensor:
+        """Device-resident uint8 RGB NHWC (or ``colour``'s planes) -> the model's float NCHW input."""
+        if colour is None:
+            return tensors[0].permute(0, 3, 1, 2).to(self.input_dtype).div_(255)
+        return colour.decode(tensors).to(self.input_dtype)
+
+    def from_model(self, y: torch.Tensor, colour: PlaneConversion | None) -> tuple[torch.Tensor, ...]:
+        """The model's float output -> uint8 RGB NHWC (or ``colour``'s output planes), on the device."""
+        return (to_uint8(y),) if colour is None else colour.encode(y)
+
     @torch.inference_mode()
-    def upscale(self, frames: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 NHWC RGB -> uint8 NHWC RGB (``scale`` times larger), on the CPU."""
-        batch = _as_uint8_nhwc(frames)
+    def upscale(self, frames, colour: PlaneConversion | None = None):
+        """uint8 NHWC RGB -> uint8 NHWC RGB (``scale`` times larger), on the CPU.  With ``colour``:
+        a tuple of input planes -> a tuple of output planes."""
+        tensors = _host_tensors(frames, colour)
         if self._cuda is not None:
             with self.timings("model"):
-                return self._cuda.run([batch])[0]
+                return self._cuda.run([tensors], colour)[0]
         with self.timings("to_tensor"):
-            x = batch.to(self.device).permute(0, 3, 1, 2).to(self.dtype).div_(255)
+            x = self.to_model([t.to(self.device) for t in tensors], colour)
         with self.timings("model"):
-            y = self._forward(x)
+            y = self.forward(x)
         with self.timings("to_frame"):
-            return to_uint8(y).cpu()
+            out = tuple(t.cpu() for t in self.from_model(y, colour))
+        return out[0] if colour is None else out
 
-    def upscale_stream(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def upscale_stream(self, batches: Iterable, colour: PlaneConversion | None = None) -> Iterator:
         """Like :meth:`upscale` over many batches, results in order.  On CUDA, copies and compute
         overlap; on the CPU, several batches run at once on worker threads (:meth:`cpu_workers`)."""
+        if colour is not None:
+            colour = colour.to(self.device)
         if self._cuda is not None:
-            yield from self._cuda.stream(batches)
+            yield from self._cuda.stream(batches, colour)
             return
         batches = iter(batches)
         first = next(batches, None)
         if first is None:
             return
-        first = _as_uint8_nhwc(first)
-        workers = self.cpu_workers(first)
+        first = _host_tensors(first, colour)
+        workers = self.cpu_workers(first[0])
         self.timings.lanes["model"] = workers
         if workers == 1:
-            yield self.upscale(first)
+            yield self.upscale(first, colour) if colour is not None else self.upscale(first[0])
             for batch in batches:
-                yield self.upscale(batch)
+                yield self.upscale(batch, colour)
             return
-        yield from self._parallel_stream(itertools.chain([first], batches), workers)
+        yield from self._parallel_stream(itertools.chain([first if colour is not None else first[0]], batches),
+                                         workers, colour)
 
     def cpu_workers(self, batch: torch.Tensor) -> int:
-        """How many batches like ``batch`` the CPU upscales at once, splitting the intra-op threads.
+        """How many batches like ``batch`` (its first tensor: N, H, W, ...) the CPU upscales at once,
+        splitting the intra-op threads.
 
         Each layer of a network split over threads ends in a barrier, so any time another thread
         (the encoder, the colour conversion, another process) takes from one of the cores stalls
@@ -353,13 +374,13 @@ class Upscaler:
             n, h, w = batch.shape[:3]
             if self.tile:
                 h, w = min(h, self.tile + 2 * self.radius), min(w, self.tile + 2 * self.radius)
-            need = self._peak_bytes_per_pixel * n * h * w
+            need = self.bytes_per_pixel * n * h * w
             free = available_memory()
             if free is not None:
                 workers = max(1, min(workers, free // 2 // max(1, need)))
         return max(1, min(workers, threads))
 
-    def _parallel_stream(self, batches: Iterator, workers: int) -> Iterator[torch.Tensor]:
+    def _parallel_stream(self, batches: Iterator, workers: int, colour: PlaneConversion | None) -> Iterator:
         threads = torch.get_num_threads()
         shares = iter([threads // workers + (i < threads % workers) for i in range(workers)])
         share_lock = threading.Lock()
@@ -372,7 +393,7 @@ class Upscaler:
         inflight: deque = deque()
         try:
             for batch in batches:
-                inflight.append(pool.submit(self.upscale, batch))
+                inflight.append(pool.submit(self.upscale, batch, colour))
                 if len(inflight) >= workers:
                     yield inflight.popleft().result()
             while inflight:
@@ -399,13 +420,25 @@ def _as_uint8_nhwc(frames) -> torch.Tensor:
     return batch
 
 
+def _host_tensors(frames, colour: PlaneConversion | None) -> tuple[torch.Tensor, ...]:
+    """A batch as the tuple of CPU tensors it travels as: (RGB,) or the planes ``colour`` takes."""
+    if colour is None:
+        return (frames[0],) if isinstance(frames, tuple) else (_as_uint8_nhwc(frames),)
+    planes = tuple(torch.as_tensor(p) for p in frames)
+    colour.check(planes)
+    return planes
+
+
 class CudaRunner:
     """CUDA only: pinned, reused host buffers; H2D copy, compute, D2H copy on overlapping streams.
 
     Batch k+1 is copied in on the copy stream while batch k computes on the compute stream, and
-    batch k's result is copied out (into its own pinned buffer) while batch k+1 computes.  Events
-    order the streams; the host waits only for the result it hands back.  Out-of-memory is retried
-    with smaller tiles, so no frame is ever skipped.
+    batch k's result is copied out (into its own pinned buffers) while batch k+1 computes.  Events
+    order the streams; the host waits only for the result it hands back.  A batch is a tuple of
+    tensors: RGB, or the YUV planes of a :class:`PlaneConversion` (converted on the GPU, so only
+    planes cross the bus).  With CUDA graphs a short last batch is padded to the size of the first,
+    so the captured graph is replayed instead of a new one captured.  Out-of-memory is retried with
+    smaller tiles, so no frame is ever skipped.
     """
 
     def __init__(self, upscaler: Upscaler) -> None:
@@ -414,20 +447,18 @@ class CudaRunner:
         self.compute_stream = torch.cuda.Stream(device=upscaler.device)
         self._in: dict[tuple, list[torch.Tensor]] = {}
         self._out: dict[tuple, list[torch.Tensor]] = {}
-        if upscaler.tile is None:  # size tiles from the memory this GPU has free now
-            free, _ = torch.cuda.mem_get_info(upscaler.device)
-            upscaler.tile = tile_for_memory(free, upscaler.model, dtype_bytes=2 if upscaler.half else 4)
+        self._auto_tile = upscaler.tile is None  # size tiles from the memory free when the first batch comes
 
-    def _pinned(self, pool: dict, shape: tuple, slot: int) -> torch.Tensor:
-        buffers = pool.setdefault(shape, [])
+    def _pinned(self, pool: dict, like: torch.Tensor, index: int, slot: int) -> torch.Tensor:
+        buffers = pool.setdefault((index, tuple(like.shape), like.dtype), [])
         while len(buffers) <= slot:
-            buffers.append(torch.empty(shape, dtype=torch.uint8).pin_memory())
+            buffers.append(torch.empty(like.shape, dtype=like.dtype).pin_memory())
         return buffers[slot]
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
         while True:
             try:
-                return self.up._forward(x)
+                return self.up.forward(x)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 h, w = x.shape[-2:]
@@ -437,41 +468,51 @@ class CudaRunner:
                 self.up.tile = max(32, current // 2)  # retry the same batch with smaller tiles
 
     @torch.inference_mode()
-    def stream(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def stream(self, batches: Iterable, colour: PlaneConversion | None = None) -> Iterator:
         up, dev = self.up, self.up.device
-        pending: list[tuple[torch.cuda.Event, torch.Tensor]] = []
+        pending: list[tuple[torch.cuda.Event, list[torch.Tensor], int]] = []
+        size = None  # frames in the first batch
         for k, batch in enumerate(batches):
-            batch = _as_uint8_nhwc(batch)
+            tensors = _host_tensors(batch, colour)
+            n = tensors[0].shape[0]
+            if size is None:
+                size = n
+                if self._auto_tile:
+                    free, _ = torch.cuda.mem_get_info(dev)
+                    up.tile = tile_for_memory(free, up.bytes_per_pixel, batch=n)
+            if up._cudagraphs and n < size:  # replay the captured graph: pad with the last frame
+                tensors = tuple(torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])]) for t in tensors)
             slot = k % 2
-            host_in = self._pinned(self._in, tuple(batch.shape), slot)
-            host_in.copy_(batch)
+            host_in = [self._pinned(self._in, t, i, slot).copy_(t) for i, t in enumerate(tensors)]
             with torch.cuda.stream(self.copy_stream):
-                dev_in = host_in.to(dev, non_blocking=True)
+                dev_in = [h.to(dev, non_blocking=True) for h in host_in]
                 copied = torch.cuda.Event()
                 copied.record(self.copy_stream)
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(copied)
-                x = dev_in.permute(0, 3, 1, 2).to(up.dtype).div_(255)
-                y = to_uint8(self._compute(x))
+                y = up.from_model(self._compute(up.to_model(dev_in, colour)), colour)
                 computed = torch.cuda.Event()
                 computed.record(self.compute_stream)
-            n, h, w, c = batch.shape
-            host_out = self._pinned(self._out, (n, h * up.scale, w * up.scale, c), slot)
+            host_out = [self._pinned(self._out, t, i, slot) for i, t in enumerate(y)]
             with torch.cuda.stream(self.copy_stream):
                 self.copy_stream.wait_event(computed)
-                host_out.copy_(y, non_blocking=True)
+                for h, t in zip(host_out, y):
+                    h.copy_(t, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record(self.copy_stream)
-            dev_in.record_stream(self.copy_stream)
-            y.record_stream(self.copy_stream)
-            pending.append((done, host_out))
+            for t in (*dev_in, *y):
+                t.record_stream(self.copy_stream)
+            pending.append((done, host_out, n))
             if len(pending) == 2:  # hand back the previous batch while this one runs
-                event, out = pending.pop(0)
-                event.synchronize()
-                yield out.clone()
-        for event, out in pending:
-            event.synchronize()
-            yield out.clone()
+                yield self._result(*pending.pop(0), colour)
+        for item in pending:
+            yield self._result(*item, colour)
 
-    def run(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-        return list(self.stream(batches))
+    @staticmethod
+    def _result(event: torch.cuda.Event, host_out: list[torch.Tensor], n: int, colour) -> torch.Tensor | tuple:
+        event.synchronize()
+        out = tuple(t[:n].clone() for t in host_out)
+        return out[0] if colour is None else out
+
+    def run(self, batches: list, colour: PlaneConversion | None = None) -> list:
+        return list(self.stream(batches, colour))

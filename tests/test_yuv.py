@@ -1,0 +1,121 @@
+"""Colour conversion as torch ops (the GPU path's), checked on the CPU against swscale."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import SAMPLE, ffmpeg_packets, make_clip, pyav_video_pts
+from vsr.colour import PLANE_FORMATS, ColourTags, frame_planes, frame_to_rgb, matrix_for, planes_to_frame, range_for, rgb_to_frame
+from vsr.decode import probe
+from vsr.encode import EncodeOptions
+from vsr.model import Bicubic
+from vsr.pipeline import UpscaleOptions, upscale_file
+from vsr.upscaler import Upscaler
+from vsr.yuv import RgbToYuv, YuvToRgb, plane_conversion
+
+
+def real_frames(step: int = 8) -> np.ndarray:
+    """Frames of the shipped Big Buck Bunny clip (real picture content), RGB."""
+    with av.open(str(SAMPLE)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i % step == 0])
+
+
+def planes_of(frame: av.VideoFrame, fmt: str) -> list[torch.Tensor]:
+    layout = PLANE_FORMATS[fmt]
+    arrays = frame_planes(frame, fmt, layout.plane_shapes(frame.height, frame.width), layout.numpy_dtype)
+    return [torch.from_numpy(a)[None] for a in arrays]
+
+
+CASES = [(fmt, cs, rng) for fmt in ("yuv420p", "yuv422p", "yuv444p", "yuv420p10le", "yuv444p10le", "nv12")
+         for cs, rng in ((1, 1), (5, 1), (9, 1), (1, 2), (5, 2))] + [("yuvj420p", 1, 2)]
+
+
+@pytest.mark.parametrize("fmt,colorspace,color_range", CASES)
+def test_planes_to_rgb_and_back_match_swscale(fmt, colorspace, color_range):
+    """bt709/bt601/bt2020, limited/full, 8/10-bit, 4:2:0/4:2:2/4:4:4/NV12: our torch conversion
+    agrees with swscale (the CPU path) within one level, both ways, on real pictures."""
+    tags = ColourTags(colorspace=colorspace, color_range=color_range)
+    worst_in, worst_out, over_one, total = 0, 0, 0, 0
+    for rgb in real_frames():
+        frame = rgb_to_frame(rgb, fmt, tags)  # swscale RGB -> YUV
+        reference = frame_to_rgb(frame, tags).astype(int)  # swscale YUV -> RGB
+        planes = planes_of(frame, fmt)
+        full = range_for(tags, fmt) == 2
+        decode = YuvToRgb(fmt, matrix_for(tags, frame.height), full)
+        ours = (decode(planes) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy().astype(int)
+        diff = np.abs(ours - reference)
+        worst_in = max(worst_in, diff.max())
+        over_one += (diff > 1).sum()
+        total += diff.size
+        encode = RgbToYuv(fmt, matrix_for(tags, frame.height), full)
+        for a, b in zip(encode(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255), planes):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            worst_out = max(worst_out, (a.int() - b.int()).abs().max().item())
+    assert worst_out <= 1
+    # swscale's 15-bit fixed point lands one saturated pixel in ~700,000 two levels off (measured);
+    # everything else is within one level
+    assert worst_in <= 2 and over_one / total < 1e-5
+
+
+@pytest.mark.parametrize("codec,left", [("libx264", True), ("libvpx-vp9", False)])
+def test_chroma_siting_follows_the_decoder(tmp_path, codec, left):
+    """H.264 decoders mark chroma as co-sited left, VP9's as centred; swscale honours that, so must we."""
+    src = make_clip(tmp_path / f"c.{'mp4' if left else 'webm'}", frames=2, size=(64, 48), codec=codec)
+    info = probe(src)
+    assert info.chroma_left is left
+    with av.open(str(src)) as c:
+        frame = next(c.decode(video=0))
+    tags = ColourTags.of(frame)
+    decode = YuvToRgb("yuv420p", matrix_for(tags, 48), range_for(tags, "yuv420p") == 2, chroma_left=info.chroma_left)
+    ours = (decode(planes_of(frame, "yuv420p")) * 255).round()[0].permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(ours - frame_to_rgb(frame).astype(int)).max() <= 1
+
+
+def test_planes_to_frame_round_trip():
+    rng = np.random.default_rng(0)
+    layout = PLANE_FORMATS["yuv420p10le"]
+    planes = [rng.integers(0, 1024, s).astype(layout.numpy_dtype) for s in layout.plane_shapes(35, 50)]
+    frame = planes_to_frame(planes, "yuv420p10le", (35, 50), ColourTags(colorspace=9, color_range=1), False)
+    assert (frame.width, frame.height, frame.format.name, frame.colorspace, frame.color_range) == (50, 35, "yuv420p10le", 9, 1)
+    back = frame_planes(frame, "yuv420p10le", layout.plane_shapes(35, 50), layout.numpy_dtype)
+    assert all(np.array_equal(a, b) for a, b in zip(planes, back))
+
+
+def test_unsupported_formats_have_no_device_conversion():
+    tags = ColourTags()
+    assert plane_conversion("rgb24", tags, (32, 32), "yuv420p", tags, (128, 128)) is None
+    assert plane_conversion("yuv420p", tags, (32, 32), "rgb24", tags, (128, 128)) is None
+    assert plane_conversion("yuv420p", tags, (32, 32), "yuv420p", tags, (128, 128)) is not None
+
+
+def yuv_planes(path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [np.concatenate([np.frombuffer(p, np.uint8) for p in f.planes]) for f in c.decode(video=0)]
+
+
+def test_pipeline_with_colour_on_the_device_matches_the_cpu_path(tmp_path, ffmpeg):
+    """The GPU path's conversion, run on the CPU: the same frames within one level of every plane
+    (lossless FFV1, so encoding adds nothing), the same timestamps, the audio bit-exact."""
+    lossless = EncodeOptions(codec="ffv1", crf=None, preset=None)
+    outs = {}
+    for mode in ("cpu", "device"):
+        outs[mode] = tmp_path / f"{mode}.mkv"
+        result = upscale_file(SAMPLE, outs[mode], Upscaler(Bicubic(4)), UpscaleOptions(colour=mode, encode=lossless))
+        assert result.frames == 25 and not result.warnings
+        assert ("to_planes" in result.stages) is (mode == "device")
+    a, b = (np.array(yuv_planes(outs[m])).astype(int) for m in ("cpu", "device"))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
+    assert pyav_video_pts(outs["cpu"]) == pyav_video_pts(outs["device"])
+    payload = [p[3:] for p in ffmpeg_packets(ffmpeg, SAMPLE, "a:0")]  # size, checksum (MKV has its own time base)
+    assert [p[3:] for p in ffmpeg_packets(ffmpeg, outs["device"], "a:0")] == payload and len(payload) == 47
+
+
+def test_device_colour_falls_back_for_formats_it_does_not_handle(tmp_path):
+    src = make_clip(tmp_path / "rgb.mkv", frames=3, size=(32, 24), codec="ffv1", pix_fmt="bgr0")
+    result = upscale_file(src, tmp_path / "o.mkv", Upscaler(Bicubic(2)),
+                          UpscaleOptions(colour="device"))
+    assert result.frames == 3
+    assert any("not offered on the device" in w for w in result.warnings)
