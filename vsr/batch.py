@@ -7,6 +7,7 @@ exists is a finished one and a re-run skips it.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import queue
@@ -165,7 +166,7 @@ def run(
     stop = threading.Event()
     lock = threading.Lock()
     interrupted: list[BaseException] = []
-    opts = UpscaleOptions(batch_size=options.batch_size, overwrite=True, encode=options.encode, queue_size=options.queue_size)
+    opts = dataclasses.replace(options, overwrite=True)
 
     def worker(upscaler: Upscaler) -> None:
         while not stop.is_set():

@@ -12,6 +12,9 @@ import hashlib
 import logging
 import math
 import os
+import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -265,6 +268,63 @@ class PatchSampler:
         if self.degrade:
             lr = torch.stack([degrade(x, self.generator) for x in lr])
         return lr, hr
+
+
+class Prefetcher:
+    """Draws the next batches of a :class:`PatchSampler` on a background thread, so the device
+    never waits for the CPU to crop and downscale (pinned, for an asynchronous copy to a GPU).
+
+    The sequence of batches is the sampler's own (one thread draws them, in order).  ``state()`` is
+    the sampler's random state just after the last batch handed out, i.e. where a resumed run must
+    continue, however many batches are drawn ahead.  ``wait_seconds`` adds up the time :meth:`next`
+    blocked: the time the training loop, and so the device, waited for data.
+    """
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, depth: int = 4, pin: bool = False) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.pin = pin
+        self.wait_seconds = 0.0
+        self._state = sampler.generator.get_state()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vsr-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                lr, hr = self.sampler.sample(self.batch_size)
+                if self.pin:
+                    lr, hr = lr.pin_memory(), hr.pin_memory()
+                item = (lr, hr, self.sampler.generator.get_state())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._queue.put((exc, None, None))
+
+    def next(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``(lr, hr)`` batch (``batch_size``, if given, must be the one drawn)."""
+        if batch_size is not None and batch_size != self.batch_size:
+            raise ValueError(f"the prefetcher draws batches of {self.batch_size}, asked for {batch_size}")
+        began = time.perf_counter()
+        lr, hr, state = self._queue.get()
+        self.wait_seconds += time.perf_counter() - began
+        if isinstance(lr, BaseException):
+            raise lr
+        self._state = state
+        return lr, hr
+
+    def state(self) -> torch.Tensor:
+        return self._state
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:

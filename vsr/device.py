@@ -108,6 +108,25 @@ def keep_freed_memory() -> bool:
                 and libc.mallopt(_M_ARENA_MAX, 1))
 
 
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
+    container limited to 4 CPUs on a 64-core host sees 64 in its mask but gets 4)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = max(1, min(cores, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def available_memory() -> int | None:
     """Bytes the system can give this process without swapping (Linux ``MemAvailable``); None if unknown."""
     try:

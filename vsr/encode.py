@@ -19,6 +19,7 @@ import numpy as np
 
 from vsr.colour import planes_to_frame, rgb_to_frame
 from vsr.decode import VideoInfo, open_input
+from vsr.device import usable_cores
 from vsr.media import jpeg_qscale
 from vsr.timing import Timings
 
@@ -137,6 +138,10 @@ class Writer:
         vs.width, vs.height = info.width * self.scale, info.height * self.scale
         vs.pix_fmt = pix_fmt
         cc = vs.codec_context
+        # Encoder threads from the cores this process may use.  FFmpeg's "auto" (0) counts the
+        # affinity mask only; under a cgroup CPU quota that over-subscribes the cores we get.
+        cores = usable_cores()
+        cc.thread_count = cores if cores < (os.cpu_count() or cores) else 0
         if not info.is_image:
             vs.time_base = info.time_base
             cc.time_base = info.time_base

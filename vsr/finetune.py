@@ -19,7 +19,7 @@ import torch
 
 from vsr import data as data_mod
 from vsr import train as train_mod
-from vsr.device import resolve_device
+from vsr.device import DeviceError, precision_name, resolve_device
 from vsr.model import Generator, GeneratorConfig
 from vsr.weights import DEFAULT_WEIGHTS, WeightsError, load_generator, resolve_weights, save_generator
 
@@ -47,6 +47,7 @@ class FinetuneOptions:
     frames_per_video: int = 32
     max_side: int | None = None
     device: str = "auto"
+    precision: str = "auto"  # auto|fp32|bf16|fp16 (vsr.device.resolve_precision, training=True)
     perceptual: torch.nn.Module | None = None  # a ready feature extractor (tests); else loaded from content_layer
 
 
@@ -164,16 +165,24 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
             f"{len(val_images)} crops from {len(val_sources)} held-out files for validation"
         )
 
-    trainer = train_mod.Trainer(generator, cfg, device, perceptual=perceptual, distributed=distributed)
+    try:
+        trainer = train_mod.Trainer(generator, cfg, device, perceptual=perceptual, distributed=distributed,
+                                    precision=opts.precision)
+    except DeviceError as exc:
+        raise FinetuneError(str(exc)) from exc
     history: list[tuple[int, dict[str, float]]] = []
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         sampler.generator.set_state(resume_state["sampler_rng"])
         history = [(int(s), dict(v)) for s, v in resume_state.get("history", [])]
     checkpoint_path = opts.checkpoint or opts.output.with_suffix(".ckpt")
-    recent: dict[str, float] = {}
+    recent: dict[str, Any] = {}
+    if rank == 0:
+        cb.on_info(f"training on {device} in {precision_name(trainer.amp_dtype)}"
+                   + (" (fp16 with loss scaling)" if trainer.scaler.is_enabled() else ""))
+    batches = data_mod.Prefetcher(sampler, cfg.batch_size, pin=device.type == "cuda")
 
-    def on_step(step: int, losses: dict[str, float]) -> None:
+    def on_step(step: int, losses: dict[str, Any]) -> None:
         recent.update(losses)
         cb.on_step(step, losses)
 
@@ -192,33 +201,39 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
         train_mod.save_checkpoint(
             checkpoint_path,
             trainer,
-            {"sampler_rng": sampler.generator.get_state(), "history": [[s, v] for s, v in history], "started_from": started_from},
+            {"sampler_rng": batches.state(), "history": [[s, v] for s, v in history], "started_from": started_from},
         )
 
     cb.on_start(trainer.step, cfg.steps)
     began = time.monotonic()
     start_step = trainer.step
-    train_mod.run(
-        trainer,
-        sampler.sample,
-        val_images,
-        val_every=opts.val_every,
-        checkpoint=checkpoint,
-        checkpoint_every=opts.checkpoint_every,
-        on_step=on_step,
-        on_validate=on_validate,
-        is_main=rank == 0,
-    )
+    try:
+        train_mod.run(
+            trainer,
+            batches.next,
+            val_images,
+            val_every=opts.val_every,
+            checkpoint=checkpoint,
+            checkpoint_every=opts.checkpoint_every,
+            on_step=on_step,
+            on_validate=on_validate,
+            is_main=rank == 0,
+        )
+    finally:
+        batches.close()
     seconds = time.monotonic() - began
     summary = {
         "steps": trainer.step,
         "started_from": started_from,
         "train_config": dataclasses.asdict(cfg),
-        "final_losses": {k: round(v, 6) for k, v in recent.items()},
+        "final_losses": {k: round(float(v), 6) for k, v in recent.items()},
         "data": summary_data,
         "validation": [[s, {k: round(v, 4) for k, v in sc.items()}] for s, sc in history],
         "seconds_this_run": round(seconds, 1),
         "steps_per_second": round((trainer.step - start_step) / seconds, 4) if seconds > 0 else None,
+        # the share of the run the loop waited for batches (the device idle for want of data)
+        "data_wait_fraction": round(batches.wait_seconds / seconds, 4) if seconds > 0 else None,
+        "precision": precision_name(trainer.amp_dtype),
         "world_size": world,
     }
     if rank == 0:

@@ -47,7 +47,7 @@ def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> float:
     y_sr, y_hr = _prepare(sr, hr, border)
     y_sr, y_hr = y_sr * 255, y_hr * 255
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64, device=y_sr.device) - 5) ** 2) / (2 * 1.5**2))
     g = g / g.sum()
     window = (g[:, None] * g[None, :]).view(1, 1, 11, 11)
     mu1, mu2 = F.conv2d(y_sr, window), F.conv2d(y_hr, window)

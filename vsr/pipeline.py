@@ -30,7 +30,7 @@ from vsr.colour import PLANE_FORMATS
 from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, VideoInfo, probe, read, to_planes, to_rgb
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from vsr.timing import Timings
+from vsr.timing import GilProbe, Timings
 from vsr.upscaler import Upscaler
 from vsr.yuv import PlaneConversion, plane_conversion
 
@@ -69,6 +69,7 @@ class Result:
     seconds: float
     warnings: list[str]
     stages: Timings  # seconds per stage (decode, to_rgb, to_tensor, model, to_frame, to_yuv, encode)
+    gil_wait_ms: tuple[float, float] = (0.0, 0.0)  # mean and worst wait of a thread for the GIL (GilProbe)
 
     @property
     def fps(self) -> float:
@@ -245,6 +246,7 @@ def upscale_file(
     reporter.start(src.name, info.frames)
     began = time.perf_counter()
     ok = False
+    gil = GilProbe().start()
     try:
         for t in threads:
             t.start()
@@ -328,13 +330,15 @@ def upscale_file(
             writer.abort()
             _remove(tmp)
         reporter.finish()
+        gil.stop()
     seconds = time.perf_counter() - began
     stages.merge(upscaler.timings)
     stages.merge(writer.timings)
     os.replace(tmp, dst)
     if info.frames_exact and info.frames and writer.frames_written != info.frames:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
-    return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages)
+    return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
+                  (gil.mean_ms, gil.max_ms))
 
 
 def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscaler,

@@ -31,15 +31,22 @@ class TrainProgress:
         self.task = self.progress.add_task("train", total=total, completed=step, rate="", losses="")
         self.progress.start()
 
-    def step(self, step: int, losses: dict[str, float]) -> None:
+    def step(self, step: int, losses: dict) -> None:
+        """Losses may be device tensors: they are read (which waits for the device) only when shown,
+        a few times a second on a terminal, once a minute in a log."""
         if self.quiet:
             return
-        elapsed = time.monotonic() - self.began
+        now = time.monotonic()
+        live = self.progress is not None and self.console.is_terminal
+        if step != self.total and now - self.last_line < (0.25 if live else 60):
+            return
+        elapsed = now - self.began
         rate = (step - self.first) / elapsed if elapsed > 0 else 0.0
-        shown = " ".join(f"{k}={v:.4g}" for k, v in losses.items() if k not in ("d_real", "d_fake"))
-        if self.progress is not None and self.console.is_terminal:
+        shown = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items() if k not in ("d_real", "d_fake"))
+        if live:
             self.progress.update(self.task, completed=step, rate=f"{rate:.2f} step/s", losses=shown)
-        elif time.monotonic() - self.last_line >= 60 or step == self.total:
+            self.last_line = now
+        else:
             # Not a terminal (a log file, nohup): a plain line a minute instead of a live bar.
             eta = (self.total - step) / rate if rate > 0 else float("nan")
             self.console.print(f"step {step}/{self.total} {rate:.3f} step/s ETA {eta / 60:.0f} min {shown}")

@@ -54,3 +54,46 @@ class Timings(dict):
         threads = self.by_thread()
         name = max(threads, key=threads.get) if threads else "model"
         return name, threads.get(name, 0.0)
+
+
+class GilProbe:
+    """How long a Python thread waits to run: a thread that sleeps ``interval`` at a time and
+    measures how late it wakes.  The lateness is the time to get the GIL back (plus the OS
+    scheduler's delay), i.e. what any pipeline thread pays after each call that released it.
+    ``probe.start()`` ... ``probe.stop()`` (or ``with GilProbe() as probe:``), then ``probe.mean_ms``,
+    ``probe.max_ms``.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vsr-gil-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(self.interval)
+            self.samples.append(max(0.0, time.perf_counter() - t0 - self.interval))
+
+    def start(self) -> "GilProbe":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "GilProbe":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def mean_ms(self) -> float:
+        return 1000 * sum(self.samples) / len(self.samples) if self.samples else 0.0
+
+    @property
+    def max_ms(self) -> float:
+        return 1000 * max(self.samples, default=0.0)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr.device import resolve_precision
 from vsr.metrics import psnr_y, ssim_y
 from vsr.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
@@ -81,7 +82,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class Trainer:
-    """Holds the networks and optimizers; :meth:`train_step` is one iteration."""
+    """Holds the networks and optimizers; :meth:`train_step` is one iteration.
+
+    ``precision`` (``auto|fp32|bf16|fp16``, :func:`vsr.device.resolve_precision` with
+    ``training=True``): bf16/fp16 run the forward passes and losses under autocast (weights and
+    optimizer state stay fp32); fp16 scales the losses with a grad scaler.  ``auto`` is bf16 on
+    GPUs that have it and on CPUs with native bf16, else fp32 on the CPU.
+    """
 
     def __init__(
         self,
@@ -90,10 +97,14 @@ class Trainer:
         device: torch.device | str = "cpu",
         perceptual: nn.Module | None = None,
         distributed: bool = False,
+        precision: str = "auto",
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.amp_dtype = resolve_precision(precision, self.device, training=True)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # channels_last: oneDNN's fast layout on the CPU, and the tensor cores' on CUDA under autocast
+        self.memory_format = torch.channels_last
         self.generator = generator.to(self.device, memory_format=self.memory_format).train()
         self.ema = copy.deepcopy(generator).eval().requires_grad_(False)
         self.perceptual = perceptual.to(self.device) if perceptual is not None else None
@@ -102,7 +113,8 @@ class Trainer:
         if cfg.gan_steps > 0:
             if perceptual is None:
                 raise ValueError("the adversarial phase needs a perceptual network (or no_gan=True)")
-            self.discriminator = Discriminator(DiscriminatorConfig(cfg.patch_size)).to(self.device).train()
+            self.discriminator = Discriminator(DiscriminatorConfig(cfg.patch_size)).to(
+                self.device, memory_format=self.memory_format).train()
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=(0.9, 0.999))
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -117,8 +129,18 @@ class Trainer:
     def _pixel(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(sr, hr) if self.cfg.pixel_loss == "l1" else F.mse_loss(sr, hr)
 
-    def train_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, float]:
-        """One iteration on a batch; returns the losses (and the learning rate)."""
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
+
+    def _backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+
+    def train_step(self, lr_img: torch.Tensor, hr_img: torch.Tensor) -> dict[str, float | torch.Tensor]:
+        """One iteration on a batch; returns the losses (0-dim tensors, detached: reading one with
+        ``float()`` waits for the device, so callers read them only when they show them) and the
+        learning rate."""
         cfg = self.cfg
         rate = lr_at(self.step, cfg)
         for opt in (self.opt_g, self.opt_d):
@@ -127,42 +149,42 @@ class Trainer:
                     group["lr"] = rate
         lr_img = lr_img.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         hr_img = hr_img.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        losses: dict[str, float] = {"lr": rate}
+        losses: dict[str, float | torch.Tensor] = {"lr": rate}
 
-        sr = self.generator(lr_img)
-        if cfg.phase(self.step) == "pixel":
-            loss_g = self._pixel(sr, hr_img)
-            losses["pixel"] = loss_g.item()
-        else:
-            assert self.discriminator is not None and self.opt_d is not None and self.perceptual is not None
-            # Generator step: content + adversarial (D frozen).
-            self.discriminator.requires_grad_(False)
-            content = F.mse_loss(self.perceptual(sr) * cfg.content_scale, self.perceptual(hr_img).detach() * cfg.content_scale)
-            fake_logit = self.discriminator(sr)
-            adversarial = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
-            loss_g = content + cfg.adv_weight * adversarial
-            if cfg.gan_pixel_weight:
-                pixel = self._pixel(sr, hr_img)
-                loss_g = loss_g + cfg.gan_pixel_weight * pixel
-                losses["pixel"] = pixel.item()
-            losses.update(content=content.item(), adversarial=adversarial.item())
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        losses["g_total"] = loss_g.item()
+        with self._autocast():
+            sr = self.generator(lr_img)
+            if cfg.phase(self.step) == "pixel":
+                loss_g = self._pixel(sr.float(), hr_img)
+                losses["pixel"] = loss_g.detach()
+            else:
+                assert self.discriminator is not None and self.opt_d is not None and self.perceptual is not None
+                # Generator step: content + adversarial (D frozen).
+                self.discriminator.requires_grad_(False)
+                content = F.mse_loss(self.perceptual(sr).float() * cfg.content_scale,
+                                     self.perceptual(hr_img).detach().float() * cfg.content_scale)
+                fake_logit = self.discriminator(sr).float()
+                adversarial = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+                loss_g = content + cfg.adv_weight * adversarial
+                if cfg.gan_pixel_weight:
+                    pixel = self._pixel(sr.float(), hr_img)
+                    loss_g = loss_g + cfg.gan_pixel_weight * pixel
+                    losses["pixel"] = pixel.detach()
+                losses.update(content=content.detach(), adversarial=adversarial.detach())
+        self._backward_step(loss_g, self.opt_g)
+        losses["g_total"] = loss_g.detach()
 
         if cfg.phase(self.step) == "gan":
             # Discriminator step on detached fakes.
             self.discriminator.requires_grad_(True)
-            real_logit = self.discriminator(hr_img)
-            fake_logit = self.discriminator(sr.detach())
-            loss_d = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) + F.binary_cross_entropy_with_logits(
-                fake_logit, torch.zeros_like(fake_logit)
-            )
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
-            losses.update(d=loss_d.item(), d_real=torch.sigmoid(real_logit).mean().item(), d_fake=torch.sigmoid(fake_logit).mean().item())
+            with self._autocast():
+                real_logit = self.discriminator(hr_img).float()
+                fake_logit = self.discriminator(sr.detach()).float()
+                loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+                          + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+            self._backward_step(loss_d, self.opt_d)
+            losses.update(d=loss_d.detach(), d_real=torch.sigmoid(real_logit.detach()).mean(),
+                          d_fake=torch.sigmoid(fake_logit.detach()).mean())
+        self.scaler.update()
 
         self._update_ema()
         self.step += 1
@@ -173,12 +195,13 @@ class Trainer:
         # Ramp the decay up so early averages are not dominated by the initial weights.
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
         source = _unwrap(self.generator).state_dict()
+        floats, others = [], []
         for key, value in self.ema.state_dict().items():
-            src = source[key].detach().to(value.device)
-            if value.dtype.is_floating_point:
-                value.mul_(decay).add_(src, alpha=1 - decay)
-            else:
-                value.copy_(src)
+            (floats if value.dtype.is_floating_point else others).append((value, source[key].detach()))
+        if floats:  # ema += (1 - decay) * (src - ema), all tensors in a few fused kernels
+            torch._foreach_lerp_([v for v, _ in floats], [s.to(v.device) for v, s in floats], 1 - decay)
+        for value, src in others:
+            value.copy_(src)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -192,7 +215,9 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "discriminator": _unwrap(self.discriminator).state_dict() if self.discriminator is not None else {},
             "opt_d": self.opt_d.state_dict() if self.opt_d is not None else {},
+            "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0, dtype=torch.uint8),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -202,7 +227,12 @@ class Trainer:
         if self.discriminator is not None and state["discriminator"]:
             _unwrap(self.discriminator).load_state_dict(state["discriminator"])
             self.opt_d.load_state_dict(state["opt_d"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+        cuda_rng = state.get("cuda_rng")
+        if self.device.type == "cuda" and cuda_rng is not None and cuda_rng.numel():
+            torch.cuda.set_rng_state(cuda_rng, self.device)
         self.step = int(state["step"])
 
 

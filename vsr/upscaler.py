@@ -15,6 +15,7 @@ import functools
 import itertools
 import math
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -274,15 +275,40 @@ class Upscaler:
         # On CUDA, compiling also captures CUDA graphs (mode "reduce-overhead"): for fixed frame and
         # tile sizes the whole network replays as one launch.  On the CPU: inductor's default mode.
         self._cudagraphs = compile and self.device.type == "cuda"
+        self._eager = model
         self.model = torch.compile(model, mode="reduce-overhead" if self._cudagraphs else None) if compile else model
+        # A compiled model's first calls compile (and, with CUDA graphs, warm up and record): their
+        # seconds are the warm-up cost; if compiling fails (no compiler, an unsupported op) the
+        # eager model takes over and ``compile_error`` says why.
+        self._warmup_calls = 3 if compile else 0
+        self.warmup_seconds = 0.0
+        self.compile_error: str | None = None
         self.timings = Timings()  # to_tensor / model / to_frame seconds (CPU path; CUDA work overlaps)
         self._cuda = CudaRunner(self) if self.device.type == "cuda" else None
 
     # -- the model on one device-resident float batch --------------------------------------
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        if self._warmup_calls <= 0:
+            return self._call(x)
+        self._warmup_calls -= 1
+        began = time.perf_counter()
+        try:
+            return self._call(x)
+        except (torch.cuda.OutOfMemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - compiling failed: run eagerly (the same function)
+            if self.model is self._eager:
+                raise
+            self.compile_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            self.model, self._cudagraphs, self._warmup_calls = self._eager, False, 0
+            return self._call(x)
+        finally:
+            self.warmup_seconds += time.perf_counter() - began
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
         if self._cudagraphs:  # each call is a new step: earlier outputs are consumed before it
             torch.compiler.cudagraph_mark_step_begin()
-        x = x.contiguous(memory_format=self.memory_format)
         if self._autocast is None:
             return self.model(x)
         with torch.autocast(self.device.type, dtype=self._autocast):
