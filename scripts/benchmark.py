@@ -11,6 +11,14 @@ Measures, on the machine it runs on:
 
 Usage: python scripts/benchmark.py [--weights NAME|PATH] [--frames 12] [--sweep] [--compile] [--memory-model bicubic]
 (the memory test with the generator takes 550 frames: ~11 min on 2 cores; bicubic is fast)
+
+On a GPU (``--device cuda``; ``--suite gpu`` runs the same suite on any device, small, to check it):
+for 480x270 -> 1920x1080 and 960x540 -> 3840x2160 (``--sizes``), the generator alone (input resident
+on the GPU; eager and CUDA graphs; fps and TFLOPS), the upscaler's stream (host frames in and out:
+RGB, and YUV planes converted on the GPU), libx264 alone on the same output frames and settings,
+`vsr upscale`'s defaults end to end, the naive loop, and the targets' ratios; then training
+(``--train-seconds``): steps/s of both phases at batch 16 of 96-px crops, the GPU's busy share (kernel
+time over wall time, torch.profiler) and the time the loop waited for batches.
 """
 
 from __future__ import annotations
@@ -181,6 +189,232 @@ def peak_rss(path: Path, out: Path, weights: str | None) -> int:
     return in_subprocess("rss_child", path, out, weights)["peak_rss_kb"]
 
 
+# ------------------------------------------------------------------------------------------ GPU suite
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_source(path: Path, width: int, height: int, frames: int) -> Path:
+    """The shipped clip's frames, looped and resized (swscale) to width x height, as H.264 at crf 12
+    (PyAV only: the GPU machine has no ffmpeg binary)."""
+    with av.open(str(SAMPLE)) as c:
+        pictures = [f.reformat(width=width, height=height, format="yuv420p") for f in c.decode(video=0)]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25, options={"crf": "12", "preset": "veryfast"})
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            frame = pictures[i % len(pictures)]
+            frame.pts = i
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    return path
+
+
+def rgb_frames(path: Path) -> list[np.ndarray]:
+    from vsr.colour import frame_to_rgb
+
+    with av.open(str(path)) as c:
+        return [frame_to_rgb(f) for f in c.decode(video=0)]
+
+
+def generator_alone(model, device: torch.device, frames: list[np.ndarray], batch: int, compile: bool,
+                    precision: str) -> float:
+    """Frames/s of the upscaler's network on a batch already on the device (no copies, no conversion)."""
+    up = Upscaler(model, device, precision=precision, compile=compile)
+    x = torch.from_numpy(np.stack(frames[:batch])).to(device).permute(0, 3, 1, 2).to(up.input_dtype).div_(255)
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up (and compile / capture)
+            up.forward(x)
+        sync(device)
+        calls = max(3, 64 // batch)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            up.forward(x)
+        sync(device)
+    return calls * batch / (time.perf_counter() - t0)
+
+
+def encoder_alone(frames: list[av.VideoFrame], dst: Path) -> float:
+    """libx264 with vsr's default settings (crf 18, medium, the pipeline's thread count) on frames
+    already in its pixel format: what the encoder alone manages."""
+    from vsr.device import usable_cores
+
+    with av.open(str(dst), "w") as out:
+        vs = out.add_stream("libx264", rate=25, options={"crf": "18", "preset": "medium"})
+        vs.width, vs.height, vs.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+        cores = usable_cores()
+        vs.codec_context.thread_count = cores if cores < (os.cpu_count() or cores) else 0
+        t0 = time.perf_counter()
+        for i, f in enumerate(frames):
+            f.pts = i
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    return len(frames) / (time.perf_counter() - t0)
+
+
+def naive_loop(model, device: torch.device, src: Path, dst: Path, limit: int) -> float:
+    """Real-ESRGAN's script's way on the device: one frame at a time, fp16 on CUDA, RGB on the CPU."""
+    model = copy.deepcopy(model).eval().to(device)
+    half = device.type == "cuda"
+    if half:
+        model = model.half()
+    t0 = time.perf_counter()
+    n = 0
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        vin = inp.streams.video[0]
+        vs = out.add_stream("libx264", rate=vin.average_rate, options={"crf": "18", "preset": "medium"})
+        vs.width, vs.height, vs.pix_fmt = vin.width * model.scale, vin.height * model.scale, "yuv420p"
+        for frame in inp.decode(vin):
+            x = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].to(device)
+            x = x.half() / 255 if half else x.float() / 255
+            with torch.inference_mode():
+                y = model(x).clamp(0, 1)
+            rgb = (y[0] * 255).round().byte().permute(1, 2, 0).contiguous().cpu().numpy()
+            for p in vs.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(p)
+            n += 1
+            if n >= limit:
+                break
+        for p in vs.encode(None):
+            out.mux(p)
+    return n / (time.perf_counter() - t0)
+
+
+def gpu_suite(args) -> None:
+    from vsr.cli import cuda_defaults
+    from vsr.device import resolve_precision
+
+    device = torch.device(args.device)
+    tmp = Path(tempfile.mkdtemp(prefix="vsr-gpu-bench-"))
+    model = load_model(args.weights)
+    cfg = model.config
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"[gpu] {name}; torch {torch.__version__}, PyAV {av.__version__}; model {cfg}; "
+          f"precision {args.precision} = {resolve_precision(args.precision, device)}")
+    for size in args.sizes.split(","):
+        w, h = (int(v) for v in size.split("x"))
+        frames_n = min(args.frames, max(24, round(args.frames * 480 * 270 / (w * h))))  # --frames at 480x270, fewer above
+        src = make_source(tmp / f"src_{w}x{h}.mp4", w, h, frames_n)
+        frames = rgb_frames(src)
+        flops = cfg.flops_per_pixel() * w * h
+        batch, _ = cuda_defaults(device, src, None, None)
+        label = f"{w}x{h} -> {w * cfg.scale}x{h * cfg.scale}, {frames_n} frames"
+        eager = generator_alone(model, device, frames, batch, False, args.precision)
+        graphs = generator_alone(model, device, frames, batch, True, args.precision)
+        print(f"[{label}] generator alone, batch {batch}: eager {eager:.1f} fps ({eager * flops / 1e12:.1f} TFLOPS), "
+              f"CUDA graphs {graphs:.1f} fps ({graphs * flops / 1e12:.1f} TFLOPS)")
+        up = Upscaler(model, device, precision=args.precision, compile=True)
+        batches = [np.stack(frames[i : i + batch]) for i in range(0, len(frames), batch)]
+        for _ in up.upscale_stream(batches[:2]):
+            pass
+        t0 = time.perf_counter()
+        outs = [o for o in up.upscale_stream(batches)]
+        stream_rgb = len(frames) / (time.perf_counter() - t0)
+        from vsr.colour import PLANE_FORMATS, ColourTags, planes_to_frame
+        from vsr.decode import probe
+        from vsr.yuv import plane_conversion
+
+        info = probe(src)
+        colour = plane_conversion("yuv420p", info.colour, (h, w), "yuv420p", info.colour, (h * cfg.scale, w * cfg.scale),
+                                  info.chroma_left)
+        layout = PLANE_FORMATS["yuv420p"]
+        with av.open(str(src)) as c:
+            from vsr.colour import frame_planes
+
+            planes = [frame_planes(f, "yuv420p", layout.plane_shapes(h, w), layout.numpy_dtype) for f in c.decode(video=0)]
+        plane_batches = [tuple(np.stack([p[k] for p in planes[i : i + batch]]) for k in range(3))
+                         for i in range(0, len(planes), batch)]
+        for _ in up.upscale_stream(plane_batches[:2], colour):
+            pass
+        t0 = time.perf_counter()
+        out_planes = [o for o in up.upscale_stream(plane_batches, colour)]
+        stream_yuv = len(frames) / (time.perf_counter() - t0)
+        print(f"[{label}] upscaler stream (host frames in and out): RGB {stream_rgb:.1f} fps, "
+              f"YUV planes converted on the device {stream_yuv:.1f} fps")
+        out_frames = [planes_to_frame([p[i].numpy() for p in o], "yuv420p", (h * cfg.scale, w * cfg.scale), ColourTags(), False)
+                      for o in out_planes for i in range(o[0].shape[0])]
+        del outs, out_planes
+        enc = encoder_alone(out_frames, tmp / "enc.mp4")
+        print(f"[{label}] libx264 alone (crf 18, medium) on the upscaled frames: {enc:.1f} fps")
+        del out_frames
+        e2e_batch, e2e_compile = cuda_defaults(device, src, None, None)
+        e2e_up = Upscaler(model, device, precision=args.precision, compile=e2e_compile)
+        warm = make_source(tmp / f"warm_{w}x{h}.mp4", w, h, 2 * e2e_batch)  # compile and capture on a short clip
+        upscale_file(warm, tmp / "warm.mp4", e2e_up, UpscaleOptions(batch_size=e2e_batch, overwrite=True))
+        result = upscale_file(src, tmp / "e2e.mp4", e2e_up, UpscaleOptions(batch_size=e2e_batch, overwrite=True))
+        stages = ", ".join(f"{k} {1000 * v / result.frames:.1f} ms" for k, v in result.stages.items())
+        print(f"[{label}] end to end (vsr's defaults: batch {e2e_batch}, compile {e2e_compile}, colour {'on the device' if device.type == 'cuda' else 'by swscale'}): "
+              f"{result.fps:.1f} fps; per frame {stages}; bounded by the {result.stages.bottleneck()[0]} thread; "
+              f"GIL wait {result.gil_wait_ms[0]:.2f} ms mean")
+        naive = naive_loop(model, device, src, tmp / "naive.mp4", min(frames_n, 120))
+        bound = min(stream_yuv, enc)
+        print(f"[{label}] naive loop {naive:.1f} fps; end-to-end / min(stream, encoder) = {result.fps / bound:.2f} "
+              f"(target >= 0.90); end-to-end / naive = {result.fps / naive:.2f} (target >= 3)")
+    if args.train_seconds > 0:
+        train_speed(device, args.train_seconds, args.precision, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_speed(device: torch.device, seconds: float, precision: str, tmp: Path) -> None:
+    """Steps/s of both phases at batch 16 of 96-px crops (frames of the shipped clip; VGG19 conv5_4
+    with random weights: the same cost as ImageNet's), the GPU's busy share and the data wait."""
+    from vsr import data as data_mod
+    from vsr.perceptual import VGGFeatures, _features, _layer_end
+    from vsr.train import TrainConfig, Trainer
+
+    for i, rgb in enumerate(rgb_frames(SAMPLE)):
+        np.save(tmp / f"f{i}.npy", rgb)
+    sampler = data_mod.PatchSampler(sorted(tmp.glob("f*.npy")), 96, 4, seed=0)
+    perceptual = VGGFeatures(_features("vgg19"), _layer_end("vgg19", "conv5_4"))
+    model = Generator(GeneratorConfig(batch_norm=False, global_skip="bicubic"))
+    for phase, pretrain in (("pixel", 10**9), ("gan", 0)):
+        cfg = TrainConfig(steps=10**9, pretrain_steps=pretrain, batch_size=16, patch_size=96)
+        trainer = Trainer(copy.deepcopy(model).train(), cfg, device, perceptual=perceptual, precision=precision)
+        batches = data_mod.Prefetcher(sampler, 16, pin=device.type == "cuda")
+        try:
+            for _ in range(5):
+                trainer.train_step(*batches.next())
+            sync(device)
+            batches.wait_seconds = 0.0
+            steps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 2:
+                losses = trainer.train_step(*batches.next())
+                steps += 1
+            float(losses["g_total"])
+            sync(device)
+            wall = time.perf_counter() - t0
+            busy = gpu_busy(trainer, batches, device)
+        finally:
+            batches.close()
+        print(f"[train] {phase} phase: {steps / wall:.1f} steps/s (batch 16, 96-px crops, {precision} = "
+              f"{trainer.amp_dtype}); waited for batches {100 * batches.wait_seconds / wall:.1f}% of the time; "
+              f"GPU busy {busy}")
+
+
+def gpu_busy(trainer, batches, device: torch.device, steps: int = 20) -> str:
+    """Kernel time over wall time for a few steps (torch.profiler), or why it was not measured."""
+    if device.type != "cuda":
+        return "n/a (not a GPU)"
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step(*batches.next())
+            sync(device)
+            wall = time.perf_counter() - t0
+        kernel_us = sum(e.self_device_time_total for e in prof.key_averages())
+    except Exception as exc:  # noqa: BLE001 - a profiler that cannot start is reported, not fatal
+        return f"not measured ({type(exc).__name__}: {exc})"
+    return f"{100 * kernel_us / 1e6 / wall:.0f}% (kernel time over wall time, {steps} steps)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None)
@@ -191,8 +425,17 @@ def main() -> None:
     ap.add_argument("--memory-frames", type=int, default=50,
                     help="short clip length for the RSS test (long = 10x; x264 needs ~50 frames to fill its lookahead)")
     ap.add_argument("--memory-model", default=None, help="model for the RSS test (default: as --weights; 'bicubic' is fast)")
+    ap.add_argument("--device", default="cpu", help="cpu (the CPU suite) or cuda[:N] (the GPU suite)")
+    ap.add_argument("--suite", choices=["auto", "cpu", "gpu"], default="auto", help="auto: gpu on CUDA, else cpu")
+    ap.add_argument("--sizes", default="480x270,960x540", help="GPU suite: input sizes")
+    ap.add_argument("--precision", default="auto", help="GPU suite: auto|fp32|bf16|fp16")
+    ap.add_argument("--train-seconds", type=float, default=60, help="GPU suite: seconds of training to time (0: none)")
+    ap.add_argument("--bf16", action="store_true", help="CPU suite: time bf16 even where the CPU has no native bf16")
     args = ap.parse_args()
-    kept = keep_freed_memory()  # as the CLI does; VSR_KEEP_FREED_MEMORY=0 measures glibc's default instead
+    kept = keep_freed_memory()
+    if args.suite == "gpu" or (args.suite == "auto" and args.device.startswith("cuda")):
+        gpu_suite(args)
+        return  # as the CLI does; VSR_KEEP_FREED_MEMORY=0 measures glibc's default instead
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, PyAV {av.__version__}; "
           f"freed memory kept for reuse (glibc): {'yes' if kept else 'no'}")
@@ -216,6 +459,21 @@ def main() -> None:
     print(f"[model] {workers} worker(s) x batch {args.batch_size}; fp32 GEMM (2048^3, {len(gemm_times)} runs "
           f"between the frames) {gemm_med:.1f} GFLOPS median, {gemm_best:.1f} best; generator {med:.1f} GFLOPS median ({statistics.median(times):.2f} s/frame), "
           f"{best:.1f} best; ratio {med / gemm_med:.2f} median/median, {best / gemm_best:.2f} best/best (target >= 0.80)")
+    # bf16: what --precision auto chooses on this CPU, and both rates where bf16 is native
+    from vsr.device import cpu_has_native_bf16
+
+    if cpu_has_native_bf16() or args.bf16:
+        n16 = frames[: max(2, min(len(frames), 4 * workers))]
+        up32, up16 = Upscaler(model, "cpu", precision="fp32"), Upscaler(model, "cpu", precision="bf16")
+        fps32, fps16 = model_only(up32, n16, args.batch_size), model_only(up16, n16, args.batch_size)
+        ref, low = up32.upscale(n16[0][None]).int(), up16.upscale(n16[0][None]).int()
+        diff = (ref - low).abs()
+        print(f"[bf16] native bf16: {'yes' if cpu_has_native_bf16() else 'no (emulated)'}; fp32 {fps32 * flops / 1e9:.1f} GFLOPS, "
+              f"bf16 autocast {fps16 * flops / 1e9:.1f} GFLOPS: {fps16 / fps32:.2f}x (target >= 1.8 where native); "
+              f"output vs fp32: max {int(diff.max())} level(s), {100 * float((diff > 0).float().mean()):.2f}% of values differ")
+    else:
+        print("[bf16] this CPU has no native bf16 (AVX512_BF16 / AMX-BF16): --precision auto runs fp32 here "
+              "(emulated bf16 measured 15x slower); --bf16 times it anyway")
     if args.sweep:
         for workers in (1, 2):
             for batch in (1, 2):

@@ -195,3 +195,35 @@ def test_video_to_image_name_is_refused(tmp_path, clip):
     result = invoke("upscale", clip, "-o", tmp_path / "frame.png", "--model", "bicubic")
     assert_one_line_error(result, "is a video", "frame.png")
     assert not (tmp_path / "frame.png").exists()
+
+
+def test_cli_choices_are_the_librarys():
+    """The CLI lists precisions and colour modes without importing torch; they must be the library's."""
+    from vsr.cli import COLOUR_CHOICES, PRECISION_CHOICES
+    from vsr.device import PRECISIONS
+    from vsr.pipeline import COLOUR_MODES
+
+    assert PRECISION_CHOICES == list(PRECISIONS) and COLOUR_CHOICES == list(COLOUR_MODES)
+
+
+def test_cuda_defaults_batch_and_graphs_only_where_measured(tmp_path, clip):
+    import torch
+
+    from vsr.cli import cuda_defaults
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    png = tmp_path / "a.png"
+    png.write_bytes(b"")
+    assert cuda_defaults(cuda, clip, None, None) == (8, True)  # a video file on CUDA: batches, CUDA graphs
+    assert cuda_defaults(cuda, png, None, None) == (8, False)  # one picture: compiling costs more than it saves
+    assert cuda_defaults(cuda, tmp_path, None, None) == (8, False)  # folders: frame sizes vary
+    assert cuda_defaults(cpu, clip, None, None) == (1, False)
+    assert cuda_defaults(cuda, clip, 2, False) == (2, False)  # what the user says stands
+
+
+def test_precision_and_colour_options(tmp_path, clip):
+    out = tmp_path / "o.mp4"
+    result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "--precision", "fp32", "--colour", "device", "-q")
+    assert result.exit_code == 0, result.output
+    result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "--precision", "fp8", "--overwrite")
+    assert result.exit_code == 2 and "fp8" in result.output

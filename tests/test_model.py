@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -275,3 +276,26 @@ def test_upscaler_workers_are_checked():
         Upscaler(Bicubic(4), "cpu", workers=0)
     with pytest.raises(ValueError, match="CPU in eager mode"):
         Upscaler(Bicubic(4), "cpu", workers=2, compile=True)
+
+
+def test_precision_auto_follows_the_machine_and_bad_names_are_refused():
+    from vsr.device import DeviceError, cpu_has_native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert resolve_precision("fp32", cpu) == torch.float32 and resolve_precision("fp16", cpu) == torch.float16
+    with pytest.raises(DeviceError, match="expected a precision"):
+        resolve_precision("fp8", cpu)
+
+
+def test_bf16_on_the_cpu_stays_within_a_level_or_two_of_fp32():
+    """bf16 autocast runs the convolutions in bf16, but the bicubic skip (so the output's base) in
+    fp32: the picture stays within a couple of levels of fp32's, mostly exact."""
+    g = tiny_generator(blocks=2, channels=8, batch_norm=False, global_skip="bicubic")
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 24, 20, 3), dtype=np.uint8))
+    ref = Upscaler(g, "cpu", precision="fp32").upscale(frames).int()
+    bf16 = Upscaler(g, "cpu", precision="bf16")
+    assert bf16.dtype == torch.bfloat16 and bf16.input_dtype == torch.float32
+    out = bf16.upscale(frames).int()
+    diff = (out - ref).abs()
+    assert diff.max() <= 2 and diff.float().mean() < 0.3

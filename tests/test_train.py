@@ -18,6 +18,7 @@ from torch import nn
 
 from conftest import make_clip, pattern, tiny_generator
 from vsr import data as data_mod
+from vsr import device as device_mod
 from vsr.cli import main
 from vsr.finetune import FinetuneError, FinetuneOptions, run_finetune
 from vsr.model import GeneratorConfig
@@ -286,3 +287,47 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes(folder, tmp_path):
     assert state["step"] == 3
     run_finetune(_opts(folder, out, train={"steps": 6}, resume=out.with_suffix(".ckpt")))
     assert training_info(out)["steps"] == 6
+
+
+@pytest.mark.parametrize("precision,scaled", [("bf16", False), ("fp16", True)])
+def test_mixed_precision_steps_learn_and_checkpoint(precision, scaled):
+    """bf16 autocast and fp16 with loss scaling (here on the CPU; the same code on CUDA): both
+    phases run, losses stay finite, the pixel loss falls, the scaler's state is checkpointed."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=12, pretrain_steps=8, batch_size=4, patch_size=32, lr=2e-3, warmup_steps=1)
+    trainer = Trainer(tiny_generator(blocks=1, channels=8, batch_norm=False, global_skip="bicubic").train(), cfg,
+                      perceptual=tiny_perceptual(), precision=precision)
+    assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert trainer.scaler.is_enabled() is scaled
+    hr = torch.from_numpy(np.stack([textured(i, 32, 32) for i in range(4)])).permute(0, 3, 1, 2).float() / 255
+    lr = data_mod.downscale(hr, 4)
+    pixel = [float(trainer.train_step(lr, hr)["pixel"]) for _ in range(8)]
+    assert pixel[-1] < pixel[0]
+    gan = trainer.train_step(lr, hr)
+    assert all(np.isfinite(float(v)) for v in gan.values()) and {"content", "adversarial", "d"} <= set(gan)
+    state = trainer.state_dict()
+    assert ("scale" in state["scaler"]) is scaled
+    assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())  # master weights stay fp32
+
+
+def test_prefetcher_hands_out_the_samplers_sequence_and_its_resume_state(tmp_path):
+    np.save(tmp_path / "a.npy", textured(0))
+    direct = data_mod.PatchSampler([tmp_path / "a.npy"], 32, 4, seed=3)
+    ahead = data_mod.Prefetcher(data_mod.PatchSampler([tmp_path / "a.npy"], 32, 4, seed=3), 2, depth=3)
+    try:
+        for _ in range(3):
+            lr, hr = ahead.next()
+            lr2, hr2 = direct.sample(2)
+            assert torch.equal(lr, lr2) and torch.equal(hr, hr2)
+            # however far ahead it has drawn, the state to resume from is just after this batch
+            assert torch.equal(ahead.state(), direct.generator.get_state())
+        with pytest.raises(ValueError, match="batches of 2"):
+            ahead.next(5)
+    finally:
+        ahead.close()
+
+
+def test_summary_reports_speed_precision_and_data_wait(folder, tmp_path):
+    summary = run_finetune(_opts(folder, tmp_path / "s.safetensors", train={"steps": 3, "pretrain_steps": 3}))
+    assert summary["precision"] == ("bf16" if device_mod.cpu_has_native_bf16() else "fp32")
+    assert summary["steps_per_second"] > 0 and 0 <= summary["data_wait_fraction"] < 1

@@ -60,15 +60,17 @@ class Callbacks:
     on_validate: Callable[[int, dict[str, float]], None] = lambda step, scores: None
 
 
-def _distributed() -> tuple[bool, int, int]:
+def _distributed(device: str) -> tuple[bool, int, int]:
+    """Under torchrun: (True, rank, world size), the process group started (NCCL for GPUs, gloo
+    when the run is on the CPU, also on a machine that has a GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return False, 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        gpu = torch.cuda.is_available() and device != "cpu"
+        dist.init_process_group(backend="nccl" if gpu else "gloo")
     return True, dist.get_rank(), dist.get_world_size()
 
 
@@ -103,7 +105,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
     if not opts.folder.is_dir():
         raise FinetuneError(f"expected a folder of videos and images, got {os.fspath(opts.folder)!r}")
     _check_writable(opts.output)
-    distributed, rank, world = _distributed()
+    distributed, rank, world = _distributed(opts.device)
     device = resolve_device(opts.device, rank=rank if distributed else None)
 
     resume_state = None

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One script for whoever has a GPU for a few minutes (under 5 on an H100/H200): the whole test suite
+# with the GPU present (CUDA tests included; tests needing the ffmpeg binary skip), then the GPU
+# benchmark (scripts/benchmark.py --device cuda), everything printed and, when $OUT is set, copied
+# there (gpu_tests.log, gpu_benchmark.log).
+#
+# Needs torch with CUDA, numpy, rich, click, safetensors, pytest and PyAV. Where pip cannot reach
+# an index (the project's lent GPU machine), carry PyAV as a wheel in .whl/ (av 18.x, cp311-abi3
+# works on Python 3.12); this script installs .whl/*.whl into /tmp/site first when .whl exists.
+# Usage: bash scripts/gpu_check.sh [BENCHMARK ARGS...]   e.g.  --train-seconds 30 --sizes 480x270
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+out=${OUT:-$(mktemp -d)}
+python3 - <<'PY'
+import torch, av
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, PyAV {av.__version__}, "
+      f"GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+PY
+echo "== tests (GPU present: --device auto picks CUDA) =="
+parallel=""
+python3 -c "import xdist" 2>/dev/null && parallel="-n 8"
+timeout 180 python3 -m pytest -q -p no:cacheprovider $parallel -rs tests 2>&1 | tee "$out/gpu_tests.log"
+echo "== benchmark =="
+timeout 240 python3 scripts/benchmark.py --device cuda --frames 240 --train-seconds 40 "$@" 2>&1 | tee "$out/gpu_benchmark.log"
+echo "logs: $out"
