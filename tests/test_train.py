@@ -331,3 +331,23 @@ def test_summary_reports_speed_precision_and_data_wait(folder, tmp_path):
     summary = run_finetune(_opts(folder, tmp_path / "s.safetensors", train={"steps": 3, "pretrain_steps": 3}))
     assert summary["precision"] == ("bf16" if device_mod.cpu_has_native_bf16() else "fp32")
     assert summary["steps_per_second"] > 0 and 0 <= summary["data_wait_fraction"] < 1
+
+
+def test_body_only_starts_another_scale_from_trained_features(folder, tmp_path):
+    """--body-only: a x2 model from x4 weights keeps head and residual body, and starts as bicubic."""
+    x4 = tmp_path / "x4.safetensors"
+    source = tiny_generator(scale=4, batch_norm=False, global_skip="bicubic")
+    save_generator(x4, source)
+    opts = dataclasses.replace(_opts(folder, tmp_path / "x2.safetensors"), start=str(x4), scale=2)
+    with pytest.raises(FinetuneError, match="--body-only"):
+        run_finetune(opts)
+    from vsr.finetune import _starting_generator
+
+    model, started = _starting_generator(dataclasses.replace(opts, body_only=True))
+    assert model.config.scale == 2 and "head and body" in started
+    for key, value in source.state_dict().items():
+        if key.startswith(("head.", "body.", "body_tail.")):
+            assert torch.equal(model.state_dict()[key], value), key
+    x = torch.rand(1, 3, 12, 10)
+    bicubic = torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    assert torch.allclose(model.eval()(x), bicubic, atol=1e-6)

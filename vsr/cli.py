@@ -284,6 +284,9 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
 @click.option("--from", "start", default="bundled", show_default=True,
               help="Starting weights: 'bundled' (the default x4 model), 'scratch', or a weights path/name.")
 @click.option("--scale", type=click.Choice(["2", "4"]), default=None, help="Scale (checked against --from weights).")
+@click.option("--body-only", is_flag=True,
+              help="Take only the head and residual body from --from weights; the upsampling layers start "
+                   "fresh (as bicubic). Starts a model of another --scale from trained features.")
 @click.option("--blocks", type=int, default=16, show_default=True, callback=_positive, help="Residual blocks (--from scratch).")
 @click.option("--channels", type=int, default=64, show_default=True, callback=_positive, help="Channels (--from scratch).")
 @click.option("--batch-norm/--no-batch-norm", default=False, show_default=True, help="BN in the generator (--from scratch; the paper has it).")
@@ -318,7 +321,7 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="Mixed precision (auto: bf16 on GPUs and CPUs that have it, else fp32 on the CPU; fp16 with loss scaling).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def finetune(folder, output, start, scale, blocks, channels, batch_norm, global_skip, steps, pretrain_steps, batch_size,
+def finetune(folder, output, start, scale, body_only, blocks, channels, batch_norm, global_skip, steps, pretrain_steps, batch_size,
              patch_size, lr, gan_lr, pixel_loss, no_gan, content_layer, vgg_weights, adv_weight, gan_pixel_weight,
              ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
              frames_per_video, max_side, seed, device, precision, quiet):
@@ -341,6 +344,7 @@ def finetune(folder, output, start, scale, blocks, channels, batch_norm, global_
         fail(str(exc), EXIT_USAGE)
     opts = FinetuneOptions(
         folder=folder, output=output, train=cfg, start=start, scratch_config=scratch, scale=int(scale) if scale else None,
+        body_only=body_only,
         vgg_weights=vgg_weights, val_folder=val_folder, val_fraction=val_fraction, val_every=val_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, cache_dir=cache_dir,
         frames_per_video=frames_per_video, max_side=max_side, device=device, precision=precision,

@@ -36,6 +36,7 @@ class FinetuneOptions:
     start: str = "bundled"  # "bundled", "scratch", or a weights path/name
     scratch_config: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_norm=False, global_skip="bicubic"))
     scale: int | None = None  # the scale asked for (None: the starting weights' own)
+    body_only: bool = False  # take only head and residual body from ``start``; upsampling starts fresh (as bicubic)
     vgg_weights: Path | None = None
     val_folder: Path | None = None
     val_fraction: float = 0.1
@@ -83,12 +84,25 @@ def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str]:
     spec = DEFAULT_WEIGHTS if opts.start == "bundled" else opts.start
     try:
         path = resolve_weights(spec)
-        model = load_generator(path, scale=opts.scale)
+        model = load_generator(path, scale=None if opts.body_only else opts.scale)
     except WeightsError as exc:
         if opts.start == "bundled":
             raise FinetuneError(f"no bundled weights to start from ({exc}); use --from scratch or --from PATH") from exc
-        raise FinetuneError(str(exc)) from exc
+        hint = " (--body-only starts a model of another scale from its head and residual body)" if "was asked for" in str(exc) else ""
+        raise FinetuneError(f"{exc}{hint}") from exc
+    if opts.body_only:
+        return _with_fresh_upsampling(model, opts.scale or model.config.scale), f"{os.fspath(path)} (head and body)"
     return model.train(), os.fspath(path)
+
+
+def _with_fresh_upsampling(source: Generator, scale: int) -> Generator:
+    """A generator of ``scale`` with ``source``'s head, residual body and body tail (the layers that do
+    not depend on the scale) and new upsampling layers: with the bicubic skip it starts as bicubic."""
+    config = dataclasses.replace(source.config, scale=scale)
+    model = Generator(config)
+    shared = {k: v for k, v in source.state_dict().items() if k.startswith(("head.", "body.", "body_tail."))}
+    model.load_state_dict(shared, strict=False)
+    return model.train()
 
 
 def _check_writable(path: Path) -> None:
