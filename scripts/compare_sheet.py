@@ -41,9 +41,8 @@ def main() -> None:
     for spec in args.crop:
         name, _, corner = spec.partition(":")
         y, x = (int(v) for v in corner.split(","))
-        hr, lr = hr_and_lr(load_image(args.folder / name), ups[0].scale)
-        lr = lr.permute(0, 2, 3, 1)
-        outs = [(hr[0].permute(1, 2, 0) * 255).round().byte().numpy()] + [u.upscale(lr)[0].numpy() for u in ups]
+        hr, lr = hr_and_lr([load_image(args.folder / name)], ups[0].scale, crf=None)
+        outs = [hr[0]] + [u.upscale(lr[0][None])[0].numpy() for u in ups]
         rows.append(np.concatenate([o[y : y + args.size, x : x + args.size] for o in outs], 1))
     sheet = Image.fromarray(np.concatenate(rows, 0))
     sheet = sheet.resize((round(sheet.width * args.zoom), round(sheet.height * args.zoom)), Image.NEAREST)

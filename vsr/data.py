@@ -71,7 +71,7 @@ def gradient_energy(rgb: np.ndarray | torch.Tensor) -> float:
     return float((gx + gy) / 2)
 
 
-def _shrink(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+def shrink(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     h, w = rgb.shape[:2]
     if not max_side or max(h, w) <= max_side:
         return rgb
@@ -154,7 +154,7 @@ def extract_frames(
                 frames = sample_video_frames(path, frames_per_video) if kind == "video" else iter([load_image(path)])
                 previous: np.ndarray | None = None
                 for i, rgb in enumerate(frames):
-                    rgb = _shrink(rgb, max_side)
+                    rgb = shrink(rgb, max_side)
                     if min(rgb.shape[:2]) < min_size:
                         skipped.append(f"{path}: frames of {rgb.shape[1]}x{rgb.shape[0]} are smaller than a {min_size}-px crop")
                         break
