@@ -351,3 +351,38 @@ def test_body_only_starts_another_scale_from_trained_features(folder, tmp_path):
     x = torch.rand(1, 3, 12, 10)
     bicubic = torch.nn.functional.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
     assert torch.allclose(model.eval()(x), bicubic, atol=1e-6)
+
+
+def test_esrgan_recipe_options_train():
+    """Relativistic average GAN loss and a spectrally normalised discriminator: both steps run and
+    the discriminator learns to tell the (untrained) generator's output from HR."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=30, pretrain_steps=0, batch_size=4, patch_size=32, gan_lr=1e-3, warmup_steps=1,
+                      gan_loss="ragan", d_norm="spectral")
+    trainer = Trainer(tiny_generator(blocks=1, channels=8, batch_norm=False, global_skip="bicubic").train(), cfg,
+                      perceptual=tiny_perceptual(), precision="fp32")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in trainer.discriminator.modules())
+    assert any("parametrizations" in name for name, _ in trainer.discriminator.named_parameters())
+    hr = torch.from_numpy(np.stack([textured(i, 32, 32) for i in range(4)])).permute(0, 3, 1, 2).float() / 255
+    lr = data_mod.downscale(hr, 4)
+    first = trainer.train_step(lr, hr)
+    for _ in range(12):
+        last = trainer.train_step(lr, hr)
+    assert all(np.isfinite(float(v)) for v in last.values())
+    assert float(last["d"]) < float(first["d"])  # D separates real from fake better than at the start
+    with pytest.raises(ValueError, match="gan loss"):
+        TrainConfig(gan_loss="wgan")
+
+
+def test_features_before_the_activation_end_one_layer_earlier(tmp_path):
+    from vsr.perceptual import _features
+
+    torch.manual_seed(0)
+    path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in _features("vgg16").state_dict().items()}, path)
+    x = torch.rand(1, 3, 16, 16)
+    after = load_perceptual("vgg16:conv1_2", path)
+    before = load_perceptual("vgg16:conv1_2", path, before_activation=True)
+    assert isinstance(after.features[-1], nn.ReLU) and isinstance(before.features[-1], nn.Conv2d)
+    pre = before(x)
+    assert pre.min() < 0 and torch.equal(after(x), torch.relu(pre))

@@ -139,7 +139,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
         from vsr.perceptual import PerceptualError, load_perceptual
 
         try:
-            perceptual = load_perceptual(cfg.content_layer, opts.vgg_weights)
+            perceptual = load_perceptual(cfg.content_layer, opts.vgg_weights, cfg.content_before_activation)
         except PerceptualError as exc:
             raise FinetuneError(str(exc)) from exc
 

@@ -158,31 +158,41 @@ class Bicubic(nn.Module):
         return 3 * (self.scale**2 + 1) * dtype_bytes
 
 
+DISCRIMINATOR_NORMS = ("batch", "spectral")
+
+
 @dataclass(frozen=True)
 class DiscriminatorConfig:
     patch_size: int = 96
     channels: int = 64
+    norm: str = "batch"  # the paper's BatchNorm, or spectral normalisation of every layer (no BN)
 
     def __post_init__(self) -> None:
         if self.patch_size % 16:
             raise ValueError(f"discriminator patch_size must be a multiple of 16, got {self.patch_size}")
+        if self.norm not in DISCRIMINATOR_NORMS:
+            raise ValueError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {self.norm!r}")
 
 
 class Discriminator(nn.Module):
     """The paper's discriminator: 8 conv3x3 (64->512, stride 2 when the width stays),
-    BN after all but the first, LeakyReLU 0.2, dense 1024, LeakyReLU, dense 1 (a logit)."""
+    BN after all but the first, LeakyReLU 0.2, dense 1024, LeakyReLU, dense 1 (a logit).
+    ``norm="spectral"``: no BN, every layer spectrally normalised (Miyato et al. 2018; as
+    Real-ESRGAN's discriminator), which keeps D's gradients tame on small batches."""
 
     def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig()) -> None:
         super().__init__()
         self.config = config
         c = config.channels
+        spectral = config.norm == "spectral"
+        wrap = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)
         widths = [c, c, 2 * c, 2 * c, 4 * c, 4 * c, 8 * c, 8 * c]
         layers: list[nn.Module] = []
         in_ch = 3
         for i, out_ch in enumerate(widths):
             stride = 2 if i % 2 == 1 else 1
-            layers.append(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=i == 0))
-            if i > 0:
+            layers.append(wrap(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=i == 0 or spectral)))
+            if i > 0 and not spectral:
                 layers.append(nn.BatchNorm2d(out_ch))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             in_ch = out_ch
@@ -190,9 +200,9 @@ class Discriminator(nn.Module):
         side = config.patch_size // 16
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(8 * c * side * side, 1024),
+            wrap(nn.Linear(8 * c * side * side, 1024)),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(1024, 1),
+            wrap(nn.Linear(1024, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

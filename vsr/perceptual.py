@@ -130,10 +130,15 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
 
 
-def load_perceptual(spec: str = "vgg19:conv5_4", weights: str | os.PathLike | None = None) -> VGGFeatures:
-    """Build the feature extractor, or raise :class:`PerceptualError` saying what to do."""
+def load_perceptual(spec: str = "vgg19:conv5_4", weights: str | os.PathLike | None = None,
+                    before_activation: bool = False) -> VGGFeatures:
+    """Build the feature extractor, or raise :class:`PerceptualError` saying what to do.
+
+    ``before_activation``: the conv's output before its ReLU (ESRGAN's choice: the ReLU zeroes most of
+    conv5_4's activations, and matching the sparse maps that remain gives weaker, brightness-shifting
+    supervision); the paper takes it after."""
     arch, layer = parse_spec(spec)
-    end = _layer_end(arch, layer)
+    end = _layer_end(arch, layer) - (1 if before_activation else 0)
     features = _features(arch)
     caffe = False
     if weights is not None:

@@ -23,9 +23,10 @@ from torch import nn
 
 from vsr.device import resolve_precision
 from vsr.metrics import psnr_y, ssim_y
-from vsr.model import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from vsr.model import DISCRIMINATOR_NORMS, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
 CHECKPOINT_FORMAT = "vsr-checkpoint-1"
+GAN_LOSSES = ("vanilla", "ragan")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainConfig:
     content_scale: float = 1 / 12.75
     adv_weight: float = 1e-3
     gan_pixel_weight: float = 0.0  # optional pixel term in phase 2 (0 = the paper)
+    gan_loss: str = "vanilla"  # "vanilla" (the paper: real/fake BCE) or "ragan" (relativistic average, ESRGAN)
+    content_before_activation: bool = False  # VGG features before the ReLU (ESRGAN) instead of after (the paper)
+    d_norm: str = "batch"  # the discriminator's normalisation: "batch" (the paper) or "spectral"
     ema_decay: float = 0.999
     degrade: bool = False
     seed: int = 0
@@ -53,6 +57,10 @@ class TrainConfig:
             raise ValueError(f"pixel loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
         if self.steps < 1 or self.pretrain_steps < 0 or self.batch_size < 1:
             raise ValueError("steps and batch size must be positive, pretrain steps non-negative")
+        if self.gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
+        if self.d_norm not in DISCRIMINATOR_NORMS:
+            raise ValueError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {self.d_norm!r}")
 
     @property
     def gan_steps(self) -> int:
@@ -113,7 +121,7 @@ class Trainer:
         if cfg.gan_steps > 0:
             if perceptual is None:
                 raise ValueError("the adversarial phase needs a perceptual network (or no_gan=True)")
-            self.discriminator = Discriminator(DiscriminatorConfig(cfg.patch_size)).to(
+            self.discriminator = Discriminator(DiscriminatorConfig(cfg.patch_size, norm=cfg.d_norm)).to(
                 self.device, memory_format=self.memory_format).train()
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=(0.9, 0.999))
         if distributed:
@@ -163,7 +171,11 @@ class Trainer:
                 content = F.mse_loss(self.perceptual(sr).float() * cfg.content_scale,
                                      self.perceptual(hr_img).detach().float() * cfg.content_scale)
                 fake_logit = self.discriminator(sr).float()
-                adversarial = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+                if cfg.gan_loss == "ragan":  # is the fake more real than the average real, and vice versa
+                    real_logit = self.discriminator(hr_img).float().detach()
+                    adversarial = _ragan(real_logit, fake_logit, real_is_real=False)
+                else:
+                    adversarial = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
                 loss_g = content + cfg.adv_weight * adversarial
                 if cfg.gan_pixel_weight:
                     pixel = self._pixel(sr.float(), hr_img)
@@ -179,8 +191,11 @@ class Trainer:
             with self._autocast():
                 real_logit = self.discriminator(hr_img).float()
                 fake_logit = self.discriminator(sr.detach()).float()
-                loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-                          + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+                if cfg.gan_loss == "ragan":
+                    loss_d = _ragan(real_logit, fake_logit, real_is_real=True)
+                else:
+                    loss_d = (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+                              + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
             self._backward_step(loss_d, self.opt_d)
             losses.update(d=loss_d.detach(), d_real=torch.sigmoid(real_logit.detach()).mean(),
                           d_fake=torch.sigmoid(fake_logit.detach()).mean())
@@ -234,6 +249,17 @@ class Trainer:
         if self.device.type == "cuda" and cuda_rng is not None and cuda_rng.numel():
             torch.cuda.set_rng_state(cuda_rng, self.device)
         self.step = int(state["step"])
+
+
+def _ragan(real: torch.Tensor, fake: torch.Tensor, real_is_real: bool) -> torch.Tensor:
+    """Relativistic average GAN loss (Jolicoeur-Martineau 2018, ESRGAN's): the discriminator judges
+    whether a real image is more realistic than the average fake (and a fake less so than the
+    average real); for the generator the targets swap.  Mean of the two BCE terms."""
+    rel_real, rel_fake = real - fake.mean(), fake - real.mean()
+    one, zero = torch.ones_like(real), torch.zeros_like(fake)
+    if real_is_real:
+        return (F.binary_cross_entropy_with_logits(rel_real, one) + F.binary_cross_entropy_with_logits(rel_fake, zero)) / 2
+    return (F.binary_cross_entropy_with_logits(rel_real, zero) + F.binary_cross_entropy_with_logits(rel_fake, one)) / 2
 
 
 def save_checkpoint(path: str | os.PathLike, trainer: Trainer, extra: dict[str, Any]) -> None:
