@@ -113,33 +113,9 @@ def model_only(up: Upscaler, frames: list[np.ndarray], batch: int) -> float:
     return len(frames) / stream_seconds(up, frames, batch)
 
 
-def naive(model: torch.nn.Module, src: Path, dst: Path, limit: int) -> float:
-    """Real-ESRGAN-script style: one thread, one frame at a time, NCHW fp32, default (BT.601) RGB
-    conversion, glibc's default allocator (run it in a process without keep_freed_memory)."""
-    model = model.eval()
-    t0 = time.perf_counter()
-    n = 0
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        vin = inp.streams.video[0]
-        vs = out.add_stream("libx264", rate=vin.average_rate, options={"crf": "18", "preset": "medium"})
-        vs.width, vs.height, vs.pix_fmt = vin.width * model.scale, vin.height * model.scale, "yuv420p"
-        for frame in inp.decode(vin):
-            x = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].float() / 255
-            with torch.inference_mode():
-                y = model(x).clamp(0, 1)
-            rgb = (y[0] * 255).round().byte().permute(1, 2, 0).contiguous().numpy()
-            for p in vs.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(p)
-            n += 1
-            if n >= limit:
-                break
-        for p in vs.encode(None):
-            out.mux(p)
-    return n / (time.perf_counter() - t0)
-
-
 def naive_child(weights: str | None, src: str, dst: str, limit: int) -> None:
-    print(json.dumps({"fps": naive(load_model(weights), Path(src), Path(dst), limit)}))
+    """The naive loop on the CPU, in a process of its own (glibc's default allocator)."""
+    print(json.dumps({"fps": naive_loop(load_model(weights), torch.device("cpu"), Path(src), Path(dst), limit)}))
 
 
 def in_subprocess(function: str, *args, env: dict[str, str] | None = None) -> dict:
@@ -258,7 +234,9 @@ def encoder_alone(frames: list[av.VideoFrame], dst: Path) -> float:
 
 
 def naive_loop(model, device: torch.device, src: Path, dst: Path, limit: int) -> float:
-    """Real-ESRGAN's script's way on the device: one frame at a time, fp16 on CUDA, RGB on the CPU."""
+    """Real-ESRGAN's script's way: one thread, one frame at a time, NCHW (fp32 on the CPU, fp16 on
+    CUDA), default (BT.601) RGB conversion on the CPU; on the CPU run it in a process without
+    keep_freed_memory (glibc's default allocator)."""
     model = copy.deepcopy(model).eval().to(device)
     half = device.type == "cuda"
     if half:

@@ -45,13 +45,21 @@ def torch_dtype(fmt: PlaneFormat) -> torch.dtype:
     return torch.uint8 if fmt.bits <= 8 else torch.int16
 
 
-def _levels(bits: int, full: bool) -> tuple[float, float, float]:
-    """(luma offset, luma span, chroma span) in code values; chroma is centred on 2^(bits-1)."""
-    if full:
-        top = float((1 << bits) - 1)
-        return 0.0, top, top
-    unit = float(1 << (bits - 8))
-    return 16.0 * unit, 219.0 * unit, 224.0 * unit
+class _Coding:
+    """How a format codes Y'PbPr: the code values of black, of the luma span and of the chroma span
+    and centre, for its bit depth and range (yuvj* formats are full range whatever the tags say)."""
+
+    def __init__(self, fmt: str, full_range: bool) -> None:
+        self.format = PLANE_FORMATS[fmt]
+        bits = self.format.bits
+        self.full_range = self.format.full_range if self.format.full_range is not None else full_range
+        self.top = float((1 << bits) - 1)
+        self.chroma_centre = float(1 << (bits - 1))
+        if self.full_range:
+            self.luma_offset, self.luma_span, self.chroma_span = 0.0, self.top, self.top
+        else:
+            unit = float(1 << (bits - 8))
+            self.luma_offset, self.luma_span, self.chroma_span = 16.0 * unit, 219.0 * unit, 224.0 * unit
 
 
 def _matrix(kr: float, kb: float) -> torch.Tensor:
@@ -129,11 +137,8 @@ class YuvToRgb(nn.Module):
     def __init__(self, fmt: str, matrix: int, full_range: bool, chroma_left: bool = False,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        self.format = PLANE_FORMATS[fmt]
-        full = self.format.full_range if self.format.full_range is not None else full_range
-        self.full_range = full
-        self.luma_offset, self.luma_span, self.chroma_span = _levels(self.format.bits, full)
-        self.chroma_centre = float(1 << (self.format.bits - 1))
+        self.coding = _Coding(fmt, full_range)
+        self.format, self.full_range = self.coding.format, self.coding.full_range
         kr, kb = MATRIX_COEFFICIENTS[matrix]
         self.register_buffer("inverse", torch.linalg.inv(_matrix(kr, kb)).to(dtype), persistent=False)
         self.register_buffer("taps", phase_taps(2, SWS_CUBIC_A).to(dtype), persistent=False)
@@ -150,8 +155,9 @@ class YuvToRgb(nn.Module):
             uv = planes[1].to(self.dtype).permute(0, 3, 1, 2)
         else:
             uv = torch.stack([planes[1], planes[2]], 1).to(self.dtype)
-        y = (y - self.luma_offset) / self.luma_span
-        uv = (uv - self.chroma_centre) / self.chroma_span
+        c = self.coding
+        y = (y - c.luma_offset) / c.luma_span
+        uv = (uv - c.chroma_centre) / c.chroma_span
         h, w = y.shape[2:]
         if f.sub_y:
             uv = _upsample2(uv, 2, self.taps)[:, :, :h]
@@ -168,12 +174,8 @@ class RgbToYuv(nn.Module):
 
     def __init__(self, fmt: str, matrix: int, full_range: bool) -> None:
         super().__init__()
-        self.format = PLANE_FORMATS[fmt]
-        full = self.format.full_range if self.format.full_range is not None else full_range
-        self.full_range = full
-        self.luma_offset, self.luma_span, self.chroma_span = _levels(self.format.bits, full)
-        self.chroma_centre = float(1 << (self.format.bits - 1))
-        self.top = float((1 << self.format.bits) - 1)
+        self.coding = _Coding(fmt, full_range)
+        self.format, self.full_range = self.coding.format, self.coding.full_range
         kr, kb = MATRIX_COEFFICIENTS[matrix]
         self.register_buffer("forward_matrix", _matrix(kr, kb).float(), persistent=False)
         self.register_buffer("taps", _down_taps(SWS_CUBIC_A).float(), persistent=False)
@@ -182,15 +184,16 @@ class RgbToYuv(nn.Module):
         f = self.format
         rgb = rgb.float().clamp(0, 1)
         ypbpr = torch.einsum("ij,njhw->nihw", self.forward_matrix.to(rgb.device), rgb)
-        y = ypbpr[:, 0] * self.luma_span + self.luma_offset
+        c = self.coding
+        y = ypbpr[:, 0] * c.luma_span + c.luma_offset
         uv = ypbpr[:, 1:]
         if f.sub_x:
             uv = _average_pairs(uv)
         if f.sub_y:
             uv = _downsample2(uv, 2, self.taps.to(rgb.device))
-        uv = uv * self.chroma_span + self.chroma_centre
-        y = y.round_().clamp_(0, self.top).to(torch_dtype(f))
-        uv = uv.round_().clamp_(0, self.top).to(torch_dtype(f))
+        uv = uv * c.chroma_span + c.chroma_centre
+        y = y.round_().clamp_(0, c.top).to(torch_dtype(f))
+        uv = uv.round_().clamp_(0, c.top).to(torch_dtype(f))
         if f.semi_planar:
             return y, uv.permute(0, 2, 3, 1).contiguous()
         return y, uv[:, 0].contiguous(), uv[:, 1].contiguous()
