@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.colour import PLANE_FORMATS
 from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, VideoInfo, probe, read, to_planes, to_rgb
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
@@ -235,8 +234,7 @@ def upscale_file(
     if colour is None:
         convert_in = lambda item: to_rgb(item, stages)  # noqa: E731
     else:
-        layout = PLANE_FORMATS[colour.decode.format.name]
-        convert_in = lambda item: to_planes(item, layout, stages)  # noqa: E731
+        convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
     threads = [threading.Thread(target=worker(body), name=name, daemon=True) for name, body in [
         ("vsr-decode", decode),
         ("vsr-to-rgb", relay(q_decoded, q_rgb, convert_in)),
