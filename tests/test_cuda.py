@@ -145,3 +145,16 @@ def test_torchrun_ddp_on_two_gpus_with_nccl(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert training_info(out)["world_size"] == 2
+
+
+def test_a_community_model_runs_in_fp16_on_cuda(tmp_path):
+    from test_thirdparty import compact_state
+    from vsr.weights import load_model
+
+    path = tmp_path / "compact.pth"
+    torch.save({"params": compact_state()}, path)
+    model = load_model(path)
+    cpu = Upscaler(model, "cpu").upscale(frames()).int()
+    gpu = Upscaler(load_model(path), "cuda")
+    assert gpu.dtype == torch.float16
+    assert (gpu.upscale(frames()).int() - cpu).abs().max() <= 2

@@ -57,7 +57,7 @@ def _tile(ctx, param, value):
 def load_model(model: str, weights: str | None, scale: int | None):
     """The network for ``--model``/``--weights``/``--scale``; raises WeightsError with a clear message."""
     from vsr.model import Bicubic
-    from vsr.weights import DEFAULT_WEIGHTS, WeightsError, load_generator, resolve_weights
+    from vsr.weights import DEFAULT_WEIGHTS, WeightsError, load_model as load_weights, resolve_weights
 
     if model == "bicubic":
         if weights:
@@ -73,7 +73,7 @@ def load_model(model: str, weights: str | None, scale: int | None):
                 f"pass --weights PATH (e.g. from `vsr finetune`) or use --model bicubic"
             ) from None
         raise
-    return load_generator(path, scale=scale)
+    return load_weights(path, scale=scale)
 
 
 def default_output(src: Path, scale: int) -> Path:
@@ -86,7 +86,9 @@ def default_output(src: Path, scale: int) -> Path:
               help="Output file (default: INPUT_x4.EXT beside the input).")
 @click.option("--model", type=click.Choice(["srgan", "bicubic"]), default="srgan", show_default=True,
               help="The SRGAN generator, or plain bicubic interpolation (the baseline).")
-@click.option("--weights", default=None, help="Weights file path or bundled name (default: the bundled x4 PSNR model).")
+@click.option("--weights", default=None,
+              help="Weights: a bundled name, vsr's .safetensors, or a community model spandrel recognises "
+                   "(.pth/.pt/.safetensors: Real-ESRGAN, SwinIR, SPAN, HAT, ...). Default: the bundled x4 PSNR model.")
 @click.option("--scale", type=click.Choice(["2", "4"]), default=None, help="Scale (bicubic: default 4; srgan: checked against the weights).")
 @click.option("--batch-size", type=int, default=None, callback=_positive,
               help="Frames per model call (default: 1 on the CPU, 8 on CUDA).")

@@ -261,6 +261,9 @@ class Upscaler:
         self.tile = tile
         self.radius = receptive_radius(model)
         self.dtype = resolve_precision(precision, self.device)  # what the convolutions compute in
+        supports = getattr(model, "supports", None)  # a community model may not run in fp16/bf16
+        if supports is not None and not supports(self.dtype):
+            self.dtype = torch.float32
         self._autocast = self.dtype if self.device.type == "cpu" and self.dtype != torch.float32 else None
         self.input_dtype = torch.float32 if self._autocast else self.dtype  # what the model is fed
         # activation bytes per input pixel, from the model itself (not from a wrapper of it)

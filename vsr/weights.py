@@ -113,6 +113,32 @@ def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generat
     return model
 
 
+def is_vsr_weights(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is one of vsr's own weights files (safetensors with vsr's metadata)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        return False
+    try:
+        return read_metadata(path).get("vsr.format") == FORMAT
+    except WeightsError:
+        return False
+
+
+def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Module:
+    """vsr's own weights (:func:`load_generator`), or any community model spandrel recognises
+    (:func:`vsr.thirdparty.load_spandrel`); :class:`WeightsError` with one line otherwise."""
+    if is_vsr_weights(path):
+        return load_generator(path, scale=scale)
+    from vsr.thirdparty import ThirdPartyError, load_spandrel
+
+    try:
+        model = load_spandrel(path)
+    except ThirdPartyError as exc:
+        raise WeightsError(str(exc)) from None
+    if scale is not None and model.scale != scale:
+        raise WeightsError(f"{os.fspath(path)!r} is a x{model.scale} model ({model.architecture}), but x{scale} was asked for")
+    return model
+
+
 def training_info(path: str | os.PathLike) -> dict[str, Any]:
     meta = read_metadata(path)
     return json.loads(meta["vsr.training"]) if "vsr.training" in meta else {}

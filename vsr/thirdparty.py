@@ -1,0 +1,92 @@
+"""Community weights (Real-ESRGAN, SwinIR, SPAN, HAT, OmniSR, ...) through spandrel.
+
+spandrel (the library chaiNNer and ComfyUI use) recognises ~40 architectures from a state dict,
+including the wrappers their authors ship (Real-ESRGAN's ``params``/``params_ema``), and reads
+``.pth``/``.pt`` files with a restricted unpickler: nothing but tensors and plain containers is
+ever unpickled.  :func:`load_spandrel` turns what it finds into a module vsr's upscaler runs like
+its own (it pads inputs to the sizes the architecture needs and crops the output), and refuses,
+in one line each, what vsr cannot use: unknown architectures, models that are not image
+super-resolution or restoration, and grayscale or RGBA models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PURPOSES = ("SR", "Restoration")  # what vsr runs; spandrel also knows FaceSR, Inpainting, ...
+
+
+class ThirdPartyError(Exception):
+    """A model file vsr cannot use; the message says why in one line."""
+
+
+class SpandrelModel(nn.Module):
+    """A spandrel image model as vsr's upscaler runs it: float NCHW RGB in [0, 1] -> ``scale`` x larger.
+
+    Inputs are padded (edges replicated) to the architecture's size multiple and minimum, and the
+    output cropped back, so any frame size works.
+    """
+
+    def __init__(self, descriptor, source: str) -> None:
+        super().__init__()
+        self.net = descriptor.model
+        self.architecture = descriptor.architecture.name
+        self.scale = int(descriptor.scale)
+        self.supports_half = bool(descriptor.supports_half)
+        self.supports_bfloat16 = bool(descriptor.supports_bfloat16)
+        req = descriptor.size_requirements
+        self.multiple, self.minimum, self.square = int(req.multiple_of), int(req.minimum), bool(req.square)
+        self.parameters_count = sum(p.numel() for p in self.net.parameters())
+        self.source = source
+
+    def supports(self, dtype: torch.dtype) -> bool:
+        return dtype == torch.float32 or (dtype == torch.float16 and self.supports_half) or (
+            dtype == torch.bfloat16 and self.supports_bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        th, tw = max(h, self.minimum), max(w, self.minimum)
+        if self.square:
+            th = tw = max(th, tw)
+        th, tw = -(-th // self.multiple) * self.multiple, -(-tw // self.multiple) * self.multiple
+        if (th, tw) != (h, w):
+            x = F.pad(x, (0, tw - w, 0, th - h), mode="replicate")
+        y = self.net(x)
+        return y[..., : h * self.scale, : w * self.scale]
+
+
+def load_spandrel(path: str | os.PathLike) -> SpandrelModel:
+    """The model in ``path`` (``.pth``, ``.pt``, ``.ckpt``, ``.safetensors``), or :class:`ThirdPartyError`."""
+    import pickle
+
+    try:
+        from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+    except ImportError as exc:  # pragma: no cover - spandrel is a dependency
+        raise ThirdPartyError(f"reading {Path(path).name} needs spandrel: pip install spandrel") from exc
+    name = Path(path).name
+    try:
+        descriptor = ModelLoader(device=torch.device("cpu")).load_from_file(os.fspath(path))
+    except UnsupportedModelError:
+        raise ThirdPartyError(f"{name}: not an architecture spandrel knows (neither vsr weights nor any of the "
+                              f"~40 community architectures it recognises from their tensors)") from None
+    except pickle.UnpicklingError as exc:
+        raise ThirdPartyError(f"{name}: refused to unpickle it ({exc}); only tensors and plain containers are read") from None
+    except (RuntimeError, ValueError, KeyError, OSError, EOFError) as exc:
+        raise ThirdPartyError(f"{name}: cannot read it as model weights ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from None
+    if not isinstance(descriptor, ImageModelDescriptor):
+        raise ThirdPartyError(f"{name}: a {descriptor.architecture.name} {descriptor.purpose} model that does not map "
+                              f"an image to an image; vsr runs image super-resolution models")
+    if descriptor.purpose not in PURPOSES:
+        raise ThirdPartyError(f"{name}: a {descriptor.architecture.name} model for {descriptor.purpose}, "
+                              f"not super-resolution or restoration")
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        kind = {1: "grayscale", 4: "RGBA"}.get(descriptor.input_channels, f"{descriptor.input_channels}-channel")
+        raise ThirdPartyError(f"{name}: a {kind} model ({descriptor.input_channels} channels in, "
+                              f"{descriptor.output_channels} out); vsr upscales RGB (3 channels)")
+    return SpandrelModel(descriptor, os.fspath(path)).eval()
