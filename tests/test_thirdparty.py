@@ -143,3 +143,17 @@ def test_unknown_architecture_and_grayscale_models_are_named(tmp_path):
     gray = tmp_path / "gray.pth"
     torch.save({"params": compact_state(channels=1)}, gray)
     refused(gray, tmp_path, "gray.pth: a grayscale model", "vsr upscales RGB")
+
+
+def test_models_lists_bundled_and_given_files(compact_pth, tmp_path):
+    from vsr.weights import bundled_weights
+
+    r = CliRunner().invoke(main, ["models", str(compact_pth)])
+    assert r.exit_code == 0, r.output
+    assert "realesr-animevideov3_tiny.pth" in r.output and "RealESRGAN Compact" in r.output
+    for name in bundled_weights():
+        assert name in r.output
+    if bundled_weights():
+        assert "SRResNet 16x64" in r.output and "steps" in r.output
+    r = CliRunner().invoke(main, ["models", str(tmp_path / "nothere.pth")])
+    assert r.exit_code == 1 and "does not exist" in r.output

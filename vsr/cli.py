@@ -278,6 +278,36 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
         sys.exit(EXIT_FAILED)
 
 
+# ---------------------------------------------------------------------------- models
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+def models(files):
+    """List the bundled models, and any model FILES given: architecture, scale, parameters, fp16
+    support, and for vsr's own files their training steps and last validation gain over bicubic
+    (PSNR-Y on the trainer's held-out crops; weights/README.md has the full held-out scores)."""
+    from vsr.weights import WeightsError, bundled_weights, describe, weights_dir
+
+    table = Table(title="models", show_lines=False)
+    for col in ("name", "architecture", "scale", "params", "fp16", "trained", "val. PSNR-Y"):
+        table.add_column(col)
+    failed = []
+    paths = [weights_dir() / n for n in bundled_weights()] + list(files)
+    for path in paths:
+        try:
+            d = describe(path)
+        except WeightsError as exc:
+            failed.append(str(exc))
+            continue
+        table.add_row(d["name"], d["architecture"], f"x{d['scale']}", f"{d['parameters'] / 1e6:.2f} M",
+                      "yes" if d["fp16"] else "no", d["trained"], d["validation"])
+    # not a terminal: no wrapping or cutting at 80 columns, so scripts read whole names
+    (out if out.is_terminal else Console(width=200, highlight=False)).print(table)
+    for message in failed:
+        err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
 # ---------------------------------------------------------------------------- finetune
 @main.command()
 @click.argument("folder", type=click.Path(path_type=Path))

@@ -126,6 +126,8 @@ def is_vsr_weights(path: str | os.PathLike) -> bool:
 def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Module:
     """vsr's own weights (:func:`load_generator`), or any community model spandrel recognises
     (:func:`vsr.thirdparty.load_spandrel`); :class:`WeightsError` with one line otherwise."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file {os.fspath(path)!r} does not exist")
     if is_vsr_weights(path):
         return load_generator(path, scale=scale)
     from vsr.thirdparty import ThirdPartyError, load_spandrel
@@ -137,6 +139,25 @@ def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Mo
     if scale is not None and model.scale != scale:
         raise WeightsError(f"{os.fspath(path)!r} is a x{model.scale} model ({model.architecture}), but x{scale} was asked for")
     return model
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``vsr models`` shows of a model file (loads it; :class:`WeightsError` if it cannot)."""
+    model = load_model(path)
+    row = {"name": Path(path).name, "scale": model.scale, "parameters": sum(p.numel() for p in model.parameters()),
+           "trained": "", "validation": ""}
+    if isinstance(model, Generator):
+        cfg = model.config
+        row.update(architecture=f"SRResNet {cfg.blocks}x{cfg.channels}" + (" BN" if cfg.batch_norm else ""), fp16=True)
+        info = training_info(path)
+        if info:
+            row["trained"] = f"{info.get('steps', '?')} steps"
+            if info.get("validation"):
+                step, scores = info["validation"][-1]
+                row["validation"] = f"{scores['psnr'] - scores['bicubic_psnr']:+.2f} dB"
+    else:
+        row.update(architecture=model.architecture, fp16=model.supports_half)
+    return row
 
 
 def training_info(path: str | os.PathLike) -> dict[str, Any]:
