@@ -296,3 +296,54 @@ def test_interrupt_removes_partial_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions(), fault=fault)
     assert [p.name for p in tmp_path.iterdir()] == ["c.mp4"]
+
+
+def _video_size_sar(path):
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        sar = s.sample_aspect_ratio or s.codec_context.sample_aspect_ratio
+        return s.width, s.height, (Fraction(sar) if sar and sar.numerator else None)
+
+
+@pytest.mark.parametrize("colour", ["cpu", "device"])
+def test_outscale_resizes_after_the_model_and_keeps_every_frame(tmp_path, ffmpeg, colour):
+    from vsr.pipeline import OutputSize
+
+    src = make_clip(tmp_path / "in.mp4", frames=5, size=(50, 30), audio=1)
+    dst = tmp_path / "o.mp4"
+    result = upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions(size=OutputSize(outscale=1.5), colour=colour))
+    assert result.frames == 5
+    assert _video_size_sar(dst)[:2] == (76, 46)  # 75 x 45, rounded to even sides for 4:2:0
+    assert pyav_video_pts(dst) == pyav_video_pts(src)
+    assert ffmpeg_packets(ffmpeg, src, "a:0") == ffmpeg_packets(ffmpeg, dst, "a:0")
+    # the picture is the model's output resized: close to a direct bicubic resize of the input
+    frames = ffmpeg_frames(ffmpeg, dst).astype(int)
+    with av.open(str(src)) as c:
+        first = next(c.decode(video=0)).reformat(width=76, height=46, format="rgb24").to_ndarray().astype(int)
+    assert np.abs(frames[0] - first).mean() < 6
+
+
+def test_height_or_width_keep_the_shape_and_both_keep_it_through_the_aspect_ratio():
+    from vsr.pipeline import OutputSize
+
+    assert OutputSize(height=720).resolve(320, 180, None) == (1280, 720, None)
+    assert OutputSize(width=1000).resolve(320, 180, Fraction(4, 3)) == (1000, 562, Fraction(4, 3))
+    # a square output of a 16:9 picture: pixels become 16:9 wide so it is still shown 16:9
+    assert OutputSize(width=400, height=400).resolve(320, 180, None) == (400, 400, Fraction(16, 9))
+    with pytest.raises(ValueError, match="not both"):
+        OutputSize(outscale=2, height=100)
+
+
+def test_cli_outscale_and_height(tmp_path):
+    from click.testing import CliRunner
+
+    from vsr.cli import main
+
+    src = make_clip(tmp_path / "in.mp4", frames=2, size=(48, 32))
+    r = CliRunner().invoke(main, ["upscale", str(src), "--model", "bicubic", "--height", "100", "-q"])
+    assert r.exit_code == 0, r.output
+    assert _video_size_sar(tmp_path / "in_100p.mp4")[:2] == (150, 100)
+    r = CliRunner().invoke(main, ["upscale", str(src), "--model", "bicubic", "--outscale", "2", "--width", "90"])
+    assert r.exit_code == 2 and "not both" in r.output

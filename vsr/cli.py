@@ -76,8 +76,13 @@ def load_model(model: str, weights: str | None, scale: int | None):
     return load_weights(path, scale=scale)
 
 
-def default_output(src: Path, scale: int) -> Path:
-    return src.with_name(f"{src.stem}_x{scale}{src.suffix}")
+def default_output(src: Path, scale: int, size=None) -> Path:
+    """``NAME_x4.EXT``; ``NAME_x1.5.EXT`` for --outscale 1.5, ``NAME_720p.EXT`` for --height 720,
+    ``NAME_1280w.EXT`` for --width 1280."""
+    tag = f"x{scale}"
+    if size is not None:
+        tag = f"x{size.outscale:g}" if size.outscale else f"{size.height}p" if size.height else f"{size.width}w"
+    return src.with_name(f"{src.stem}_{tag}{src.suffix}")
 
 
 @main.command()
@@ -90,6 +95,12 @@ def default_output(src: Path, scale: int) -> Path:
               help="Weights: a bundled name, vsr's .safetensors, or a community model spandrel recognises "
                    "(.pth/.pt/.safetensors: Real-ESRGAN, SwinIR, SPAN, HAT, ...). Default: the bundled x4 PSNR model.")
 @click.option("--scale", type=click.Choice(["2", "4"]), default=None, help="Scale (bicubic: default 4; srgan: checked against the weights).")
+@click.option("--outscale", type=float, default=None, callback=_positive,
+              help="Output size as a multiple of the input (e.g. 1.5, 3 with a x4 model: the model, then an antialiased resize).")
+@click.option("--width", "out_width", type=int, default=None, callback=_positive,
+              help="Output width (the height follows the aspect ratio unless --height is given).")
+@click.option("--height", "out_height", type=int, default=None, callback=_positive,
+              help="Output height (the width follows the aspect ratio unless --width is given).")
 @click.option("--batch-size", type=int, default=None, callback=_positive,
               help="Frames per model call (default: 1 on the CPU, 8 on CUDA).")
 @click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
@@ -116,7 +127,7 @@ def default_output(src: Path, scale: int) -> Path:
 @click.option("--devices", default=None, help="Folders: one worker per device, e.g. cuda:0,cuda:1.")
 @click.option("--shard", default=None, help="Folders: process the I-th of N slices of the file list (I/N).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def upscale(input, output, model, weights, scale, batch_size, device, precision, colour, tile, cpu_workers, codec, crf, preset,
+def upscale(input, output, model, weights, scale, outscale, out_width, out_height, batch_size, device, precision, colour, tile, cpu_workers, codec, crf, preset,
             pix_fmt, overwrite, use_compile, profile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
     """Upscale a video or image INPUT into OUTPUT, keeping every other stream.
 
@@ -131,6 +142,12 @@ def upscale(input, output, model, weights, scale, batch_size, device, precision,
     from vsr.weights import WeightsError
 
     keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap (see its docstring)
+    from vsr.pipeline import OutputSize
+
+    try:
+        size = OutputSize(outscale, out_width, out_height) if (outscale or out_width or out_height) else None
+    except ValueError as exc:
+        fail(f"--outscale/--width/--height: {exc}", EXIT_USAGE)
     try:
         check_codec(codec, pix_fmt)
     except EncodeError as exc:
@@ -145,13 +162,13 @@ def upscale(input, output, model, weights, scale, batch_size, device, precision,
         check_workers(cpu_workers, dev, use_compile)
     except ValueError as exc:
         fail(f"--cpu-workers: {exc}", EXIT_USAGE)
-    options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite, colour=colour,
+    options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite, colour=colour, size=size,
                              encode=EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt))
     if input.is_dir():
         _upscale_folder(input, output, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run,
                         devices or device, shard, quiet, cpu_workers, precision)
         return
-    output = output or default_output(input, int(net.scale))
+    output = output or default_output(input, int(net.scale), size)
     upscaler = Upscaler(net, dev, tile=tile, precision=precision, compile=use_compile, workers=cpu_workers)
     progress = FileProgress(err, quiet=quiet)
     try:

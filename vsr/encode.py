@@ -81,12 +81,13 @@ class Writer:
     """Owns the output container.  Feed frames through :meth:`prepare_frame` then :meth:`encode_frame`
     (two threads may do the two steps), packets through :meth:`copy_packet`, then :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, scale: int,
+    def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, size: tuple[int, int],
                  container_format: str | None = None, warn: Callable[[str], None] = lambda m: None,
-                 image: bool = False) -> None:
+                 image: bool = False, sample_aspect_ratio: Fraction | None = None) -> None:
         self.path = os.fspath(path)
         self.info = info
-        self.scale = scale
+        self.size = size  # output (width, height)
+        self.sample_aspect_ratio = sample_aspect_ratio
         self.warn = warn
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
@@ -135,7 +136,7 @@ class Writer:
         if enc.name == "mjpeg":
             stream_opts["qmin"] = stream_opts["qmax"] = str(jpeg_qscale(options.quality))
         vs = self.output.add_stream(enc.name, rate=rate, options=stream_opts)
-        vs.width, vs.height = info.width * self.scale, info.height * self.scale
+        vs.width, vs.height = self.size
         vs.pix_fmt = pix_fmt
         cc = vs.codec_context
         # Encoder threads from the cores this process may use.  FFmpeg's "auto" (0) counts the
@@ -145,8 +146,8 @@ class Writer:
         if not info.is_image:
             vs.time_base = info.time_base
             cc.time_base = info.time_base
-        if info.sample_aspect_ratio:
-            cc.sample_aspect_ratio = info.sample_aspect_ratio
+        if self.sample_aspect_ratio:
+            cc.sample_aspect_ratio = self.sample_aspect_ratio
         tags = info.colour
         if tags.colorspace != 2:
             cc.colorspace = tags.colorspace
@@ -261,8 +262,7 @@ class Writer:
         """Planes already in the encoder's pixel format (converted on the model's device) -> a frame
         with its tags and timestamp.  Call in frame order (one thread)."""
         with self.timings("from_planes"):
-            size = (self.info.height * self.scale, self.info.width * self.scale)
-            frame = planes_to_frame(planes, self.pix_fmt, size, self.tags, full_range)
+            frame = planes_to_frame(planes, self.pix_fmt, (self.size[1], self.size[0]), self.tags, full_range)
         return self._stamp(frame, pts, time_base)
 
     def _stamp(self, frame: av.VideoFrame, pts: int | None, time_base: Fraction) -> av.VideoFrame:

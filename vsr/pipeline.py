@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -45,11 +46,50 @@ COLOUR_MODES = ("auto", "cpu", "device")
 
 
 @dataclass(frozen=True)
+class OutputSize:
+    """The output size asked for, other than the model's own scale: ``outscale`` times the input
+    (e.g. 1.5 or 3 with a x4 model), or a ``width`` and/or ``height`` (the other side from the
+    picture's aspect ratio).  Sides are rounded to even numbers (4:2:0 needs them); when both sides
+    are given and change the shape, the sample aspect ratio changes so that the picture is shown
+    with its shape unchanged."""
+
+    outscale: float | None = None
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.outscale is not None and (self.width or self.height):
+            raise ValueError("give either an output scale or a width/height, not both")
+        for name, value in (("outscale", self.outscale), ("width", self.width), ("height", self.height)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+    def resolve(self, width: int, height: int, sar: Fraction | None) -> tuple[int, int, Fraction | None]:
+        """(output width, output height, output sample aspect ratio) for an input picture."""
+        even = lambda v: max(2, 2 * int(v / 2 + 0.5))  # noqa: E731 - halves round up
+        if self.outscale is not None:
+            return even(width * self.outscale), even(height * self.outscale), sar
+        if self.width and self.height:
+            w, h = even(self.width), even(self.height)
+            display = Fraction(width, height) * (sar or 1)  # the shape the picture is shown in
+            new = display * h / w
+            return w, h, (None if new == 1 else new)
+        if self.width:
+            w = even(self.width)
+            return w, even(w * height / width), sar
+        if self.height:
+            h = even(self.height)
+            return even(h * width / height), h, sar
+        return width, height, sar
+
+
+@dataclass(frozen=True)
 class UpscaleOptions:
     batch_size: int = 1
     overwrite: bool = False
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     queue_size: int = 16
+    size: OutputSize | None = None  # None: the model's scale
     # Where YUV <-> RGB happens: "cpu" (swscale, in the to-rgb and to-yuv threads), "device" (torch
     # ops beside the model, only planes travel: vsr.yuv), "auto" (the device when it is a GPU).
     # Formats vsr.yuv does not handle are converted on the CPU whatever is asked.
@@ -171,8 +211,12 @@ def upscale_file(
     image_out = dst.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
     if image_out and not info.is_image:
         raise UpscaleError(f"{src.name} is a video but {dst.name!r} is an image name; use a video extension (.mp4, .mkv, ...)")
+    out_w, out_h, out_sar = info.width * upscaler.scale, info.height * upscaler.scale, info.sample_aspect_ratio
+    if options.size is not None:
+        out_w, out_h, out_sar = options.size.resolve(info.width, info.height, info.sample_aspect_ratio)
+    resize = None if (out_w, out_h) == (info.width * upscaler.scale, info.height * upscaler.scale) else (out_h, out_w)
     try:
-        writer = Writer(tmp, info, options.encode, upscaler.scale, warn=warn, image=image_out)
+        writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar)
     except EncodeError as exc:
         _remove(tmp)
         raise UpscaleError(str(exc)) from exc
@@ -288,7 +332,8 @@ def upscale_file(
             if batch and not stop.is_set():
                 yield stack(batch)
 
-        results = upscaler.upscale_stream(batches()) if colour is None else upscaler.upscale_stream(batches(), colour)
+        results = (upscaler.upscale_stream(batches()) if colour is None and resize is None
+                   else upscaler.upscale_stream(batches(), colour, size=resize))
         for out in results:
             frames = pending.popleft()
             if colour is None:
@@ -344,7 +389,7 @@ def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscale
     """The conversions to run beside the model, or None to convert with swscale on the CPU."""
     if mode == "cpu" or (mode == "auto" and upscaler.device.type != "cuda"):
         return None
-    out_size = (info.height * upscaler.scale, info.width * upscaler.scale)
+    out_size = (writer.video.height, writer.video.width)
     colour = plane_conversion(info.pix_fmt, info.colour, (info.height, info.width), writer.pix_fmt, writer.tags, out_size,
                               info.chroma_left)
     if colour is None and mode == "device":

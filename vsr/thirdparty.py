@@ -76,7 +76,7 @@ def load_spandrel(path: str | os.PathLike) -> SpandrelModel:
                               f"~40 community architectures it recognises from their tensors)") from None
     except pickle.UnpicklingError as exc:
         raise ThirdPartyError(f"{name}: refused to unpickle it ({exc}); only tensors and plain containers are read") from None
-    except (RuntimeError, ValueError, KeyError, OSError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and spandrel raise many kinds; one line for all
         raise ThirdPartyError(f"{name}: cannot read it as model weights ({type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from None
     if not isinstance(descriptor, ImageModelDescriptor):

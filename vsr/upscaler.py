@@ -341,33 +341,38 @@ class Upscaler:
             return tensors[0].permute(0, 3, 1, 2).to(self.input_dtype).div_(255)
         return colour.decode(tensors).to(self.input_dtype)
 
-    def from_model(self, y: torch.Tensor, colour: PlaneConversion | None) -> tuple[torch.Tensor, ...]:
-        """The model's float output -> uint8 RGB NHWC (or ``colour``'s output planes), on the device."""
+    def from_model(self, y: torch.Tensor, colour: PlaneConversion | None,
+                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+        """The model's float output -> uint8 RGB NHWC (or ``colour``'s output planes), on the device;
+        resized first to ``size`` (height, width) when given (antialiased bicubic: ``--outscale``)."""
+        if size is not None and tuple(y.shape[-2:]) != tuple(size):
+            y = F.interpolate(y, size=size, mode="bicubic", align_corners=False, antialias=True)
         return (to_uint8(y),) if colour is None else colour.encode(y)
 
     @torch.inference_mode()
-    def upscale(self, frames, colour: PlaneConversion | None = None):
-        """uint8 NHWC RGB -> uint8 NHWC RGB (``scale`` times larger), on the CPU.  With ``colour``:
-        a tuple of input planes -> a tuple of output planes."""
+    def upscale(self, frames, colour: PlaneConversion | None = None, size: tuple[int, int] | None = None):
+        """uint8 NHWC RGB -> uint8 NHWC RGB (``scale`` times larger, or ``size``), on the CPU.  With
+        ``colour``: a tuple of input planes -> a tuple of output planes."""
         tensors = _host_tensors(frames, colour)
         if self._cuda is not None:
             with self.timings("model"):
-                return self._cuda.run([tensors], colour)[0]
+                return self._cuda.run([tensors], colour, size)[0]
         with self.timings("to_tensor"):
             x = self.to_model([t.to(self.device) for t in tensors], colour)
         with self.timings("model"):
             y = self.forward(x)
         with self.timings("to_frame"):
-            out = tuple(t.cpu() for t in self.from_model(y, colour))
+            out = tuple(t.cpu() for t in self.from_model(y, colour, size))
         return out[0] if colour is None else out
 
-    def upscale_stream(self, batches: Iterable, colour: PlaneConversion | None = None) -> Iterator:
+    def upscale_stream(self, batches: Iterable, colour: PlaneConversion | None = None,
+                       size: tuple[int, int] | None = None) -> Iterator:
         """Like :meth:`upscale` over many batches, results in order.  On CUDA, copies and compute
         overlap; on the CPU, several batches run at once on worker threads (:meth:`cpu_workers`)."""
         if colour is not None:
             colour = colour.to(self.device)
         if self._cuda is not None:
-            yield from self._cuda.stream(batches, colour)
+            yield from self._cuda.stream(batches, colour, size)
             return
         batches = iter(batches)
         first = next(batches, None)
@@ -376,13 +381,12 @@ class Upscaler:
         first = _host_tensors(first, colour)
         workers = self.cpu_workers(first[0])
         self.timings.lanes["model"] = workers
+        first = first if colour is not None else first[0]
         if workers == 1:
-            yield self.upscale(first, colour) if colour is not None else self.upscale(first[0])
-            for batch in batches:
-                yield self.upscale(batch, colour)
+            for batch in itertools.chain([first], batches):
+                yield self.upscale(batch, colour, size)
             return
-        yield from self._parallel_stream(itertools.chain([first if colour is not None else first[0]], batches),
-                                         workers, colour)
+        yield from self._parallel_stream(itertools.chain([first], batches), workers, colour, size)
 
     def cpu_workers(self, batch: torch.Tensor) -> int:
         """How many batches like ``batch`` (its first tensor: N, H, W, ...) the CPU upscales at once,
@@ -409,7 +413,8 @@ class Upscaler:
                 workers = max(1, min(workers, free // 2 // max(1, need)))
         return max(1, min(workers, threads))
 
-    def _parallel_stream(self, batches: Iterator, workers: int, colour: PlaneConversion | None) -> Iterator:
+    def _parallel_stream(self, batches: Iterator, workers: int, colour: PlaneConversion | None,
+                         size: tuple[int, int] | None) -> Iterator:
         threads = torch.get_num_threads()
         shares = iter([threads // workers + (i < threads % workers) for i in range(workers)])
         share_lock = threading.Lock()
@@ -422,7 +427,7 @@ class Upscaler:
         inflight: deque = deque()
         try:
             for batch in batches:
-                inflight.append(pool.submit(self.upscale, batch, colour))
+                inflight.append(pool.submit(self.upscale, batch, colour, size))
                 if len(inflight) >= workers:
                     yield inflight.popleft().result()
             while inflight:
@@ -497,7 +502,8 @@ class CudaRunner:
                 self.up.tile = max(32, current // 2)  # retry the same batch with smaller tiles
 
     @torch.inference_mode()
-    def stream(self, batches: Iterable, colour: PlaneConversion | None = None) -> Iterator:
+    def stream(self, batches: Iterable, colour: PlaneConversion | None = None,
+               size: tuple[int, int] | None = None) -> Iterator:
         up, dev = self.up, self.up.device
         pending: list[tuple[torch.cuda.Event, list[torch.Tensor], int]] = []
         size = None  # frames in the first batch
@@ -519,7 +525,7 @@ class CudaRunner:
                 copied.record(self.copy_stream)
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(copied)
-                y = up.from_model(self._compute(up.to_model(dev_in, colour)), colour)
+                y = up.from_model(self._compute(up.to_model(dev_in, colour)), colour, size)
                 computed = torch.cuda.Event()
                 computed.record(self.compute_stream)
             host_out = [self._pinned(self._out, t, i, slot) for i, t in enumerate(y)]
@@ -543,5 +549,5 @@ class CudaRunner:
         out = tuple(t[:n].clone() for t in host_out)
         return out[0] if colour is None else out
 
-    def run(self, batches: list, colour: PlaneConversion | None = None) -> list:
-        return list(self.stream(batches, colour))
+    def run(self, batches: list, colour: PlaneConversion | None = None, size: tuple[int, int] | None = None) -> list:
+        return list(self.stream(batches, colour, size))

@@ -113,22 +113,13 @@ def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generat
     return model
 
 
-def is_vsr_weights(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is one of vsr's own weights files (safetensors with vsr's metadata)."""
-    if Path(path).suffix.lower() != ".safetensors":
-        return False
-    try:
-        return read_metadata(path).get("vsr.format") == FORMAT
-    except WeightsError:
-        return False
-
-
 def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Module:
     """vsr's own weights (:func:`load_generator`), or any community model spandrel recognises
     (:func:`vsr.thirdparty.load_spandrel`); :class:`WeightsError` with one line otherwise."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {os.fspath(path)!r} does not exist")
-    if is_vsr_weights(path):
+    # a .safetensors file must at least be one; vsr's own carry their config in the metadata
+    if Path(path).suffix.lower() == ".safetensors" and read_metadata(path).get("vsr.format") == FORMAT:
         return load_generator(path, scale=scale)
     from vsr.thirdparty import ThirdPartyError, load_spandrel
 
