@@ -172,8 +172,12 @@ def conv_add_(acc: torch.Tensor, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tens
     return acc.add_(conv(x))
 
 
-def receptive_radius(model: nn.Module) -> int:
-    """How many input pixels on each side influence one output pixel (rounded up)."""
+BLEND_MARGIN = 32  # input pixels of overlap, blended, around tiles of models with no known receptive field
+
+
+def receptive_radius(model: nn.Module) -> int | None:
+    """How many input pixels on each side influence one output pixel (rounded up); None when
+    unknown (community models: tiles then overlap by :data:`BLEND_MARGIN` and are blended)."""
     if isinstance(model, (Generator, FastGenerator)):
         cfg = model.config
         radius = 4 + 2 * cfg.blocks + 1  # head 9x9, residual convs, body tail
@@ -186,7 +190,7 @@ def receptive_radius(model: nn.Module) -> int:
         return int(math.ceil(radius))
     if isinstance(model, Bicubic):
         return 2
-    return 16  # unknown module: a generous margin
+    return None
 
 
 def peak_bytes_per_pixel(model: nn.Module, dtype_bytes: int = 4) -> int:
@@ -204,6 +208,14 @@ def tile_for_memory(free_bytes: int, bytes_per_pixel: int, batch: int = 1, fract
     pixel and frame, :func:`peak_bytes_per_pixel`) fit in ``fraction`` of ``free_bytes``."""
     side = int(math.sqrt(max(1, free_bytes * fraction) / (bytes_per_pixel * batch)))
     return max(32, min(4096, side // 8 * 8))
+
+
+def _ramp(before: int, core: int, after: int, device) -> torch.Tensor:
+    """Blending weights along one side of a tile: rising across the ``before`` overlap, 1 over the
+    ``core``, falling across the ``after`` overlap (never 0, so every pixel has some weight)."""
+    up = torch.arange(1, before + 1, dtype=torch.float32, device=device) / (before + 1)
+    down = torch.arange(after, 0, -1, dtype=torch.float32, device=device) / (after + 1)
+    return torch.cat([up, torch.ones(core, device=device), down])
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -260,6 +272,7 @@ class Upscaler:
         self.scale = int(model.scale)
         self.tile = tile
         self.radius = receptive_radius(model)
+        self.margin = self.radius if self.radius is not None else BLEND_MARGIN  # tile overlap, input pixels
         self.dtype = resolve_precision(precision, self.device)  # what the convolutions compute in
         supports = getattr(model, "supports", None)  # a community model may not run in fp16/bf16
         if supports is not None and not supports(self.dtype):
@@ -318,21 +331,35 @@ class Upscaler:
             return self.model(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """float NCHW [0,1] on the device -> float NCHW [0,1] on the device, tiled if asked."""
+        """float NCHW [0,1] on the device -> float NCHW [0,1] on the device, tiled if asked.
+
+        Each tile is run with a margin around it.  Where the receptive field is known the margin
+        covers it and the tile's core is exact: cores are stitched.  Otherwise (community models)
+        tiles overlap by :data:`BLEND_MARGIN` and are blended with linear ramps across the overlap,
+        so no seam shows where a tile's edge effects would be."""
         n, _, h, w = x.shape
         if not self.tile or (h <= self.tile and w <= self.tile):
             return self._run(x)
-        s, r = self.scale, self.radius
-        out = None
+        s, r = self.scale, self.margin
+        out = weight = None
         for t in plan_tiles(h, w, self.tile):
             y0, y1 = max(0, t.y0 - r), min(h, t.y1 + r)
             x0, x1 = max(0, t.x0 - r), min(w, t.x1 + r)
             patch = self._run(x[:, :, y0:y1, x0:x1])
             if out is None:
-                out = torch.empty((n, 3, h * s, w * s), dtype=patch.dtype, device=x.device)
-            oy, ox = (t.y0 - y0) * s, (t.x0 - x0) * s
-            out[:, :, t.y0 * s : t.y1 * s, t.x0 * s : t.x1 * s] = patch[:, :, oy : oy + (t.y1 - t.y0) * s, ox : ox + (t.x1 - t.x0) * s]
-        return out
+                out = torch.zeros((n, 3, h * s, w * s), dtype=patch.dtype if self.radius is not None else torch.float32,
+                                  device=x.device)
+                if self.radius is None:
+                    weight = torch.zeros((1, 1, h * s, w * s), dtype=torch.float32, device=x.device)
+            if self.radius is not None:  # exact cores, stitched
+                oy, ox = (t.y0 - y0) * s, (t.x0 - x0) * s
+                out[:, :, t.y0 * s : t.y1 * s, t.x0 * s : t.x1 * s] = patch[:, :, oy : oy + (t.y1 - t.y0) * s, ox : ox + (t.x1 - t.x0) * s]
+                continue
+            ramp = (_ramp((t.y0 - y0) * s, (t.y1 - t.y0) * s, (y1 - t.y1) * s, x.device)[:, None]
+                    * _ramp((t.x0 - x0) * s, (t.x1 - t.x0) * s, (x1 - t.x1) * s, x.device)[None, :])
+            out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += patch.float() * ramp
+            weight[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += ramp
+        return out if weight is None else out.div_(weight)
 
     # -- host tensors <-> the model's float RGB ---------------------------------------------
     def to_model(self, tensors: Sequence[torch.Tensor], colour: PlaneConversion | None) -> torch.Tensor:
@@ -406,7 +433,7 @@ class Upscaler:
         if self.workers is None:
             n, h, w = batch.shape[:3]
             if self.tile:
-                h, w = min(h, self.tile + 2 * self.radius), min(w, self.tile + 2 * self.radius)
+                h, w = min(h, self.tile + 2 * self.margin), min(w, self.tile + 2 * self.margin)
             need = self.bytes_per_pixel * n * h * w
             free = available_memory()
             if free is not None:
