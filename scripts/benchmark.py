@@ -9,7 +9,7 @@ Measures, on the machine it runs on:
   4. flat memory: peak RSS of the pipeline on a clip and on one 10x longer (separate processes);
   5. optionally (--sweep) CPU workers and batch sizes, and (--compile) torch.compile.
 
-Usage: python scripts/benchmark.py [--weights NAME|PATH] [--frames 12] [--sweep] [--compile] [--memory-model bicubic]
+Usage: python scripts/benchmark.py [--weights NAME|PATH|COMMUNITY.pth] [--frames 12] [--sweep] [--compile] [--memory-model bicubic]
 (the memory test with the generator takes 550 frames: ~11 min on 2 cores; bicubic is fast)
 
 On a GPU (``--device cuda``; ``--suite gpu`` runs the same suite on any device, small, to check it):
@@ -47,7 +47,7 @@ from vsr.device import keep_freed_memory  # noqa: E402
 from vsr.model import Bicubic, Generator, GeneratorConfig  # noqa: E402
 from vsr.pipeline import UpscaleOptions, upscale_file  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
-from vsr.weights import WeightsError, load_generator, resolve_weights  # noqa: E402
+from vsr.weights import WeightsError, load_model as load_weights, resolve_weights  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "data" / "bbb_sample.mp4"
 
@@ -89,9 +89,26 @@ def stream_seconds(up: Upscaler, frames: list[np.ndarray], batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def load_model(spec: str | None) -> Generator:
+def frame_flops(model, width: int, height: int) -> float:
+    """FLOPs of one frame: the paper's layers for vsr's generator (its config's count), counted by
+    torch's FlopCounterMode for any other model (community models via --weights FILE)."""
+    if isinstance(model, Generator):
+        return model.config.flops_per_pixel() * width * height
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.rand(1, 3, height, width))
+    return float(counter.get_total_flops())
+
+
+def describe(model) -> str:
+    return str(model.config) if isinstance(model, Generator) else f"{model.architecture} x{model.scale} (spandrel)"
+
+
+def load_model(spec: str | None) -> torch.nn.Module:
     try:
-        return load_generator(resolve_weights(spec or "vsr_x4_psnr"))
+        return load_weights(resolve_weights(spec or "vsr_x4_psnr"))
     except WeightsError:
         print("(no bundled weights: timing an untrained generator of the bundled configuration)")
         return Generator(GeneratorConfig(batch_norm=False, global_skip="bicubic")).eval()
@@ -270,18 +287,18 @@ def gpu_suite(args) -> None:
     device = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="vsr-gpu-bench-"))
     model = load_model(args.weights)
-    cfg = model.config
+    scale = model.scale
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"[gpu] {name}; torch {torch.__version__}, PyAV {av.__version__}; model {cfg}; "
+    print(f"[gpu] {name}; torch {torch.__version__}, PyAV {av.__version__}; model {describe(model)}; "
           f"precision {args.precision} = {resolve_precision(args.precision, device)}")
     for size in args.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
         frames_n = min(args.frames, max(24, round(args.frames * 480 * 270 / (w * h))))  # --frames at 480x270, fewer above
         src = make_source(tmp / f"src_{w}x{h}.mp4", w, h, frames_n)
         frames = rgb_frames(src)
-        flops = cfg.flops_per_pixel() * w * h
+        flops = frame_flops(model, w, h)
         batch, _ = cuda_defaults(device, src, None, None)
-        label = f"{w}x{h} -> {w * cfg.scale}x{h * cfg.scale}, {frames_n} frames"
+        label = f"{w}x{h} -> {w * scale}x{h * scale}, {frames_n} frames"
         eager = generator_alone(model, device, frames, batch, False, args.precision)
         graphs = generator_alone(model, device, frames, batch, True, args.precision)
         print(f"[{label}] generator alone, batch {batch}: eager {eager:.1f} fps ({eager * flops / 1e12:.1f} TFLOPS), "
@@ -298,7 +315,7 @@ def gpu_suite(args) -> None:
         from vsr.yuv import plane_conversion
 
         info = probe(src)
-        colour = plane_conversion("yuv420p", info.colour, (h, w), "yuv420p", info.colour, (h * cfg.scale, w * cfg.scale),
+        colour = plane_conversion("yuv420p", info.colour, (h, w), "yuv420p", info.colour, (h * scale, w * scale),
                                   info.chroma_left)
         layout = PLANE_FORMATS["yuv420p"]
         with av.open(str(src)) as c:
@@ -314,7 +331,7 @@ def gpu_suite(args) -> None:
         stream_yuv = len(frames) / (time.perf_counter() - t0)
         print(f"[{label}] upscaler stream (host frames in and out): RGB {stream_rgb:.1f} fps, "
               f"YUV planes converted on the device {stream_yuv:.1f} fps")
-        out_frames = [planes_to_frame([p[i].numpy() for p in o], "yuv420p", (h * cfg.scale, w * cfg.scale), ColourTags(), False)
+        out_frames = [planes_to_frame([p[i].numpy() for p in o], "yuv420p", (h * scale, w * scale), ColourTags(), False)
                       for o in out_planes for i in range(o[0].shape[0])]
         del outs, out_planes
         enc = encoder_alone(out_frames, tmp / "enc.mp4")
@@ -419,12 +436,13 @@ def main() -> None:
           f"freed memory kept for reuse (glibc): {'yes' if kept else 'no'}")
     tmp = Path(tempfile.mkdtemp(prefix="vsr-bench-"))
     model = load_model(args.weights)
-    cfg = model.config
+    scale = model.scale
     frames = decoded_frames(SAMPLE, args.frames)
     h, w = frames[0].shape[:2]
-    flops = cfg.flops_per_pixel() * h * w
-    print(f"model {cfg}; input {w}x{h} -> {w * cfg.scale}x{h * cfg.scale}; {flops / 1e9:.1f} GFLOP per frame "
-          f"(the paper's layers; the exact polyphase tail executes ~7 GFLOP more, zeros included)")
+    flops = frame_flops(model, w, h)
+    counted = ("the paper's layers; the exact polyphase tail executes ~7 GFLOP more, zeros included"
+               if isinstance(model, Generator) else "counted by torch's FlopCounterMode")
+    print(f"model {describe(model)}; input {w}x{h} -> {w * scale}x{h * scale}; {flops / 1e9:.1f} GFLOP per frame ({counted})")
 
     # 1. model efficiency
     up = Upscaler(model, "cpu")
