@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from conftest import tiny_generator
 from vsr.model import Bicubic, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from vsr.upscaler import Upscaler, peak_bytes_per_pixel, receptive_radius, tile_for_memory
+from vsr.model import model_facts
+from vsr.upscaler import Upscaler, tile_for_memory
 from vsr.weights import WeightsError, load_generator, resolve_weights, save_generator, training_info
 
 
@@ -118,7 +119,8 @@ def test_receptive_radius_covers_the_network():
     """Changing an input pixel farther away than the radius leaves an output pixel unchanged."""
     torch.manual_seed(0)
     g = tiny_generator(blocks=2, channels=4, batch_norm=False, global_skip="bicubic")
-    r = receptive_radius(g)
+    r = g.config.receptive_radius()
+    assert model_facts(g).radius == r
     x = torch.rand(1, 3, 2 * r + 9, 2 * r + 9)
     y0 = g(x)
     c = r + 4  # the centre input pixel; its output block is at c*4 .. c*4+3
@@ -126,12 +128,12 @@ def test_receptive_radius_covers_the_network():
     x2[..., :, : c - r - 1] = torch.rand_like(x2[..., :, : c - r - 1])  # everything beyond the radius, left
     y1 = g(x2)
     assert torch.allclose(y0[..., c * 4 : c * 4 + 4, c * 4 : c * 4 + 4], y1[..., c * 4 : c * 4 + 4, c * 4 : c * 4 + 4], atol=1e-6)
-    assert receptive_radius(Bicubic(4)) == 2
+    assert model_facts(Bicubic(4)).radius == 2
 
 
 def test_tiles_sized_from_free_memory():
     g = Generator(GeneratorConfig())
-    per_pixel = peak_bytes_per_pixel(g, dtype_bytes=2)
+    per_pixel = model_facts(g).bytes_per_pixel(torch.float16)
     # 64 channels x 16 output pixels x 3 maps x 2 bytes = 6144 bytes per input pixel; half of 1 GiB: 295 px.
     assert per_pixel == 6144
     small, big = tile_for_memory(1 << 30, per_pixel), tile_for_memory(16 << 30, per_pixel)
@@ -149,7 +151,7 @@ def test_memory_per_pixel_comes_from_the_model_not_its_wrapper(compile):
     up = Upscaler(g, "cpu", precision="fp32", compile=compile)
     assert not isinstance(up.model, Generator)
     assert up.bytes_per_pixel == g.config.peak_bytes_per_pixel(4) == 3 * 64 * 16 * 4
-    assert Upscaler(Bicubic(2), "cpu").bytes_per_pixel == Bicubic(2).peak_bytes_per_pixel(4)
+    assert Upscaler(Bicubic(2), "cpu").bytes_per_pixel == 3 * (4 + 1) * 4  # output and input, 3 channels
 
 
 @pytest.mark.parametrize("cfg", [
@@ -159,7 +161,7 @@ def test_memory_per_pixel_comes_from_the_model_not_its_wrapper(compile):
 ])
 def test_fast_generator_is_the_same_function(cfg):
     """The polyphase rewrite of the last stage gives the generator's outputs, borders included."""
-    from vsr.upscaler import FastGenerator
+    from vsr.fastgen import FastGenerator
 
     torch.manual_seed(3)
     g = Generator(cfg).eval()
@@ -182,7 +184,7 @@ def test_fast_generator_is_the_same_function(cfg):
 
 
 def test_conv_add_is_an_in_place_residual_add():
-    from vsr.upscaler import _fused_conv_add_op, conv_add_
+    from vsr.fastgen import _fused_conv_add_op, conv_add_
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(16, 32, 3, padding=1).to(memory_format=torch.channels_last)

@@ -83,6 +83,52 @@ class GeneratorConfig:
         The one formula tile sizes (CUDA) and CPU worker counts are derived from."""
         return 3 * self.channels * self.scale**2 * dtype_bytes
 
+    def receptive_radius(self) -> int:
+        """How many input pixels on each side influence one output pixel (rounded up)."""
+        radius = 4 + 2 * self.blocks + 1  # head 9x9, residual convs, body tail
+        size = 1.0
+        for _ in range(int(math.log2(self.scale))):
+            radius += 1 / size  # conv before each PixelShuffle, at the current size
+            size *= 2
+        radius += 4 / size  # 9x9 tail at the output size
+        return int(math.ceil(max(radius, 2)))  # the bicubic skip needs 2
+
+
+FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the upscaler needs to know about a model, whatever its source (vsr's generator,
+    bicubic, a community model through spandrel), computed once, by the model's own code.
+
+    ``module`` is what runs (float NCHW RGB in [0, 1] -> ``scale`` times larger; for vsr's
+    generator its exact fast rewrite); ``radius`` the receptive radius in input pixels, None when
+    unknown (tiles are then blended over an overlap); ``bytes_per_pixel_fp32`` the activation
+    memory per input pixel at fp32, the figure tiles and CPU workers are sized from.
+    """
+
+    module: nn.Module
+    name: str
+    scale: int
+    radius: int | None
+    bytes_per_pixel_fp32: int
+    dtypes: frozenset = FLOATS  # the float types it runs in
+    multiple_of: int = 1  # input sides it needs (it pads itself; for information)
+    minimum: int = 0
+
+    def bytes_per_pixel(self, dtype: torch.dtype) -> int:
+        return self.bytes_per_pixel_fp32 * dtype.itemsize // 4
+
+
+def model_facts(model: nn.Module) -> ModelFacts:
+    """``model.facts()``, or for any other module a cautious description (no known receptive field,
+    a 64-channel network's memory)."""
+    if hasattr(model, "facts"):
+        return model.facts()
+    scale = int(model.scale)
+    return ModelFacts(model, type(model).__name__, scale, None, 3 * 64 * scale**2 * 4)
+
 
 # The model table: explicit names, not folder scanning.
 PRESETS: dict[str, GeneratorConfig] = {
@@ -132,6 +178,15 @@ class Generator(nn.Module):
     def scale(self) -> int:
         return self.config.scale
 
+    def facts(self) -> ModelFacts:
+        """For the upscaler: the exact inference rewrite (:class:`vsr.fastgen.FastGenerator`) and
+        the config's receptive radius and memory."""
+        from vsr.fastgen import FastGenerator
+
+        cfg = self.config
+        name = f"SRResNet {cfg.blocks}x{cfg.channels}" + (" BN" if cfg.batch_norm else "")
+        return ModelFacts(FastGenerator(self.eval()), name, cfg.scale, cfg.receptive_radius(), cfg.peak_bytes_per_pixel(4))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.head(x)
         feat = feat + self.body_tail(self.body(feat))
@@ -153,9 +208,9 @@ class Bicubic(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
 
-    def peak_bytes_per_pixel(self, dtype_bytes: int = 4) -> int:
-        """The output (3 channels at ``scale**2`` pixels per input pixel) and its input, per input pixel."""
-        return 3 * (self.scale**2 + 1) * dtype_bytes
+    def facts(self) -> ModelFacts:
+        # bicubic's 4 taps reach 2 input pixels; memory: the output and its input, per input pixel
+        return ModelFacts(self, f"bicubic x{self.scale}", self.scale, 2, 3 * (self.scale**2 + 1) * 4)
 
 
 DISCRIMINATOR_NORMS = ("batch", "spectral")

@@ -44,9 +44,15 @@ class SpandrelModel(nn.Module):
         self.parameters_count = sum(p.numel() for p in self.net.parameters())
         self.source = source
 
-    def supports(self, dtype: torch.dtype) -> bool:
-        return dtype == torch.float32 or (dtype == torch.float16 and self.supports_half) or (
-            dtype == torch.bfloat16 and self.supports_bfloat16)
+    def facts(self):
+        """For the upscaler: receptive field unknown (tiles are blended), memory as a 64-channel
+        network's at the output size, fp16/bf16 only where the architecture allows them."""
+        from vsr.model import ModelFacts
+
+        dtypes = {torch.float32} | ({torch.float16} if self.supports_half else set()) | (
+            {torch.bfloat16} if self.supports_bfloat16 else set())
+        return ModelFacts(self, self.architecture, self.scale, None, 3 * 64 * self.scale**2 * 4, frozenset(dtypes),
+                          self.multiple, self.minimum)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
