@@ -34,6 +34,8 @@ from vsr.yuv import PlaneConversion
 
 
 BLEND_MARGIN = 32  # input pixels of overlap, blended, around tiles of models with no known receptive field
+BLEND_ALIGN = 16  # where such tiles start: on a 16-px grid, so window attention (windows of 4, 8 or 16
+# pixels, anchored at the input's corner) groups the same pixels as in the whole frame
 
 
 def tile_for_memory(free_bytes: int, bytes_per_pixel: int, batch: int = 1, fraction: float = 0.5) -> int:
@@ -164,16 +166,18 @@ class Upscaler:
 
         Each tile is run with a margin around it.  Where the receptive field is known the margin
         covers it and the tile's core is exact: cores are stitched.  Otherwise (community models)
-        tiles overlap by :data:`BLEND_MARGIN` and are blended with linear ramps across the overlap,
-        so no seam shows where a tile's edge effects would be."""
+        tiles overlap by at least :data:`BLEND_MARGIN`, start on a :data:`BLEND_ALIGN` grid, and are
+        blended with linear ramps across the overlap, so no seam shows where a tile's edge effects
+        would be."""
         n, _, h, w = x.shape
         if not self.tile or (h <= self.tile and w <= self.tile):
             return self._run(x)
         s, r = self.scale, self.margin
         out = weight = None
+        align = 1 if self.radius is not None else BLEND_ALIGN
         for t in plan_tiles(h, w, self.tile):
-            y0, y1 = max(0, t.y0 - r), min(h, t.y1 + r)
-            x0, x1 = max(0, t.x0 - r), min(w, t.x1 + r)
+            y0, y1 = max(0, (t.y0 - r) // align * align), min(h, t.y1 + r)
+            x0, x1 = max(0, (t.x0 - r) // align * align), min(w, t.x1 + r)
             patch = self._run(x[:, :, y0:y1, x0:x1])
             if out is None:
                 out = torch.zeros((n, 3, h * s, w * s), dtype=patch.dtype if self.radius is not None else torch.float32,
