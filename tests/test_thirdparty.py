@@ -187,3 +187,20 @@ def test_a_transformer_model_runs_through_a_clip_and_tiles(swinir_pth, tmp_path)
     # pixels (unaligned: max 121 levels); what remains comes from the tiles' padded far edges,
     # down-weighted by the blend (measured max 8, mean 0.08 level)
     assert diff.max() <= 10 and diff.float().mean() < 0.15
+
+
+def test_models_for_other_purposes_are_named(compact_pth, monkeypatch):
+    """What spandrel describes as face restoration or inpainting is refused by name (those models are
+    large; their descriptors are stood in for here)."""
+    import spandrel
+
+    from vsr.thirdparty import ThirdPartyError, load_spandrel
+
+    real = spandrel.ModelLoader().load_from_file(compact_pth)
+
+    face = spandrel.ImageModelDescriptor(real.model, real.model.state_dict(), architecture=real.architecture,
+                                         purpose="FaceSR", tags=[], supports_half=True, supports_bfloat16=True,
+                                         scale=4, input_channels=3, output_channels=3)
+    monkeypatch.setattr(spandrel.ModelLoader, "load_from_file", lambda self, path: face)
+    with pytest.raises(ThirdPartyError, match="a RealESRGAN Compact model for FaceSR, not super-resolution"):
+        load_spandrel(compact_pth)
