@@ -227,3 +227,17 @@ def test_precision_and_colour_options(tmp_path, clip):
     assert result.exit_code == 0, result.output
     result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "--precision", "fp8", "--overwrite")
     assert result.exit_code == 2 and "fp8" in result.output
+
+
+def test_scale_2_uses_the_bundled_x2_model(tmp_path, clip):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    save_generator(folder / "vsr_x2_psnr.safetensors", tiny_generator(scale=2, batch_norm=False, global_skip="bicubic"))
+    save_generator(folder / "vsr_x4_psnr.safetensors", tiny_generator(scale=4, batch_norm=False, global_skip="bicubic"))
+    env = {"VSR_WEIGHTS_DIR": str(folder)}
+    result = invoke("upscale", clip, "-o", tmp_path / "x2.mp4", "--scale", "2", "-q", env=env)
+    assert result.exit_code == 0, result.output
+    result = invoke("upscale", clip, "-o", tmp_path / "x4.mp4", "-q", env=env)
+    assert result.exit_code == 0, result.output
+    with av.open(str(tmp_path / "x2.mp4")) as a, av.open(str(tmp_path / "x4.mp4")) as b:
+        assert (a.streams.video[0].width, b.streams.video[0].width) == (96, 192)

@@ -57,19 +57,19 @@ def _tile(ctx, param, value):
 def load_model(model: str, weights: str | None, scale: int | None):
     """The network for ``--model``/``--weights``/``--scale``; raises WeightsError with a clear message."""
     from vsr.model import Bicubic
-    from vsr.weights import DEFAULT_WEIGHTS, WeightsError, load_model as load_weights, resolve_weights
+    from vsr.weights import WeightsError, default_weights, load_model as load_weights, resolve_weights
 
     if model == "bicubic":
         if weights:
             raise WeightsError("--weights does not apply to --model bicubic")
         return Bicubic(scale or 4)
-    spec = weights or DEFAULT_WEIGHTS
+    spec = weights or default_weights(scale)
     try:
         path = resolve_weights(spec)
     except WeightsError:
         if weights is None:
             raise WeightsError(
-                f"no bundled weights ({DEFAULT_WEIGHTS}) in this installation; "
+                f"no bundled weights ({spec}) in this installation; "
                 f"pass --weights PATH (e.g. from `vsr finetune`) or use --model bicubic"
             ) from None
         raise

@@ -21,7 +21,7 @@ from vsr import data as data_mod
 from vsr import train as train_mod
 from vsr.device import DeviceError, precision_name, resolve_device
 from vsr.model import Generator, GeneratorConfig
-from vsr.weights import DEFAULT_WEIGHTS, WeightsError, load_generator, resolve_weights, save_generator
+from vsr.weights import WeightsError, default_weights, load_generator, resolve_weights, save_generator
 
 
 class FinetuneError(Exception):
@@ -81,7 +81,7 @@ def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str]:
         if opts.scale is not None and opts.scale != config.scale:
             config = dataclasses.replace(config, scale=opts.scale)
         return Generator(config), "scratch"
-    spec = DEFAULT_WEIGHTS if opts.start == "bundled" else opts.start
+    spec = default_weights(opts.scale) if opts.start == "bundled" else opts.start
     try:
         path = resolve_weights(spec)
         model = load_generator(path, scale=None if opts.body_only else opts.scale)

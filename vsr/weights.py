@@ -20,7 +20,12 @@ from safetensors.torch import load_file, save_file
 from vsr.model import Generator, GeneratorConfig
 
 FORMAT = "vsr-generator-1"
-DEFAULT_WEIGHTS = "vsr_x4_psnr.safetensors"
+DEFAULT_WEIGHTS = {4: "vsr_x4_psnr.safetensors", 2: "vsr_x2_psnr.safetensors"}  # per scale; x4 when none is asked
+
+
+def default_weights(scale: int | None = None) -> str:
+    """The bundled model ``vsr upscale`` uses for ``--scale`` (x4 when no scale is asked for)."""
+    return DEFAULT_WEIGHTS.get(scale or 4, DEFAULT_WEIGHTS[4])
 
 
 class WeightsError(Exception):
