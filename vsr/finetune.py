@@ -84,14 +84,16 @@ def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str]:
     spec = default_weights(opts.scale) if opts.start == "bundled" else opts.start
     try:
         path = resolve_weights(spec)
-        model = load_generator(path, scale=None if opts.body_only else opts.scale)
+        model = load_generator(path)
     except WeightsError as exc:
         if opts.start == "bundled":
             raise FinetuneError(f"no bundled weights to start from ({exc}); use --from scratch or --from PATH") from exc
-        hint = " (--body-only starts a model of another scale from its head and residual body)" if "was asked for" in str(exc) else ""
-        raise FinetuneError(f"{exc}{hint}") from exc
+        raise FinetuneError(str(exc)) from exc
     if opts.body_only:
         return _with_fresh_upsampling(model, opts.scale or model.config.scale), f"{os.fspath(path)} (head and body)"
+    if opts.scale is not None and model.config.scale != opts.scale:
+        raise FinetuneError(f"{os.fspath(path)!r} is a x{model.config.scale} model, but x{opts.scale} was asked for "
+                            f"(--body-only starts a model of another scale from its head and residual body)")
     return model.train(), os.fspath(path)
 
 
