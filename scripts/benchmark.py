@@ -96,9 +96,10 @@ def frame_flops(model, width: int, height: int) -> float:
         return model.config.flops_per_pixel() * width * height
     from torch.utils.flop_counter import FlopCounterMode
 
+    weight = next(model.parameters())  # an earlier Upscaler may have moved (and cast) the model
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model(torch.rand(1, 3, height, width))
+        model(torch.rand(1, 3, height, width, device=weight.device, dtype=weight.dtype))
     return float(counter.get_total_flops())
 
 
