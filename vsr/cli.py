@@ -218,6 +218,8 @@ def print_profile(result) -> None:
         table.add_column(col, justify=justify)
     n = max(1, result.frames)
     for stage, thread in STAGES.items():
+        if stage not in result.stages:  # the other colour path's stages (to_rgb/to_yuv or to_planes/from_planes)
+            continue
         secs, lanes = result.stages.get(stage, 0.0), result.stages.lanes.get(thread, 1)
         label = f"{thread} x{lanes}" if lanes > 1 else thread
         # per lane: what share of the wall clock this stage keeps each of its threads busy
