@@ -206,15 +206,21 @@ def test_cli_choices_are_the_librarys():
     assert PRECISION_CHOICES == list(PRECISIONS) and COLOUR_CHOICES == list(COLOUR_MODES)
 
 
-def test_cuda_defaults_batch_and_graphs_only_where_measured(tmp_path, clip):
+def test_cuda_defaults_batch_and_graphs_only_where_measured(tmp_path, clip, monkeypatch):
+    import dataclasses
+
     import torch
 
-    from vsr.cli import cuda_defaults
+    import vsr.decode
+    from vsr.cli import COMPILE_MIN_FRAMES, cuda_defaults
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     png = tmp_path / "a.png"
     png.write_bytes(b"")
-    assert cuda_defaults(cuda, clip, None, None) == (8, True)  # a video file on CUDA: batches, CUDA graphs
+    assert cuda_defaults(cuda, clip, None, None) == (8, False)  # 4 frames: capturing graphs costs more than it saves
+    real_probe = vsr.decode.probe
+    monkeypatch.setattr(vsr.decode, "probe", lambda p: dataclasses.replace(real_probe(p), frames=COMPILE_MIN_FRAMES))
+    assert cuda_defaults(cuda, clip, None, None) == (8, True)  # a long video on CUDA: batches, CUDA graphs
     assert cuda_defaults(cuda, png, None, None) == (8, False)  # one picture: compiling costs more than it saves
     assert cuda_defaults(cuda, tmp_path, None, None) == (8, False)  # folders: frame sizes vary
     assert cuda_defaults(cpu, clip, None, None) == (1, False)

@@ -184,10 +184,17 @@ def upscale(input, output, model, weights, scale, outscale, out_width, out_heigh
         print_profile(result)
 
 
+COMPILE_MIN_FRAMES = 1500  # a minute at 25 fps: below it, compiling costs more than it saves
+
+
 def cuda_defaults(dev, input: Path, batch_size: int | None, use_compile: bool | None) -> tuple[int, bool]:
     """Batch size and compilation where the user left them: on CUDA 8 frames a call (measured 1.4x
-    over 1) and, for a video file (one frame size), torch.compile with CUDA graphs (1.7x over eager);
-    on the CPU 1 frame and eager (the measured CPU optimum; compiling gained nothing there)."""
+    over 1) and, for a video file (one frame size) of at least :data:`COMPILE_MIN_FRAMES` frames (or
+    of unknown length), torch.compile with CUDA graphs (1.7x over eager once captured; the capture
+    costs tens of seconds, which a short clip never earns back: the threshold is that estimate, to
+    be replaced by the warm-up the GPU benchmark measures); on the CPU 1 frame and eager (the
+    measured CPU optimum; compiling gained nothing there)."""
+    from vsr.decode import InputError, probe
     from vsr.media import kind_of
 
     cuda = dev.type == "cuda"
@@ -195,6 +202,12 @@ def cuda_defaults(dev, input: Path, batch_size: int | None, use_compile: bool | 
         batch_size = 8 if cuda else 1
     if use_compile is None:
         use_compile = cuda and input.is_file() and kind_of(input) == "video"
+        if use_compile:
+            try:
+                frames = probe(input).frames
+            except InputError:
+                frames = None  # the pipeline will say what is wrong with it
+            use_compile = frames is None or frames >= COMPILE_MIN_FRAMES
     return batch_size, use_compile
 
 
