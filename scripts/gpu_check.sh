@@ -4,9 +4,13 @@
 # benchmark (scripts/benchmark.py --device cuda), everything printed and, when $OUT is set, copied
 # there (gpu_tests.log, gpu_benchmark.log).
 #
-# Needs torch with CUDA, numpy, rich, click, safetensors, pytest and PyAV. Where pip cannot reach
-# an index (the project's lent GPU machine), carry PyAV as a wheel in .whl/ (av 18.x, cp311-abi3
-# works on Python 3.12); this script installs .whl/*.whl into /tmp/site first when .whl exists.
+# Needs torch with CUDA, numpy, rich, click, safetensors, einops, pytest, PyAV and spandrel. Where pip
+# cannot reach an index (the project's lent GPU machine has all but PyAV and spandrel), carry those two
+# as wheels in .whl/ (36 MB + 0.3 MB; the tree is ~25 MB, under the 64 MiB a call carries). Once, here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl av==18.1.0 spandrel==0.4.2
+# then run with carry [".whl"]. This script installs .whl/*.whl into /tmp/site first when .whl exists.
 # Usage: bash scripts/gpu_check.sh [BENCHMARK ARGS...]   e.g.  --train-seconds 30 --sizes 480x270
 set -uo pipefail
 cd "$(dirname "$0")/.."
