@@ -161,6 +161,9 @@ def test_finetune_writes_ema_weights_that_upscale_takes(folder, tmp_path):
     assert {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"} <= set(info["validation"][0][1])
     assert summary["final_losses"]["adversarial"] > 0
     assert out.with_suffix(".ckpt").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # the user's umask, not safetensors' 0600
 
 
 def test_resume_continues_exactly(folder, tmp_path):

@@ -257,6 +257,9 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
     if rank == 0:
         tmp = opts.output.with_name(f".{opts.output.name}.tmp")
         save_generator(tmp, trainer.ema, training=summary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a weights file is for sharing, like any output
         os.replace(tmp, opts.output)
     if distributed:
         import torch.distributed as dist
