@@ -312,17 +312,17 @@ def gpu_suite(args) -> None:
         outs = [o for o in up.upscale_stream(batches)]
         stream_rgb = len(frames) / (time.perf_counter() - t0)
         from vsr.colour import PLANE_FORMATS, ColourTags, planes_to_frame
-        from vsr.decode import probe
+        from vsr.decode import chroma_left, probe
         from vsr.yuv import plane_conversion
 
         info = probe(src)
         colour = plane_conversion("yuv420p", info.colour, (h, w), "yuv420p", info.colour, (h * scale, w * scale),
-                                  info.chroma_left)
+                                  chroma_left(info))
         layout = PLANE_FORMATS["yuv420p"]
         with av.open(str(src)) as c:
             from vsr.colour import frame_planes
 
-            planes = [frame_planes(f, "yuv420p", layout.plane_shapes(h, w), layout.numpy_dtype) for f in c.decode(video=0)]
+            planes = [frame_planes(f, layout) for f in c.decode(video=0)]
         plane_batches = [tuple(np.stack([p[k] for p in planes[i : i + batch]]) for k in range(3))
                          for i in range(0, len(planes), batch)]
         for _ in up.upscale_stream(plane_batches[:2], colour):

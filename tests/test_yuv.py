@@ -9,7 +9,7 @@ import torch
 
 from conftest import SAMPLE, ffmpeg_packets, make_clip, pyav_video_pts
 from vsr.colour import PLANE_FORMATS, ColourTags, frame_planes, frame_to_rgb, matrix_for, planes_to_frame, range_for, rgb_to_frame
-from vsr.decode import probe
+from vsr.decode import chroma_left, probe
 from vsr.encode import EncodeOptions
 from vsr.model import Bicubic
 from vsr.pipeline import UpscaleOptions, upscale_file
@@ -25,7 +25,7 @@ def real_frames(step: int = 8) -> np.ndarray:
 
 def planes_of(frame: av.VideoFrame, fmt: str) -> list[torch.Tensor]:
     layout = PLANE_FORMATS[fmt]
-    arrays = frame_planes(frame, fmt, layout.plane_shapes(frame.height, frame.width), layout.numpy_dtype)
+    arrays = frame_planes(frame, layout)
     return [torch.from_numpy(a)[None] for a in arrays]
 
 
@@ -65,11 +65,11 @@ def test_chroma_siting_follows_the_decoder(tmp_path, codec, left):
     """H.264 decoders mark chroma as co-sited left, VP9's as centred; swscale honours that, so must we."""
     src = make_clip(tmp_path / f"c.{'mp4' if left else 'webm'}", frames=2, size=(64, 48), codec=codec)
     info = probe(src)
-    assert info.chroma_left is left
+    assert chroma_left(info) is left
     with av.open(str(src)) as c:
         frame = next(c.decode(video=0))
     tags = ColourTags.of(frame)
-    decode = YuvToRgb("yuv420p", matrix_for(tags, 48), range_for(tags, "yuv420p") == 2, chroma_left=info.chroma_left)
+    decode = YuvToRgb("yuv420p", matrix_for(tags, 48), range_for(tags, "yuv420p") == 2, chroma_left=left)
     ours = (decode(planes_of(frame, "yuv420p")) * 255).round()[0].permute(1, 2, 0).numpy().astype(int)
     assert np.abs(ours - frame_to_rgb(frame).astype(int)).max() <= 1
 
@@ -80,7 +80,7 @@ def test_planes_to_frame_round_trip():
     planes = [rng.integers(0, 1024, s).astype(layout.numpy_dtype) for s in layout.plane_shapes(35, 50)]
     frame = planes_to_frame(planes, "yuv420p10le", (35, 50), ColourTags(colorspace=9, color_range=1), False)
     assert (frame.width, frame.height, frame.format.name, frame.colorspace, frame.color_range) == (50, 35, "yuv420p10le", 9, 1)
-    back = frame_planes(frame, "yuv420p10le", layout.plane_shapes(35, 50), layout.numpy_dtype)
+    back = frame_planes(frame, layout)
     assert all(np.array_equal(a, b) for a, b in zip(planes, back))
 
 

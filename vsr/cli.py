@@ -117,7 +117,7 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--compile/--no-compile", "use_compile", default=None,
-              help="torch.compile the model (on CUDA with CUDA graphs; default: on for a video file on CUDA).")
+              help="torch.compile the model (on CUDA with CUDA graphs; default: on CUDA for a video of 1500+ frames).")
 @click.option("--profile", is_flag=True, help="Print the time spent in each stage and which one bounds throughput.")
 @click.option("-r", "--recursive", is_flag=True, help="Folders: include subfolders.")
 @click.option("--include", multiple=True, help="Folders: only files matching this glob (repeatable).")

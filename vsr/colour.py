@@ -164,12 +164,13 @@ def _plane_views(frame: av.VideoFrame, shapes: list[tuple[int, ...]], dtype: np.
     return views
 
 
-def frame_planes(frame: av.VideoFrame, pix_fmt: str, shapes: list[tuple[int, ...]], dtype: np.dtype) -> list[np.ndarray]:
-    """The planes of a decoded frame as contiguous arrays (copies), in ``pix_fmt`` (a frame in
-    another format, e.g. after a mid-stream change, is first converted by swscale)."""
-    if frame.format.name != pix_fmt:
-        frame = frame.reformat(format=pix_fmt, interpolation=_INTERP)
-    return [np.ascontiguousarray(v) for v in _plane_views(frame, shapes, dtype)]
+def frame_planes(frame: av.VideoFrame, fmt: PlaneFormat) -> list[np.ndarray]:
+    """The planes of a decoded frame as contiguous arrays (copies) in ``fmt`` (a frame in another
+    format, e.g. after a mid-stream change, is first converted by swscale)."""
+    if frame.format.name != fmt.name:
+        frame = frame.reformat(format=fmt.name, interpolation=_INTERP)
+    shapes = fmt.plane_shapes(frame.height, frame.width)
+    return [np.ascontiguousarray(v) for v in _plane_views(frame, shapes, fmt.numpy_dtype)]
 
 
 def planes_to_frame(planes: list[np.ndarray], pix_fmt: str, size: tuple[int, int], tags: ColourTags,

@@ -48,7 +48,6 @@ class VideoInfo:
     is_image: bool
     stream_index: int
     other_streams: tuple[str, ...] = field(default=())  # "audio aac (eng)", ...
-    chroma_left: bool = False  # subsampled chroma on the even luma columns (as swscale reads the frames)
 
 
 def _sar(stream) -> Fraction | None:
@@ -151,22 +150,29 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             is_image=is_image,
             stream_index=stream.index,
             other_streams=others,
-            chroma_left=_chroma_left(first),
         )
 
 
-def _chroma_left(frame: av.VideoFrame) -> bool:
-    """Whether the decoder marked the frame's chroma as co-sited left (H.264, HEVC, MPEG-2/4 do).
+def chroma_left(info: VideoInfo) -> bool:
+    """Whether the decoder marks the video's chroma as co-sited left (H.264, HEVC, MPEG-2/4 do):
+    the siting swscale converts its frames with, which the device conversion must follow.
 
-    PyAV does not expose the frame's chroma location, but swscale honours it: the frame converts
+    PyAV does not expose a frame's chroma location, but swscale honours it: the first frame converts
     differently from a copy of its planes in a new frame (which has none, i.e. centred chroma).
+    Decodes the first frame again; asked only where the device conversion is used.
     """
-    fmt = PLANE_FORMATS.get(frame.format.name)
+    fmt = PLANE_FORMATS.get(info.pix_fmt)
     if fmt is None or not fmt.sub_x:
         return False
-    shapes = fmt.plane_shapes(frame.height, frame.width)
-    copy = planes_to_frame(frame_planes(frame, fmt.name, shapes, fmt.numpy_dtype), fmt.name,
-                           (frame.height, frame.width), ColourTags(), False)
+    with open_input(info.path) as container:
+        stream = container.streams[info.stream_index]
+        try:
+            frame = next(container.decode(stream), None)
+        except av.FFmpegError:
+            return False  # the pipeline will report the file
+    if frame is None or frame.format.name != fmt.name:
+        return False
+    copy = planes_to_frame(frame_planes(frame, fmt), fmt.name, (frame.height, frame.width), ColourTags(), False)
     tags = ColourTags.of(frame)
     return not np.array_equal(frame_to_rgb(frame, tags), frame_to_rgb(copy, tags))
 
@@ -200,7 +206,7 @@ def to_planes(item: FrameItem, layout: PlaneFormat, timings: Timings) -> FrameIt
     if item.planes is None:
         with timings("to_planes"):
             frame = item.frame
-            item.planes = frame_planes(frame, layout.name, layout.plane_shapes(frame.height, frame.width), layout.numpy_dtype)
+            item.planes = frame_planes(frame, layout)
         item.frame = None
     return item
 

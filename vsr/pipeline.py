@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.decode import DecodeError, FrameItem, InputError, PacketItem, VideoInfo, probe, read, to_planes, to_rgb
+from vsr.decode import (DecodeError, FrameItem, InputError, PacketItem, VideoInfo, chroma_left, probe, read, to_planes,
+                        to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from vsr.timing import GilProbe, Timings
@@ -391,7 +392,7 @@ def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscale
         return None
     out_size = (writer.video.height, writer.video.width)
     colour = plane_conversion(info.pix_fmt, info.colour, (info.height, info.width), writer.pix_fmt, writer.tags, out_size,
-                              info.chroma_left)
+                              chroma_left(info))
     if colour is None and mode == "device":
         warn(f"colour conversion {info.pix_fmt} -> {writer.pix_fmt} is not offered on the device; converting on the CPU")
     return colour

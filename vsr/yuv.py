@@ -9,7 +9,7 @@ Conventions follow swscale as PyAV calls it (:func:`vsr.colour.frame_to_rgb`): t
 range from the frame's tags (:func:`vsr.colour.matrix_for`, :func:`vsr.colour.range_for`), chroma
 samples where the decoder says they are (swscale reads the frame's chroma location: H.264, HEVC
 and MPEG-2/4 decoders put them on the even luma columns, "left"; others leave them centred,
-:attr:`vsr.decode.VideoInfo.chroma_left`), cubic
+:func:`vsr.decode.chroma_left`), cubic
 interpolation with swscale's default sharpness (B = 0, C = 0.6, i.e. Keys' a = -0.6) for chroma
 upsampling, and for 4:2:0/4:2:2 output swscale's chroma reduction (a 2-tap average across, a cubic
 filter stretched by 2 down).
@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
