@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vsr.decode import InputError, probe
-from vsr.media import kind_of
+from vsr.media import kind_of, output_name
 from vsr.pipeline import Reporter, Result, UpscaleError, UpscaleOptions, temporary_path, upscale_file
 from vsr.upscaler import Upscaler
 
@@ -34,7 +34,7 @@ class Job:
     action: str  # "convert", "skip" (done earlier), "ignore" (not media)
     reason: str = ""
     frames: int | None = None
-    status: str = "pending"  # after running: "done", "failed", "skipped", "ignored"
+    status: str = "pending"  # after running: "done", "damaged" (written, frames missing in the input), "failed", "skipped", "ignored"
     result: Result | None = None
     error: str = ""
 
@@ -109,12 +109,18 @@ def plan(src_dir: Path, dst_dir: Path, opts: BatchOptions, scale: int) -> list[J
     i, n = opts.shard
     rels = [r for k, r in enumerate(rels) if k % n == i - 1]
     jobs = []
+    made_by: dict[Path, Path] = {}
     for rel in rels:
         src = src_dir / rel
         kind = kind_of(rel)
-        dst = dst_dir / rel
+        dst = output_name(dst_dir / rel)
         if kind == "video" and opts.ext:
             dst = dst.with_suffix("." + opts.ext.lstrip("."))
+        if kind is not None:
+            if dst in made_by:
+                raise BatchError(f"{os.fspath(made_by[dst])!r} and {os.fspath(rel)!r} would both be written to "
+                                 f"{os.fspath(dst)!r}; rename one of them")
+            made_by[dst] = rel
         if kind is None:
             jobs.append(Job(src, dst, rel, "ignore", "not a video or image"))
         elif dst.exists() and not opts.overwrite:
@@ -178,7 +184,7 @@ def run(
             hook = (lambda index, job=job: fault(job, index)) if fault is not None else None
             try:
                 job.result = upscale_file(job.src, job.dst, upscaler, opts, reporter.for_job(job), stop=stop, fault=hook)
-                job.status = "done"
+                job.status = "damaged" if job.result.gaps else "done"
             except UpscaleError as exc:
                 job.status, job.error = "failed", str(exc)
             except KeyboardInterrupt as exc:

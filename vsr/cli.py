@@ -18,8 +18,14 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PRECISION_CHOICES = ["auto", "fp32", "bf16", "fp16"]  # vsr.device.PRECISIONS (kept here: no torch import to parse)
 COLOUR_CHOICES = ["auto", "cpu", "device"]  # vsr.pipeline.COLOUR_MODES
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Lines are never wrapped by rich (a terminal wraps them itself; a script reads whole lines).
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def print_table(table: Table) -> None:
+    """Not to a terminal: no wrapping or cutting at 80 columns, so scripts read whole cells."""
+    (out if out.is_terminal else Console(width=200, highlight=False)).print(table)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
@@ -82,7 +88,9 @@ def default_output(src: Path, scale: int, size=None) -> Path:
     tag = f"x{scale}"
     if size is not None:
         tag = f"x{size.outscale:g}" if size.outscale else f"{size.height}p" if size.height else f"{size.width}w"
-    return src.with_name(f"{src.stem}_{tag}{src.suffix}")
+    from vsr.media import output_name
+
+    return output_name(src.with_name(f"{src.stem}_{tag}{src.suffix}"))
 
 
 @main.command()
@@ -115,6 +123,11 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True, help="Constant rate factor (x264/x265/vp9/av1).")
 @click.option("--preset", default="medium", show_default=True, help="Encoder preset (x264/x265).")
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
+@click.option("--deinterlace", is_flag=True,
+              help="Interlaced video: FFmpeg's bwdif deinterlacer first, one progressive frame per frame "
+                   "(without it: a warning, and the field order is kept).")
+@click.option("--strict", is_flag=True,
+              help="Fail on a damaged input (frames missing where the file was resynchronised) instead of a warning.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--compile/--no-compile", "use_compile", default=None,
               help="torch.compile the model (on CUDA with CUDA graphs; default: on CUDA for a video of 1500+ frames).")
@@ -128,7 +141,7 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--shard", default=None, help="Folders: process the I-th of N slices of the file list (I/N).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def upscale(input, output, model, weights, scale, outscale, out_width, out_height, batch_size, device, precision, colour, tile, cpu_workers, codec, crf, preset,
-            pix_fmt, overwrite, use_compile, profile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
+            pix_fmt, deinterlace, strict, overwrite, use_compile, profile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
     """Upscale a video or image INPUT into OUTPUT, keeping every other stream.
 
     INPUT may be a folder: every video and image in it is converted into the folder OUTPUT,
@@ -163,6 +176,7 @@ def upscale(input, output, model, weights, scale, outscale, out_width, out_heigh
     except ValueError as exc:
         fail(f"--cpu-workers: {exc}", EXIT_USAGE)
     options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite, colour=colour, size=size,
+                             deinterlace=deinterlace, strict=strict,
                              encode=EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt))
     if input.is_dir():
         _upscale_folder(input, output, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run,
@@ -237,7 +251,7 @@ def print_profile(result) -> None:
         label = f"{thread} x{lanes}" if lanes > 1 else thread
         # per lane: what share of the wall clock this stage keeps each of its threads busy
         table.add_row(stage, label, f"{secs:.2f}", f"{1000 * secs / n:.1f}", f"{100 * secs / lanes / result.seconds:.0f}%")
-    out.print(table)
+    print_table(table)
     for thread, lanes in result.stages.lanes.items():
         if lanes > 1:
             out.print(f"{thread} x{lanes}: {lanes} worker threads, each on its own frame; seconds are summed over "
@@ -276,7 +290,7 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
             table.add_column(col)
         for j in jobs:
             table.add_row(j.rel, j.action, j.reason, "" if j.action == "ignore" else str(j.dst))
-        out.print(table)
+        print_table(table)
         return
     batch.count_frames(todo)
     frames = [j.frames for j in todo]
@@ -299,14 +313,17 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
         table.add_column(col, justify=justify)
     for j in jobs:
         r = j.result
-        status = {"done": "[green]done[/]", "skipped": "skipped (done earlier)", "ignored": "ignored (not media)"}.get(
-            j.status, f"[red]{j.status}[/]: {j.error}")
+        status = {"done": "[green]done[/]", "skipped": "skipped (done earlier)", "ignored": "ignored (not media)",
+                  "damaged": f"[yellow]damaged[/]: written; about {sum(n for *_s, n in r.gaps) if r else 0} "
+                             f"frames missing in the input"}.get(j.status, f"[red]{j.status}[/]: {j.error}")
         table.add_row(j.rel, str(r.frames) if r else "", f"{r.seconds:.1f}" if r else "", f"{r.fps:.2f}" if r else "", status)
-    out.print(table)
+    print_table(table)
     failed = [j for j in jobs if j.status == "failed"]
-    done = [j for j in jobs if j.status == "done"]
-    out.print(f"{len(done)} converted, {len(skipped)} done earlier, skipped, {len(failed)} failed")
-    if failed:
+    damaged = [j for j in jobs if j.status == "damaged"]
+    done = [j for j in jobs if j.status in ("done", "damaged")]
+    out.print(f"{len(done)} converted, {len(skipped)} done earlier, skipped, {len(failed)} failed"
+              + (f", {len(damaged)} converted from damaged inputs" if damaged else ""))
+    if failed or damaged:
         sys.exit(EXIT_FAILED)
 
 
@@ -332,8 +349,7 @@ def models(files):
             continue
         table.add_row(d["name"], d["architecture"], f"x{d['scale']}", f"{d['parameters'] / 1e6:.2f} M",
                       "yes" if d["fp16"] else "no", d["trained"], d["validation"])
-    # not a terminal: no wrapping or cutting at 80 columns, so scripts read whole names
-    (out if out.is_terminal else Console(width=200, highlight=False)).print(table)
+    print_table(table)
     for message in failed:
         err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if failed:
@@ -446,7 +462,7 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         for step, s in summary["validation"]:
             table.add_row(str(step), f"{s['psnr']:.2f}", f"{s['bicubic_psnr']:.2f}", f"{s['psnr'] - s['bicubic_psnr']:+.2f}",
                           f"{s['ssim']:.4f}", f"{s['bicubic_ssim']:.4f}")
-        out.print(table)
+        print_table(table)
     out.print(f"wrote {output} ({summary['steps']} steps; {summary['steps_per_second']} steps/s in "
               f"{summary['precision']}, {100 * (summary['data_wait_fraction'] or 0):.1f}% of the time waiting for data)")
 

@@ -143,6 +143,25 @@ def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, tags: ColourTags) -> av.VideoFra
     return _tag(out, tags, rng)
 
 
+def rgba_to_frame(rgb: np.ndarray, alpha: np.ndarray, pix_fmt: str, tags: ColourTags) -> av.VideoFrame:
+    """:func:`rgb_to_frame` with a transparency plane (``pix_fmt`` rgba, or yuva420p for WebP)."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.dstack([rgb, alpha])), format="rgba")
+    if pix_fmt == "rgba":
+        return frame
+    rng = range_for(tags, pix_fmt)
+    out = frame.reformat(format=pix_fmt, dst_colorspace=matrix_for(tags, rgb.shape[0]), src_color_range=ColorRange.JPEG,
+                         dst_color_range=ColorRange(rng), interpolation=_INTERP)
+    return _tag(out, tags, rng)
+
+
+def resize_plane(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A uint8 plane (e.g. alpha) resized with swscale's bicubic filter."""
+    if plane.shape[:2] == (height, width):
+        return plane
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(plane), format="gray")
+    return frame.reformat(width=width, height=height, interpolation=Interpolation.BICUBIC).to_ndarray()
+
+
 def _tag(frame: av.VideoFrame, tags: ColourTags, rng: int) -> av.VideoFrame:
     if tags.colorspace != UNSPECIFIED:
         frame.colorspace = tags.colorspace

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.colour import frame_to_rgb
+from vsr.decode import decode_frames
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, jpeg_qscale
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
             tb = Fraction(1, av.time_base)
         if duration is None or duration <= 0:
             # No duration: decode sequentially, keep every k-th frame.
-            for i, frame in enumerate(container.decode(stream)):
+            for i, frame in enumerate(decode_frames(container, stream)):
                 if i % 10 == 0:
                     yield frame_to_rgb(frame)
                     count -= 1
@@ -114,7 +115,7 @@ def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
                 target = int(Fraction(target) * tb / stream.time_base)
             else:
                 container.seek(target, stream=stream)
-            for frame in container.decode(stream):
+            for frame in decode_frames(container, stream):
                 if frame.pts is None or frame.pts >= target:
                     yield frame_to_rgb(frame)
                     break
@@ -124,7 +125,7 @@ def load_image(path: Path) -> np.ndarray:
     with av.open(os.fspath(path)) as container:
         if not container.streams.video:
             raise DataError(f"{path}: not an image")
-        for frame in container.decode(video=0):
+        for frame in decode_frames(container, container.streams.video[0]):
             return frame_to_rgb(frame)
     raise DataError(f"{path}: no picture could be decoded")
 

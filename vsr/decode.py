@@ -9,6 +9,7 @@ copied into the output).
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterator
@@ -17,6 +18,7 @@ import av
 import numpy as np
 
 from vsr.colour import PLANE_FORMATS, ColourTags, PlaneFormat, frame_planes, frame_to_rgb, planes_to_frame
+from vsr.stills import StillInfo, orient, read_still, too_large_for_ffmpeg, upright_size
 from vsr.timing import Timings
 
 
@@ -26,6 +28,64 @@ class InputError(Exception):
 
 class DecodeError(InputError):
     """Decoding failed part-way (truncated or corrupt file)."""
+
+
+@dataclass(frozen=True)
+class HdrMetadata:
+    """HDR10 static metadata of a stream: the mastering display (SMPTE ST 2086) and the content
+    light levels, as FFmpeg's decoders export them (AVMasteringDisplayMetadata, AVContentLightMetadata)."""
+
+    primaries: tuple[tuple[float, float], ...] | None = None  # (x, y) of red, green, blue
+    white_point: tuple[float, float] | None = None
+    luminance: tuple[float, float] | None = None  # (min, max) cd/m2
+    max_cll: int | None = None
+    max_fall: int | None = None
+
+    @classmethod
+    def of(cls, frame: av.VideoFrame) -> "HdrMetadata | None":
+        found: dict = {}
+        try:
+            for data in frame.side_data:
+                kind = getattr(data.type, "name", str(data.type))
+                raw = bytes(data)
+                if kind == "MASTERING_DISPLAY_METADATA" and len(raw) >= 88:
+                    v = struct.unpack("<22i", raw[:88])
+                    q = lambda i: v[i] / v[i + 1] if v[i + 1] else 0.0  # noqa: E731 - an AVRational
+                    if v[20]:
+                        found["primaries"] = tuple((q(4 * c), q(4 * c + 2)) for c in range(3))
+                        found["white_point"] = (q(12), q(14))
+                    if v[21]:
+                        found["luminance"] = (q(16), q(18))
+                elif kind == "CONTENT_LIGHT_LEVEL" and len(raw) >= 8:
+                    found["max_cll"], found["max_fall"] = struct.unpack("<II", raw[:8])
+        except (ValueError, TypeError):  # a side data type this PyAV does not know
+            return None
+        return cls(**found) if found else None
+
+    def encoder_params(self, encoder: str) -> str | None:
+        """The x265-params / x264-params that write this metadata into the bitstream's SEI."""
+        parts = []
+        if self.primaries and self.white_point and self.luminance:
+            (rx, ry), (gx, gy), (bx, by) = self.primaries
+            c = lambda v: round(v * 50000)  # noqa: E731 - units of 0.00002
+            wx, wy = self.white_point
+            lo, hi = self.luminance
+            parts.append(("master-display" if encoder == "libx265" else "mastering-display") + "="
+                         f"G({c(gx)},{c(gy)})B({c(bx)},{c(by)})R({c(rx)},{c(ry)})WP({c(wx)},{c(wy)})"
+                         f"L({round(hi * 10000)},{round(lo * 10000)})")
+        if self.max_cll is not None:
+            parts.append(("max-cll" if encoder == "libx265" else "cll") + f"={self.max_cll},{self.max_fall}")
+        if encoder == "libx265" and parts:
+            parts.insert(0, "hdr10=1")
+        return ":".join(parts) or None
+
+    def describe(self) -> str:
+        bits = []
+        if self.luminance:
+            bits.append(f"mastering display {self.luminance[1]:g}/{self.luminance[0]:g} cd/m2")
+        if self.max_cll is not None:
+            bits.append(f"MaxCLL {self.max_cll}, MaxFALL {self.max_fall}")
+        return ", ".join(bits)
 
 
 @dataclass(frozen=True)
@@ -48,6 +108,11 @@ class VideoInfo:
     is_image: bool
     stream_index: int
     other_streams: tuple[str, ...] = field(default=())  # "audio aac (eng)", ...
+    hdr: HdrMetadata | None = None  # HDR10 mastering display / light levels of the first frame
+    interlaced: bool = False  # the first frame is marked interlaced
+    field_order: int = 0  # AVFieldOrder of the stream (0 unknown, 1 progressive, 2 top first, 3 bottom first...)
+    still: StillInfo | None = None  # a picture's ICC profile, EXIF and orientation (PNG, JPEG, WebP)
+    alpha: bool = False  # a picture with transparency (kept: see vsr.stills and Writer)
 
 
 def _sar(stream) -> Fraction | None:
@@ -94,9 +159,27 @@ def _describe(name: str) -> str:
         return "not a media format FFmpeg knows"
 
 
+def decode_frames(container: av.container.InputContainer, stream: av.stream.Stream) -> Iterator[av.VideoFrame]:
+    """The frames of one stream, as ``container.decode(stream)`` but treating packets as the ffmpeg
+    command line does: zero-size packets that carry a timestamp ("repeat the previous frame", in
+    Theora and AVI) are skipped rather than sent, where the decoder would take them for the end."""
+    for packet in container.demux(stream):
+        if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
+            continue
+        yield from packet.decode()
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Describe the first video stream; decodes the first frame for its colour tags and rotation."""
     name = os.fspath(path)
+    still = read_still(name) if os.path.isfile(name) else StillInfo()
+    if still.animated and still.kind == "webp":
+        raise InputError(f"{name!r}: animated WebP is not supported (FFmpeg cannot decode it); "
+                         f"convert it to a video first (e.g. with libwebp's anim_dump or ImageMagick)")
+    if still.size and too_large_for_ffmpeg(*still.size):
+        w, h = still.size
+        raise InputError(f"{name!r}: picture size {w}x{h} is larger than FFmpeg's decoders accept "
+                         f"((width + 128) x (height + 128) must stay under {2**31 // 8} pixels)")
     with open_input(name) as container:
         videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
         if not videos:
@@ -106,7 +189,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         stream.thread_type = "AUTO"
         first = None
         try:
-            for frame in container.decode(stream):
+            for frame in decode_frames(container, stream):
                 first = frame
                 break
         except av.FFmpegError as exc:
@@ -131,11 +214,16 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             if s.index != stream.index
         )
         bits = max((c.bits for c in first.format.components), default=8)
+        width, height, rotation = first.width, first.height, int(round(first.rotation or 0))
+        if is_image:  # EXIF orientation is applied to the pixels (FFmpeg's display matrix from it is not)
+            still = still if still.kind else None
+            width, height = upright_size(width, height, still.orientation if still else 1)
+            rotation = 0
         return VideoInfo(
             path=name,
             format_name=fmt,
-            width=first.width,
-            height=first.height,
+            width=width,
+            height=height,
             pix_fmt=first.format.name,
             bits=bits,
             time_base=tb,
@@ -145,12 +233,38 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             duration=duration,
             start_time=float(stream.start_time * tb) if stream.start_time is not None else None,
             sample_aspect_ratio=_sar(stream),
-            rotation=int(round(first.rotation or 0)),
+            rotation=rotation,
             colour=ColourTags.of(first),
             is_image=is_image,
             stream_index=stream.index,
             other_streams=others,
+            hdr=None if is_image else HdrMetadata.of(first),
+            interlaced=bool(first.interlaced_frame),
+            field_order=int(stream.codec_context.field_order or 0),
+            still=still if is_image else None,
+            alpha=is_image and alpha_of(first) is not None,
         )
+
+
+def alpha_of(frame: av.VideoFrame) -> np.ndarray | None:
+    """The alpha plane of a picture (uint8 HxW), or None when it has none or is fully opaque."""
+    fmt = frame.format
+    if not (any(c.is_alpha for c in fmt.components) or fmt.name == "pal8"):
+        return None
+    alpha = frame.to_ndarray(format="rgba")[..., 3]
+    return alpha if (alpha < 255).any() else None
+
+
+def still_to_rgb(item: "FrameItem", info: VideoInfo, timings: Timings) -> "FrameItem":
+    """:func:`to_rgb` for a picture: its alpha kept aside (``item.alpha``) and both turned upright
+    by the EXIF orientation."""
+    frame = item.frame
+    alpha = alpha_of(frame) if info.alpha and frame is not None else None
+    to_rgb(item, timings)
+    orientation = info.still.orientation if info.still else 1
+    item.rgb = orient(item.rgb, orientation)
+    item.alpha = None if alpha is None else orient(alpha, orientation)
+    return item
 
 
 def chroma_left(info: VideoInfo) -> bool:
@@ -167,7 +281,7 @@ def chroma_left(info: VideoInfo) -> bool:
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
         try:
-            frame = next(container.decode(stream), None)
+            frame = next(decode_frames(container, stream), None)
         except av.FFmpegError:
             return False  # the pipeline will report the file
     if frame is None or frame.format.name != fmt.name:
@@ -185,6 +299,7 @@ class FrameItem:
     time_base: Fraction
     frame: av.VideoFrame | None = None  # the decoded frame, when read(..., convert=False)
     planes: list[np.ndarray] | None = None  # its YUV planes, for colour conversion on the model's device
+    alpha: np.ndarray | None = None  # a picture's transparency (uint8 HxW), upscaled beside the model
 
     @property
     def size(self) -> tuple[int, int]:
@@ -221,40 +336,169 @@ class PacketItem:
     time_base: Fraction
 
 
+# Containers that store decode timestamps only: FFmpeg's demuxer makes presentation timestamps up
+# (AVI: dts + 1), which are wrong for every reordered (B-)frame.
+DTS_ONLY_FORMATS = frozenset({"avi"})
+
+
+class FrameClock:
+    """Each decoded frame's presentation timestamp, chosen as FFmpeg's best-effort timestamp is
+    (``guess_correct_pts`` in libavcodec, what the ffmpeg command line stamps frames with): the
+    frame's reordered pts, unless pts have gone backwards more often than dts have, then its dts.
+
+    Where the container has no presentation timestamps (``dts_only``), a frame's time is its packet
+    dts less the decoder's delay (the dts of the first frame out minus that of the first packet in),
+    so the first frame lands where the stream starts, as it was meant to be shown.
+    """
+
+    def __init__(self, dts_only: bool = False) -> None:
+        self.dts_only = dts_only
+        self.faulty_pts = self.faulty_dts = 0
+        self.last_pts = self.last_dts = None
+        self.first_packet_dts: int | None = None
+        self.delay: int | None = None
+
+    def demuxed(self, packet: av.Packet) -> None:
+        if self.first_packet_dts is None and packet.dts is not None:
+            self.first_packet_dts = packet.dts
+
+    def time_of(self, frame: av.VideoFrame) -> int | None:
+        pts, dts = frame.pts, frame.dts
+        if self.dts_only:
+            if dts is None:
+                return None  # drained at the end: the writer follows the previous frame
+            if self.delay is None:
+                self.delay = dts - (self.first_packet_dts if self.first_packet_dts is not None else dts)
+            return dts - self.delay
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        elif dts is not None:
+            self.last_pts = dts
+        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
+            return pts
+        return dts
+
+
+class Deinterlacer:
+    """FFmpeg's bwdif filter (motion adaptive, as ``ffmpeg -vf bwdif``): one progressive frame per
+    frame in, with its timestamp; frames not marked interlaced pass through untouched."""
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.graph = av.filter.Graph()
+        source = self.graph.add_buffer(template=stream)
+        bwdif = self.graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
+        sink = self.graph.add("buffersink")
+        source.link_to(bwdif)
+        bwdif.link_to(sink)
+        self.graph.configure()
+
+    def __call__(self, frame: av.VideoFrame | None) -> list[av.VideoFrame]:
+        """Frames out for ``frame`` in (``None`` at the end flushes the last)."""
+        self.graph.push(frame)
+        out = []
+        while True:
+            try:
+                out.append(self.graph.pull())
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return out
+
+
+@dataclass
+class DecodeReport:
+    """What :func:`read` found on the way that is not a failure: spans where frames are missing
+    (a damaged file the demuxer resynchronised past), as (from seconds, to seconds, frames lost)."""
+
+    times: list[float] = field(default_factory=list)
+    gaps: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def find_gaps(self, info: VideoInfo) -> None:
+        """Gaps in a constant-rate stream: steps of 3.5+ frames where nine steps in ten are one frame
+        (variable-rate video, whose steps differ anyway, is not judged), and a stream that stops
+        3.5+ frames before the end its container states."""
+        times = sorted(self.times)
+        steps = np.diff(times)
+        if len(steps) < 4:
+            return
+        step = float(np.median(steps))
+        if step <= 0 or np.mean(np.abs(steps - step) <= 0.1 * step) < 0.9:
+            return
+        for a, b, d in zip(times, times[1:], steps):
+            if d >= 3.5 * step:
+                self.gaps.append((a, b, round(d / step) - 1))
+        end = (info.start_time or 0.0) + info.duration if info.duration and info.format_name in _STATED_DURATION else None
+        if end is not None and end - times[-1] >= 4.5 * step:
+            self.gaps.append((times[-1], end, round((end - times[-1]) / step) - 1))
+
+
+# Containers whose stated duration is measured, not estimated from the bit rate.
+_STATED_DURATION = {"matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2", "avi"}
+
+
 def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None,
-         convert: bool = True) -> Iterator[FrameItem | PacketItem]:
+         convert: bool = True, deinterlace: bool = False,
+         report: DecodeReport | None = None) -> Iterator[FrameItem | PacketItem]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
 
     With ``convert=False`` frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb`.
+    With ``deinterlace``, interlaced frames go through :class:`Deinterlacer` first.  ``report``
+    collects the frame times and, at the end, the gaps in them.
 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
     index = 0
     last_time = None
     timings = timings if timings is not None else Timings()
+    report = report if report is not None else DecodeReport()
     with open_input(info.path) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
         wanted = [stream] + [s for s in container.streams if s.index in copy_streams]
+        clock = FrameClock(dts_only=container.format.name in DTS_ONLY_FORMATS)
+        filtered = Deinterlacer(stream) if deinterlace else None
+
+        def frames_of(packet: av.Packet | None) -> Iterator[av.VideoFrame]:
+            with timings("decode"):
+                frames = packet.decode() if packet is not None else []
+            if filtered is None:
+                yield from frames
+                return
+            for frame in frames:
+                frame.pts = clock.time_of(frame)
+                with timings("deinterlace"):
+                    yield from filtered(frame)
+            if packet is None or packet.size == 0:  # the end: the filter's last frame
+                with timings("deinterlace"):
+                    yield from filtered(None)
+
         try:
             for packet in container.demux(wanted):
                 if stop is not None and stop.is_set():
                     return
                 if packet.stream.index != info.stream_index:
-                    if packet.dts is not None or packet.pts is not None:
+                    if packet.size or packet.dts is not None or packet.pts is not None:  # not the end-of-stream flush
                         yield PacketItem(packet, packet.stream.index, Fraction(packet.time_base))
                     continue
-                with timings("decode"):
-                    frames = packet.decode()
-                for frame in frames:
+                if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
+                    continue  # "repeat the last frame" (Theora, AVI): sending it would end the decoder
+                clock.demuxed(packet)
+                for frame in frames_of(packet):
                     tb = Fraction(frame.time_base or info.time_base)
-                    if frame.pts is not None:
-                        last_time = float(frame.pts * tb)
-                    item = FrameItem(index, None, frame.pts, tb, frame)
+                    pts = frame.pts if filtered is not None else clock.time_of(frame)
+                    if pts is not None:
+                        last_time = float(pts * tb)
+                        report.times.append(last_time)
+                    item = FrameItem(index, None, pts, tb, frame)
                     yield to_rgb(item, timings) if convert else item
                     index += 1
         except av.FFmpegError as exc:
             raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc
+    report.find_gaps(info)
     if info.frames_exact and info.frames and index < info.frames and _ends_early(info, last_time):
         raise DecodeError(
             f"{info.path!r}: decoding failed at frame {index}: the file says it has {info.frames} frames "

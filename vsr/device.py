@@ -127,8 +127,21 @@ def usable_cores() -> int:
     return cores
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"  # where the memory limits are read (tests point these elsewhere)
+PROC_CGROUP = "/proc/self/cgroup"
+
+
 def available_memory() -> int | None:
-    """Bytes the system can give this process without swapping (Linux ``MemAvailable``); None if unknown."""
+    """Bytes this process can still take without swapping or being killed: the system's
+    ``MemAvailable``, capped by the memory limit of every cgroup above the process (v2
+    ``memory.max`` less what the group holds, reclaimable page cache not counted; v1
+    ``memory.limit_in_bytes``).  A container limited to 2 GiB on a 64 GiB host gets about 2 GiB,
+    not 64.  None if nothing can be read."""
+    limits = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
+    return min(limits) if limits else None
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -137,3 +150,51 @@ def available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _cgroup_available() -> int | None:
+    import os
+
+    try:
+        with open(PROC_CGROUP) as f:
+            entries = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        entries = []
+    found = []
+    unified = next((e[2] for e in entries if len(e) == 3 and e[0] == "0" and e[1] == ""), None)
+    if unified is not None:  # v2: this group and each one above it may carry a limit
+        path = unified
+        while True:
+            folder = os.path.join(CGROUP_ROOT, path.lstrip("/"))
+            limit = _read_int(os.path.join(folder, "memory.max"))
+            used = _read_int(os.path.join(folder, "memory.current"))
+            if limit is not None and used is not None:
+                cache = 0
+                try:
+                    with open(os.path.join(folder, "memory.stat")) as f:
+                        for line in f:
+                            if line.startswith("inactive_file "):
+                                cache = int(line.split()[1])
+                except (OSError, ValueError):
+                    pass
+                found.append(max(0, limit - used + cache))
+            if path in ("", "/"):
+                break
+            path = os.path.dirname(path.rstrip("/"))
+    v1 = next((e[2] for e in entries if len(e) == 3 and "memory" in e[1].split(",")), None)
+    for path in {"", (v1 or "").lstrip("/")}:  # v1: the group's folder, or the root a container sees
+        folder = os.path.join(CGROUP_ROOT, "memory", path)
+        limit = _read_int(os.path.join(folder, "memory.limit_in_bytes"))
+        used = _read_int(os.path.join(folder, "memory.usage_in_bytes"))
+        if limit is not None and used is not None and limit < 1 << 60:  # "no limit" is a huge number
+            found.append(max(0, limit - used))
+    return min(found) if found else None

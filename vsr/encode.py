@@ -17,7 +17,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from vsr.colour import planes_to_frame, rgb_to_frame
+from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo, open_input
 from vsr.device import usable_cores
 from vsr.media import jpeg_qscale
@@ -32,6 +32,53 @@ class EncodeError(Exception):
 _GENERATED_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "creation_time", "duration"}
 _STREAM_KEYS_SKIP = {"encoder", "duration", "vendor_id", "handler_name"}
 
+# Containers for which FFmpeg cannot say what they hold (no codec table, no query: it answers for
+# its default codecs only), with what their muxers write (FFmpeg's mpegtsenc.c, mpegenc.c, oggenc.c).
+_CARRIES = {
+    "mpegts": {"mpeg1video", "mpeg2video", "mpeg4", "h264", "hevc", "vvc", "av1", "vc1", "dirac", "cavs",
+               "mp2", "mp3", "aac", "ac3", "eac3", "dts", "truehd", "opus", "s302m",
+               "dvb_subtitle", "dvb_teletext", "smpte_klv", "timed_id3"},
+    # MPEG-PS: H.264 in it is an FFmpeg extension players do not expect, so it is not offered.
+    "mpeg": {"mpeg1video", "mpeg2video", "mp1", "mp2", "mp3", "ac3", "dts", "pcm_dvd", "dvd_subtitle"},
+    "ogg": {"theora", "vp8", "vorbis", "opus", "flac", "speex", "pcm_s16le"},
+}
+_CARRIES["ogv"] = _CARRIES["ogg"]
+# Containers with no presentation timestamps (the demuxer guesses pts = dts + 1): B-frames would
+# come back shown late, so encoders are told not to use them.
+_NO_PTS = {"avi"}
+# FFmpeg's MPEG-family encoders: no constant-rate-factor mode (--crf maps to their fixed quantiser,
+# qscale 2-31), and only time bases they can write (1/90000 is refused).
+_MPEG_FAMILY = {"mpeg1video", "mpeg2video", "mpeg4", "msmpeg4", "msmpeg4v2", "h263p", "flv"}
+# Containers whose timestamps count frames (Ogg's granule positions for Theora and VP8).
+_FRAME_TICKS = {"ogg", "ogv"}
+
+
+_AVFMT_NOTIMESTAMPS, _AVFMT_TS_NONSTRICT = 0x0080, 0x20000  # libavformat/avformat.h
+
+
+def _rescale(value: int, a: Fraction, b: Fraction) -> int:
+    """``value`` from time base ``a`` to ``b``, rounding halves away from zero (av_rescale_q)."""
+    x = value * a / b
+    return int(x + Fraction(1, 2)) if x >= 0 else -int(-x + Fraction(1, 2))
+
+
+def container_accepts(output: av.container.OutputContainer, codec: str) -> bool:
+    """Whether the output container can hold ``codec`` (an encoder or codec name)."""
+    try:
+        canonical = av.codec.Codec(codec, "w").canonical_name
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        try:
+            canonical = av.codec.Codec(codec, "r").canonical_name
+        except (av.codec.codec.UnknownCodecError, ValueError):
+            canonical = codec
+    table = _CARRIES.get(output.format.name)
+    if table is not None:
+        return canonical in table
+    supported = output.supported_codecs
+    return not supported or codec in supported or canonical in supported
+
+
+ALPHA_FORMATS = {"png": "rgba", "webp": "yuva420p"}  # image outputs that keep transparency
 IMAGE_CODECS = {"png": ("png", "rgb24"), "jpg": ("mjpeg", "yuvj444p"), "jpeg": ("mjpeg", "yuvj444p"), "webp": ("libwebp", "yuv420p")}
 
 
@@ -83,11 +130,12 @@ class Writer:
 
     def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, size: tuple[int, int],
                  container_format: str | None = None, warn: Callable[[str], None] = lambda m: None,
-                 image: bool = False, sample_aspect_ratio: Fraction | None = None) -> None:
+                 image: bool = False, sample_aspect_ratio: Fraction | None = None, field_order: int = 0) -> None:
         self.path = os.fspath(path)
         self.info = info
         self.size = size  # output (width, height)
         self.sample_aspect_ratio = sample_aspect_ratio
+        self.field_order = field_order  # AVFieldOrder to tag an interlaced output with (0: none)
         self.warn = warn
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
@@ -96,6 +144,8 @@ class Writer:
         self.timings = Timings()
         self.image = image
         self._last_pts: int | None = None
+        self.alpha = False  # a picture's transparency is written (ALPHA_FORMATS)
+        self._mux_state: dict[int, list] = {}  # copied input stream -> [last dts, last duration, repairs]
         try:
             if image:
                 self.output = av.open(self.path, "w", format="image2", options={"update": "1"})
@@ -103,6 +153,9 @@ class Writer:
                 self.output = av.open(self.path, "w", format=container_format)
         except (av.FFmpegError, ValueError) as exc:
             raise EncodeError(f"cannot create {self.path!r}: {exc}") from exc
+        flags = self.output.format.flags
+        self._timestamps_matter = not flags & _AVFMT_NOTIMESTAMPS
+        self._nonstrict = bool(flags & _AVFMT_TS_NONSTRICT)
         try:
             self._setup(options)
         except BaseException:
@@ -115,14 +168,16 @@ class Writer:
         if self.image:
             ext = self.path.rsplit(".", 1)[-1].lower()
             codec, pix_fmt = IMAGE_CODECS[ext]
+            if info.alpha and ext in ALPHA_FORMATS:
+                pix_fmt = ALPHA_FORMATS[ext]
+                self.alpha = True
             options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality)
-        supported = self.output.supported_codecs
         codec = options.codec
         if codec is None:
-            codec = "libx264" if not supported or "libx264" in supported else self.output.default_video_codec
+            codec = "libx264" if container_accepts(self.output, "libx264") else self.output.default_video_codec
         enc = check_codec(codec, options.pix_fmt)
         pix_fmt = choose_pix_fmt(enc, info, options.pix_fmt)
-        if supported and enc.name not in supported:
+        if not container_accepts(self.output, enc.name):
             raise EncodeError(f"the {self.output.format.name} container cannot hold {enc.name} video")
         stream_opts: dict[str, str] = {}
         private = {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.private}
@@ -133,8 +188,20 @@ class Writer:
         rate = Fraction(1) if info.is_image else (info.rate or Fraction(25))
         if enc.name == "libwebp":
             stream_opts["quality"] = str(options.quality)
+        if info.hdr is not None:
+            params = info.hdr.encoder_params(enc.name) if enc.name in ("libx264", "libx265") else None
+            if params:
+                stream_opts[f"{enc.name[3:]}-params"] = params
+            else:
+                self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
+                          f"given it (use --codec libx265 or libx264)")
         if enc.name == "mjpeg":
             stream_opts["qmin"] = stream_opts["qmax"] = str(jpeg_qscale(options.quality))
+        qscale = None
+        if enc.name in _MPEG_FAMILY and options.crf is not None:
+            qscale = max(2, min(31, round(options.crf / 6)))  # crf 18 -> 3 (FFmpeg's default is 200 kb/s)
+        no_b_frames = self.output.format.name in _NO_PTS
+        time_base = None if info.is_image else self._encoder_time_base(enc, pix_fmt, stream_opts, rate, qscale, no_b_frames)
         vs = self.output.add_stream(enc.name, rate=rate, options=stream_opts)
         vs.width, vs.height = self.size
         vs.pix_fmt = pix_fmt
@@ -143,11 +210,18 @@ class Writer:
         # affinity mask only; under a cgroup CPU quota that over-subscribes the cores we get.
         cores = usable_cores()
         cc.thread_count = cores if cores < (os.cpu_count() or cores) else 0
-        if not info.is_image:
-            vs.time_base = info.time_base
-            cc.time_base = info.time_base
+        if qscale is not None:
+            cc.qscale = qscale
+        if no_b_frames:
+            cc.max_b_frames = 0
+        if time_base is not None:
+            vs.time_base = time_base
+            cc.time_base = time_base
+        self.time_base = time_base
         if self.sample_aspect_ratio:
             cc.sample_aspect_ratio = self.sample_aspect_ratio
+        if self.field_order:
+            cc.field_order = self.field_order
         tags = info.colour
         if tags.colorspace != 2:
             cc.colorspace = tags.colorspace
@@ -166,9 +240,50 @@ class Writer:
         self.pix_fmt = pix_fmt
         self.tags = tags
         if not info.is_image and not self.image:
-            self._copy_other_streams(supported)
+            self._copy_other_streams()
 
-    def _copy_other_streams(self, supported: set[str]) -> None:
+    def _encoder_time_base(self, enc: av.codec.Codec, pix_fmt: str, options: dict[str, str], rate: Fraction,
+                           qscale: int | None, no_b_frames: bool) -> Fraction:
+        """The source's time base, which keeps every timestamp exact, where the encoder and the
+        container take it; else one tick per frame (1/rate), as the ffmpeg command line uses.  Opens
+        the encoder once with every setting, so a wrong preset or option fails here, before any
+        work, with FFmpeg's reason."""
+        per_frame = Fraction(rate.denominator, rate.numerator)
+        if self.output.format.name in _FRAME_TICKS:
+            candidates = [per_frame]
+        elif enc.name in _MPEG_FAMILY and per_frame != self.info.time_base:
+            candidates = [self.info.time_base, per_frame]
+        else:
+            candidates = [self.info.time_base]
+        error = None
+        for tb in candidates:
+            cc = av.CodecContext.create(enc.name, "w")
+            cc.width, cc.height = self.size
+            cc.pix_fmt = pix_fmt
+            cc.time_base = tb
+            cc.framerate = rate
+            cc.thread_count = 1
+            if qscale is not None:
+                cc.qscale = qscale
+            if no_b_frames:
+                cc.max_b_frames = 0
+            trial = dict(options)
+            if enc.name == "libx265":  # x265 prints its banner on every open
+                trial["x265-params"] = ":".join(p for p in ("log-level=error", trial.get("x265-params")) if p)
+            cc.options = trial
+            try:
+                cc.open()
+                return tb
+            except av.FFmpegError as exc:
+                error = exc
+            finally:
+                del cc
+        settings = ", ".join([f"{self.size[0]}x{self.size[1]}", pix_fmt, f"{float(rate):g} fps"]
+                             + [f"{k}={v}" for k, v in options.items()])
+        reason = getattr(error, "strerror", None) or str(error)
+        raise EncodeError(f"the {enc.name} encoder refuses these settings ({settings}): {reason}")
+
+    def _copy_other_streams(self) -> None:
         info = self.info
         with open_input(info.path) as src:
             self.output.metadata.update({k: v for k, v in src.metadata.items() if k.lower() not in _GENERATED_KEYS})
@@ -191,7 +306,7 @@ class Writer:
                 if stream.type == "video":
                     self.warn(f"{label}: only the first video stream is upscaled; this one is not copied")
                     continue
-                if name in supported or (stream.type == "attachment" and self.output.format.name == "matroska"):
+                if container_accepts(self.output, name) or (stream.type == "attachment" and self.output.format.name == "matroska"):
                     try:
                         out = self.output.add_stream_from_template(stream)
                     except (av.FFmpegError, ValueError) as exc:
@@ -200,7 +315,7 @@ class Writer:
                     self._copy_stream_metadata(stream, out)
                     self.copied[stream.index] = out
                 elif stream.type == "audio":
-                    self._reencode_audio(stream, label, name, supported)
+                    self._reencode_audio(stream, label, name)
                 else:
                     self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; not copied")
             if chapters:
@@ -209,10 +324,10 @@ class Writer:
                 except (av.FFmpegError, ValueError, TypeError) as exc:
                     self.warn(f"chapters could not be copied: {exc}")
 
-    def _reencode_audio(self, stream: av.stream.Stream, label: str, name: str, supported: set[str]) -> None:
+    def _reencode_audio(self, stream: av.stream.Stream, label: str, name: str) -> None:
         """Audio the container refuses: AAC, or the container's own default where AAC is refused too."""
         src_cc = stream.codec_context
-        target = "aac" if "aac" in supported else self.output.default_audio_codec
+        target = "aac" if container_accepts(self.output, "aac") else self.output.default_audio_codec
         target = {"opus": "libopus", "vorbis": "libvorbis"}.get(target, target)
         try:
             encoder = av.codec.Codec(target, "w")
@@ -251,10 +366,16 @@ class Writer:
         return set(self.copied) | set(self.transcoded)
 
     # -- writing -----------------------------------------------------------------------------
-    def prepare_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction) -> av.VideoFrame:
-        """RGB -> the encoder's pixel format, with its timestamp.  Call in frame order (one thread)."""
+    def prepare_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction,
+                      alpha: np.ndarray | None = None) -> av.VideoFrame:
+        """RGB -> the encoder's pixel format, with its timestamp.  Call in frame order (one thread).
+        A picture's ``alpha`` (at the input's size) is resized to the output's with bicubic
+        interpolation and written where the format keeps it."""
         with self.timings("to_yuv"):
-            frame = rgb_to_frame(rgb, self.pix_fmt, self.tags)
+            if alpha is not None and self.alpha:
+                frame = rgba_to_frame(rgb, resize_plane(alpha, rgb.shape[1], rgb.shape[0]), self.pix_fmt, self.tags)
+            else:
+                frame = rgb_to_frame(rgb, self.pix_fmt, self.tags)
         return self._stamp(frame, pts, time_base)
 
     def prepare_planes(self, planes: list[np.ndarray], full_range: bool, pts: int | None,
@@ -269,13 +390,16 @@ class Writer:
         if self.info.is_image or self.image:
             frame.pts = self._frames_prepared
         else:
+            tb = self.time_base  # the encoder's: the source's, or 1/rate where the encoder needs it
+            if pts is not None and time_base != tb:
+                pts = round(pts * time_base / tb)
             if pts is None:  # no timestamp: follow the previous one by one frame
-                step = int(round(1 / ((self.info.rate or Fraction(25)) * self.info.time_base)))
+                step = max(1, int(round(1 / ((self.info.rate or Fraction(25)) * tb))))
                 pts = (self._last_pts + step) if self._last_pts is not None else 0
             if self._last_pts is not None and pts <= self._last_pts:
                 pts = self._last_pts + 1  # encoders need strictly increasing timestamps
             frame.pts = pts
-            frame.time_base = time_base
+            frame.time_base = tb
             self._last_pts = pts
         self._frames_prepared += 1
         return frame
@@ -290,15 +414,51 @@ class Writer:
     def copy_packet(self, packet: av.Packet, index: int, time_base: Fraction) -> None:
         """Mux a packet of input stream ``index`` unchanged (or re-encode it, for audio the container refuses)."""
         if index in self.copied:
-            packet.stream = self.copied[index]
-            packet.time_base = time_base
+            out = self.copied[index]
+            self.output.start_encoding()  # output time bases are final once the header is written
+            packet.stream = out
+            self._fix_timestamps(packet, index, time_base, Fraction(out.time_base))
             self.output.mux(packet)
         elif index in self.transcoded:
             self._transcode(index, packet, time_base)
 
+    def _fix_timestamps(self, packet: av.Packet, index: int, src_tb: Fraction, out_tb: Fraction) -> None:
+        """Timestamps the muxer will take, as the ffmpeg command line makes them (``mux_fixup_ts``):
+        in the output's time base, a missing dts follows the last packet, a dts after the pts is
+        replaced by the median guess, and a dts that does not increase is moved just past the last
+        one (equal is enough where the container allows it).  The payload is never touched; each
+        repaired stream is reported once when the file is closed."""
+        pts, dts, duration = (None if v is None else _rescale(v, src_tb, out_tb)
+                              for v in (packet.pts, packet.dts, packet.duration))
+        state = self._mux_state.setdefault(index, [None, 0, 0])  # last dts, last duration, repairs
+        last, last_duration = state[0], state[1]
+        if dts is None and pts is None and last is not None:
+            dts = last + max(last_duration, 1)
+        if self._timestamps_matter:
+            if dts is not None and pts is not None and dts > pts:
+                floor = (last + 1) if last is not None else min(pts, dts)
+                pts = dts = sorted((pts, dts, floor))[1]
+                state[2] += 1
+            if dts is not None and last is not None:
+                least = last + (0 if self._nonstrict else 1)
+                if dts < least:
+                    if pts is not None and pts >= dts:
+                        pts = max(pts, least)
+                    dts = least
+                    state[2] += 1
+        packet.time_base = out_tb
+        packet.pts, packet.dts = pts, dts
+        if duration is not None:
+            packet.duration = duration
+        if dts is not None:
+            state[0] = dts
+        state[1] = duration or last_duration
+
     def _transcode(self, index: int, packet: av.Packet | None, time_base: Fraction | None = None) -> None:
         decoder, out, resampler = self.transcoded[index]
         if packet is not None:
+            if packet.size == 0:  # would be taken for the end of the stream (see decode.decode_frames)
+                return
             packet.time_base = time_base
         for frame in decoder.decode(packet):
             if frame.pts is not None and frame.time_base:  # keep the timing, in samples
@@ -310,6 +470,10 @@ class Writer:
 
     def close(self) -> None:
         """Flush every encoder and finish the file."""
+        for index, (_last, _duration, repairs) in sorted(self._mux_state.items()):
+            if repairs:
+                self.warn(f"stream #{index}: {repairs} packet(s) with timestamps out of order were re-stamped "
+                          f"as ffmpeg does (contents copied unchanged)")
         for packet in self.video.encode(None):
             self.output.mux(packet)
         for index, (_decoder, out, resampler) in self.transcoded.items():

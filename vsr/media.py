@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 VIDEO_EXTENSIONS = frozenset(
-    "mp4 m4v mkv mov webm avi wmv flv ts m2ts mts mpg mpeg vob ogv 3gp 3g2 mxf y4m".split()
+    "mp4 m4v mkv mov webm avi wmv flv ts m2ts mts mpg mpeg vob ogv 3gp 3g2 mxf y4m gif".split()
 )
+# Read but not written: the output gets the extension given here (GIF holds 256 colours a frame,
+# which would undo the upscaling; an MP4 is what GIF-to-video tools give).
+OUTPUT_EXTENSION = {"gif": "mp4"}
 IMAGE_EXTENSIONS = frozenset("png jpg jpeg webp bmp tif tiff".split())
 
 
@@ -16,6 +19,16 @@ def kind_of(path) -> str | None:
     if ext in IMAGE_EXTENSIONS:
         return "image"
     return None
+
+
+def output_name(path):
+    """The file name an output of ``path`` gets by default: the same, or with the extension vsr
+    writes in place of one it only reads (``anim.gif`` -> ``anim.mp4``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    ext = path.suffix.lower().lstrip(".")
+    return path.with_suffix("." + OUTPUT_EXTENSION[ext]) if ext in OUTPUT_EXTENSION else path
 
 
 def jpeg_qscale(quality: int) -> int:

@@ -27,10 +27,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.decode import (DecodeError, FrameItem, InputError, PacketItem, VideoInfo, chroma_left, probe, read, to_planes,
-                        to_rgb)
+from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, VideoInfo, chroma_left, probe, read,
+                        still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
-from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from vsr.media import IMAGE_EXTENSIONS, OUTPUT_EXTENSION, VIDEO_EXTENSIONS
+from vsr.device import available_memory
+from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
 from vsr.timing import GilProbe, Timings
 from vsr.upscaler import Upscaler
 from vsr.yuv import PlaneConversion, plane_conversion
@@ -95,6 +97,8 @@ class UpscaleOptions:
     # ops beside the model, only planes travel: vsr.yuv), "auto" (the device when it is a GPU).
     # Formats vsr.yuv does not handle are converted on the CPU whatever is asked.
     colour: str = "auto"
+    deinterlace: bool = False  # interlaced video through FFmpeg's bwdif first (else a warning, and the tag kept)
+    strict: bool = False  # a damaged input (frames missing) fails instead of a warning
 
     def __post_init__(self) -> None:
         if self.colour not in COLOUR_MODES:
@@ -110,6 +114,7 @@ class Result:
     warnings: list[str]
     stages: Timings  # seconds per stage (decode, to_rgb, to_tensor, model, to_frame, to_yuv, encode)
     gil_wait_ms: tuple[float, float] = (0.0, 0.0)  # mean and worst wait of a thread for the GIL (GilProbe)
+    gaps: list[tuple[float, float, int]] = field(default_factory=list)  # damaged spans of the input (DecodeReport)
 
     @property
     def fps(self) -> float:
@@ -134,6 +139,8 @@ def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     if not src.exists():
         raise UpscaleError(f"input {os.fspath(src)!r} does not exist")
     ext = dst.suffix.lower().lstrip(".")
+    if ext in OUTPUT_EXTENSION:
+        raise UpscaleError(f"vsr reads .{ext} but does not write it; use .{OUTPUT_EXTENSION[ext]} (or another video extension)")
     if ext not in VIDEO_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
         raise UpscaleError(
             f"cannot tell the output format from {dst.name!r}: expected a video (.mp4, .mkv, .mov, .webm, ...) "
@@ -215,14 +222,22 @@ def upscale_file(
     out_w, out_h, out_sar = info.width * upscaler.scale, info.height * upscaler.scale, info.sample_aspect_ratio
     if options.size is not None:
         out_w, out_h, out_sar = options.size.resolve(info.width, info.height, info.sample_aspect_ratio)
+    _check_output_fits(out_w, out_h, options.batch_size)
     resize = None if (out_w, out_h) == (info.width * upscaler.scale, info.height * upscaler.scale) else (out_h, out_w)
     try:
-        writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar)
+        writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar,
+                        field_order=info.field_order if info.interlaced and not options.deinterlace else 0)
     except EncodeError as exc:
         _remove(tmp)
         raise UpscaleError(str(exc)) from exc
 
-    colour = _device_colour(options.colour, info, writer, upscaler, warn)
+    if info.is_image:
+        _warn_still_limits(info, dst, warn)
+    deinterlace = options.deinterlace and info.interlaced
+    if info.interlaced and not options.deinterlace:
+        warn(f"interlaced video ({_FIELD_ORDERS.get(info.field_order, 'field order unknown')}): both "
+             f"fields are upscaled as one picture, which blurs motion; --deinterlace converts it to progressive first")
+    colour = None if info.is_image else _device_colour(options.colour, info, writer, upscaler, warn)
     stages = Timings()
     upscaler.timings.clear()
     size = options.queue_size
@@ -238,8 +253,11 @@ def upscale_file(
                 stop.set()
         return run
 
+    report = DecodeReport()
+
     def decode() -> None:
-        for item in read(info, writer.streams_to_copy(), stop, stages, convert=False):
+        for item in read(info, writer.streams_to_copy(), stop, stages, convert=False, deinterlace=deinterlace,
+                         report=report):
             if not _put(q_decoded, item, stop):
                 return
         _put(q_decoded, _END, stop)
@@ -273,10 +291,12 @@ def upscale_file(
 
     def prepare(results: list) -> list:
         if colour is None:
-            return [writer.prepare_frame(rgb, pts, tb) for rgb, pts, tb in results]
+            return [writer.prepare_frame(rgb, pts, tb, alpha) for rgb, pts, tb, alpha in results]
         return [writer.prepare_planes(planes, colour.encode.full_range, pts, tb) for planes, pts, tb in results]
 
-    if colour is None:
+    if info.is_image:
+        convert_in = lambda item: still_to_rgb(item, info, stages)  # noqa: E731
+    elif colour is None:
         convert_in = lambda item: to_rgb(item, stages)  # noqa: E731
     else:
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
@@ -339,7 +359,7 @@ def upscale_file(
             frames = pending.popleft()
             if colour is None:
                 out = out.numpy()
-                done = [(out[i], f.pts, f.time_base) for i, f in enumerate(frames)]
+                done = [(out[i], f.pts, f.time_base, f.alpha) for i, f in enumerate(frames)]
             else:
                 planes = [p.numpy() for p in out]
                 done = [([p[i] for p in planes], f.pts, f.time_base) for i, f in enumerate(frames)]
@@ -355,6 +375,13 @@ def upscale_file(
             raise errors[0]
         if stop.is_set():
             raise KeyboardInterrupt
+        if report.gaps:
+            lost = sum(n for _a, _b, n in report.gaps)
+            spans = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b, _n in report.gaps)
+            message = f"damaged input: about {lost} frames missing ({spans})"
+            if options.strict:
+                raise UpscaleError(f"{src.name}: {message}; not written (--strict)")
+            warn(message)
         ok = True
     except (DecodeError, InputError) as exc:
         raise UpscaleError(str(exc)) from exc
@@ -378,11 +405,45 @@ def upscale_file(
     seconds = time.perf_counter() - began
     stages.merge(upscaler.timings)
     stages.merge(writer.timings)
+    if image_out and info.still is not None:
+        exif = info.still.exif
+        write_metadata(tmp, info.still.icc, exif_upright(exif) if exif else None, (out_w, out_h))
     os.replace(tmp, dst)
-    if info.frames_exact and info.frames and writer.frames_written != info.frames:
+    if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.gaps:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
-                  (gil.mean_ms, gil.max_ms))
+                  (gil.mean_ms, gil.max_ms), report.gaps)
+
+
+# Memory per output pixel and frame that no tiling removes: the float RGB result, its uint8 copy,
+# the encoder's frame.
+OUTPUT_BYTES_PER_PIXEL = 3 * 4 + 3 + 3
+
+
+def _check_output_fits(width: int, height: int, batch: int) -> None:
+    """Refuse, before any work, an output FFmpeg cannot encode or this process cannot hold."""
+    if too_large_for_ffmpeg(width, height):
+        raise UpscaleError(f"output size {width}x{height} is larger than FFmpeg's encoders accept "
+                           f"((width + 128) x (height + 128) must stay under {2**31 // 8} pixels); "
+                           f"make it smaller with --outscale, --width or --height")
+    free = available_memory()
+    need = OUTPUT_BYTES_PER_PIXEL * width * height * max(1, batch)
+    if free is not None and need > free:
+        raise UpscaleError(f"output size {width}x{height} needs about {need / 2**30:.1f} GiB of memory, "
+                           f"{free / 2**30:.1f} GiB is available; make it smaller with --outscale, --width or "
+                           f"--height" + (" or a smaller --batch-size" if batch > 1 else ""))
+
+
+_FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field first", 5: "bottom field first"}
+
+
+def _warn_still_limits(info: VideoInfo, dst: Path, warn: Callable[[str], None]) -> None:
+    """What a picture loses on the way, said once."""
+    ext = dst.suffix.lower().lstrip(".")
+    if info.alpha and ext not in ("png", "webp"):
+        warn(f"transparency is dropped (.{ext} has no alpha channel; use .png or .webp)")
+    if info.bits > 8:
+        warn(f"{info.bits}-bit picture is upscaled and written at 8 bits per channel")
 
 
 def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscaler,

@@ -132,6 +132,7 @@ class Upscaler:
         self.compile_error: str | None = None
         self.timings = Timings()  # to_tensor / model / to_frame seconds (CPU path; CUDA work overlaps)
         self._cuda = CudaRunner(self) if self.device.type == "cuda" else None
+        self._memory_tiles: dict[tuple[int, int, int], int | None] = {}  # frame shape -> tile (CPU, no --tile)
 
     # -- the model on one device-resident float batch --------------------------------------
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,12 +171,13 @@ class Upscaler:
         blended with linear ramps across the overlap, so no seam shows where a tile's edge effects
         would be."""
         n, _, h, w = x.shape
-        if not self.tile or (h <= self.tile and w <= self.tile):
+        tile = self.tile or self._memory_tile(n, h, w)
+        if not tile or (h <= tile and w <= tile):
             return self._run(x)
         s, r = self.scale, self.margin
         out = weight = None
         align = 1 if self.radius is not None else BLEND_ALIGN
-        for t in plan_tiles(h, w, self.tile):
+        for t in plan_tiles(h, w, tile):
             y0, y1 = max(0, (t.y0 - r) // align * align), min(h, t.y1 + r)
             x0, x1 = max(0, (t.x0 - r) // align * align), min(w, t.x1 + r)
             patch = self._run(x[:, :, y0:y1, x0:x1])
@@ -193,6 +195,20 @@ class Upscaler:
             out[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += patch.float() * ramp
             weight[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += ramp
         return out if weight is None else out.div_(weight)
+
+    def _memory_tile(self, n: int, h: int, w: int) -> int | None:
+        """On the CPU with no --tile: tiles when a whole frame's feature maps would not fit in half
+        the memory this process can still take (cgroup limits included), rather than being
+        killed.  Decided once per frame shape."""
+        if self.device.type != "cpu":
+            return None
+        key = (n, h, w)
+        if key not in self._memory_tiles:
+            free = available_memory()
+            need = self.bytes_per_pixel * n * h * w
+            self._memory_tiles[key] = (tile_for_memory(free, self.bytes_per_pixel, n)
+                                       if free is not None and need > free // 2 else None)
+        return self._memory_tiles[key]
 
     # -- host tensors <-> the model's float RGB ---------------------------------------------
     def to_model(self, tensors: Sequence[torch.Tensor], colour: PlaneConversion | None) -> torch.Tensor:
