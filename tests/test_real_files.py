@@ -61,6 +61,34 @@ def test_mpeg_containers_and_encoders_that_need_their_own_time_base(tmp_path, ex
     assert any("re-encoded" in w for w in result.warnings) == (ext == "mpg")
 
 
+def test_surround_audio_into_mpeg_ps_is_downmixed_with_a_warning(tmp_path):
+    src = tmp_path / "in.mkv"
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        a = out.add_stream("aac", rate=48000)
+        a.layout = "5.1"
+        for i in range(5):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in vs.encode(f):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+        for k in range(5):
+            af = av.AudioFrame.from_ndarray(np.zeros((6, 1024), np.float32), format="fltp", layout="5.1")
+            af.sample_rate, af.pts = 48000, 1024 * k
+            for p in a.encode(af):
+                out.mux(p)
+        for p in a.encode(None):
+            out.mux(p)
+    dst = tmp_path / "out.mpg"
+    result = run(src, dst)
+    assert any("re-encoded to mp2, downmixed from 5.1 to stereo" in w for w in result.warnings)
+    with av.open(str(dst)) as c:
+        assert c.streams.audio[0].codec_context.layout.name == "stereo"
+
+
 def test_libx264_into_mpeg_ts_is_accepted(tmp_path):
     src = make_clip(tmp_path / "in.mp4", frames=4)
     result = run(src, tmp_path / "out.ts", encode=EncodeOptions(codec="libx264"))
@@ -111,6 +139,7 @@ def test_no_b_frames_into_avi(tmp_path):
     dst = tmp_path / "out.avi"
     run(src, dst)
     with av.open(str(dst)) as c:
+        assert c.streams.video[0].frames == 12  # one chunk a frame: no empty "dropped" chunks between them
         kinds = [int(f.pict_type) for f in c.decode(video=0)]
     assert len(kinds) == 12 and 3 not in kinds  # AV_PICTURE_TYPE_B
     assert video_times(dst) == [round(i * 0.04, 4) for i in range(12)]

@@ -49,8 +49,9 @@ _NO_PTS = {"avi"}
 # FFmpeg's MPEG-family encoders: no constant-rate-factor mode (--crf maps to their fixed quantiser,
 # qscale 2-31), and only time bases they can write (1/90000 is refused).
 _MPEG_FAMILY = {"mpeg1video", "mpeg2video", "mpeg4", "msmpeg4", "msmpeg4v2", "h263p", "flv"}
-# Containers whose timestamps count frames (Ogg's granule positions for Theora and VP8).
-_FRAME_TICKS = {"ogg", "ogv"}
+# Containers whose timestamps count frames: Ogg's granule positions (Theora, VP8), AVI's chunk
+# index (a finer time base fills every tick between two frames with an empty "dropped" chunk).
+_FRAME_TICKS = {"ogg", "ogv", "avi"}
 
 
 _AVFMT_NOTIMESTAMPS, _AVFMT_TS_NONSTRICT = 0x0080, 0x20000  # libavformat/avformat.h
@@ -122,6 +123,18 @@ def choose_pix_fmt(enc: av.codec.Codec, info: VideoInfo, asked: str | None) -> s
     if "yuv420p" in supported or not supported:
         return "yuv420p"
     return supported[0]
+
+
+def _audio_encoder_opens(encoder: av.codec.Codec, rate: int, layout: av.AudioLayout) -> bool:
+    """Whether ``encoder`` takes this rate and channel layout (PyAV does not list its layouts)."""
+    cc = av.CodecContext.create(encoder.name, "w")
+    cc.sample_rate, cc.layout, cc.format = rate, layout, encoder.audio_formats[0].name
+    cc.time_base = Fraction(1, rate)
+    try:
+        cc.open()
+        return True
+    except av.FFmpegError:
+        return False
 
 
 class Writer:
@@ -338,6 +351,9 @@ class Writer:
         rate = src_cc.sample_rate if not rates or src_cc.sample_rate in rates else max(rates)
         channels = len(src_cc.layout.channels)  # a named layout ("1 channels" -> mono)
         layout = av.AudioLayout({1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(channels, src_cc.layout.name))
+        downmix = ""
+        if channels > 2 and not _audio_encoder_opens(encoder, rate, layout):  # MP2: at most stereo
+            layout, downmix = av.AudioLayout("stereo"), f", downmixed from {src_cc.layout.name} to stereo"
         out = self.output.add_stream(target, rate=rate)
         out.layout = layout
         out.format = encoder.audio_formats[0].name
@@ -348,7 +364,8 @@ class Writer:
         decoder.sample_rate, decoder.layout, decoder.format = src_cc.sample_rate, src_cc.layout, src_cc.format
         resampler = av.AudioResampler(format=encoder.audio_formats[0].name, layout=layout, rate=rate)
         self.transcoded[stream.index] = (decoder, out, resampler)
-        self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; re-encoded to {encoder.name}")
+        self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; re-encoded to {encoder.name}"
+                  + downmix)
 
     @staticmethod
     def _copy_stream_metadata(src: av.stream.Stream, dst: av.stream.Stream) -> None:
