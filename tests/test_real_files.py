@@ -134,6 +134,20 @@ def test_avi_with_b_frames_keeps_its_timing(tmp_path, ffmpeg):
     assert ffmpeg_packets(ffmpeg, src, "a:0")[0][3:] == ffmpeg_packets(ffmpeg, dst, "a:0")[0][3:]
 
 
+def test_raw_h264_without_timestamps_is_timed_by_its_stated_rate(tmp_path, ffmpeg):
+    from click.testing import CliRunner
+
+    from vsr.cli import main
+
+    src = tmp_path / "raw.h264"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=30:duration=0.5",
+                    "-c:v", "libx264", "-bf", "2", str(src)], check=True)
+    res = CliRunner().invoke(main, ["upscale", str(src), "--model", "bicubic", "-q"])
+    assert res.exit_code == 0, res.output
+    times = video_times(tmp_path / "raw_x4.mkv")
+    assert len(times) == 15 and np.allclose(times, [i / 30 for i in range(15)], atol=1e-3)  # Matroska: ms
+
+
 def test_no_b_frames_into_avi(tmp_path):
     src = make_clip(tmp_path / "in.mp4", frames=12)
     dst = tmp_path / "out.avi"

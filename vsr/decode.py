@@ -200,6 +200,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         is_image = fmt in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe") or fmt.endswith("_pipe")
         tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 25)
         rate = Fraction(stream.average_rate) if stream.average_rate else (Fraction(stream.guessed_rate) if stream.guessed_rate else None)
+        if first.pts is None and first.dts is None and stream.guessed_rate:
+            # No timestamps (a raw H.264/HEVC stream): the average rate is the demuxer's default of
+            # 25; the rate the bitstream states (FFmpeg's r_frame_rate) is what ffmpeg times it by.
+            rate = Fraction(stream.guessed_rate)
         duration = None
         if stream.duration is not None:
             duration = float(stream.duration * tb)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 VIDEO_EXTENSIONS = frozenset(
-    "mp4 m4v mkv mov webm avi wmv flv ts m2ts mts mpg mpeg vob ogv 3gp 3g2 mxf y4m gif".split()
+    "mp4 m4v mkv mov webm avi wmv flv ts m2ts mts mpg mpeg vob ogv 3gp 3g2 mxf y4m gif h264 264 h265 265 hevc".split()
 )
 # Read but not written: the output gets the extension given here (GIF holds 256 colours a frame,
-# which would undo the upscaling; an MP4 is what GIF-to-video tools give).
-OUTPUT_EXTENSION = {"gif": "mp4"}
+# which would undo the upscaling; an MP4 is what GIF-to-video tools give.  A raw H.264/HEVC stream
+# has no timestamps or room for audio: Matroska keeps what it has).
+OUTPUT_EXTENSION = {"gif": "mp4", "h264": "mkv", "264": "mkv", "h265": "mkv", "265": "mkv", "hevc": "mkv"}
 IMAGE_EXTENSIONS = frozenset("png jpg jpeg webp bmp tif tiff".split())
 
 
