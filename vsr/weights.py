@@ -33,11 +33,14 @@ class WeightsError(Exception):
 
 
 def weights_dir() -> Path:
-    """Where bundled weights live: ``$VSR_WEIGHTS_DIR`` or the repository's ``weights/``."""
+    """Where bundled weights live: ``$VSR_WEIGHTS_DIR``; in an installed package ``vsr/bundled/``
+    (package data, copied from the repository's ``weights/``); in a checkout, ``weights/``."""
     env = os.environ.get("VSR_WEIGHTS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "weights"
+    here = Path(__file__).resolve().parent
+    installed = here / "bundled"
+    return installed if installed.is_dir() else here.parent / "weights"
 
 
 def bundled_weights() -> list[str]:
