@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vsr.device import keep_freed_memory  # noqa: E402
+from vsr.system import keep_freed_memory  # noqa: E402
 from vsr.model import Bicubic, Generator, GeneratorConfig  # noqa: E402
 from vsr.pipeline import UpscaleOptions, upscale_file  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
@@ -234,7 +234,7 @@ def generator_alone(model, device: torch.device, frames: list[np.ndarray], batch
 def encoder_alone(frames: list[av.VideoFrame], dst: Path) -> float:
     """libx264 with vsr's default settings (crf 18, medium, the pipeline's thread count) on frames
     already in its pixel format: what the encoder alone manages."""
-    from vsr.device import usable_cores
+    from vsr.system import usable_cores
 
     with av.open(str(dst), "w") as out:
         vs = out.add_stream("libx264", rate=25, options={"crf": "18", "preset": "medium"})

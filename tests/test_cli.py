@@ -135,7 +135,7 @@ def test_unusable_weights(tmp_path, clip):
     x2 = tmp_path / "x2.safetensors"
     save_generator(x2, tiny_generator(scale=2))
     result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--weights", x2, "--scale", "4")
-    assert_one_line_error(result, "x2 model", "x4 was asked for")
+    assert_one_line_error(result, "x2 model", "x4 was asked for", code=2)  # a usage mistake
     assert not (tmp_path / "o.mp4").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -24,8 +25,11 @@ def venv(tmp_path_factory) -> Path:
     if not (REPO / "weights").is_dir():
         pytest.skip("needs the repository checkout")
     root = tmp_path_factory.mktemp("install")
+    had_build = (REPO / "build").exists()
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(root / "dist")], check=True, cwd=root)
+    if not had_build:  # setuptools builds in the source tree; leave the checkout as it was
+        shutil.rmtree(REPO / "build", ignore_errors=True)
     (wheel,) = (root / "dist").glob("vsr-*.whl")
     env_dir = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
@@ -41,7 +45,7 @@ def venv(tmp_path_factory) -> Path:
 def test_wheel_in_a_fresh_venv_upscales_with_its_bundled_weights_from_any_folder(venv, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
-    clip = make_clip(work / "clip.mp4", frames=2, size=(32, 24))
+    make_clip(work / "clip.mp4", frames=2, size=(32, 24))
     env = {k: v for k, v in os.environ.items() if k not in ("VSR_WEIGHTS_DIR", "PYTHONPATH")}
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import vsr, vsr.weights as w; "
                             "print(vsr.__file__); print(w.weights_dir())"],

@@ -203,7 +203,7 @@ def test_conv_add_is_an_in_place_residual_add():
 
 KEEP_MEMORY_CHILD = """
 import resource, sys, torch, torch.nn.functional as F
-from vsr.device import keep_freed_memory
+from vsr.system import keep_freed_memory
 applied = keep_freed_memory()
 torch.set_num_threads(1)
 x, w = torch.rand(1, 4, 512, 512), torch.rand(64, 4, 3, 3)

@@ -444,7 +444,7 @@ def test_hdr10_metadata_an_encoder_cannot_take_is_named(tmp_path, ffmpeg):
 
 # -- memory ---------------------------------------------------------------------------------------
 def test_available_memory_respects_the_cgroup_limit(tmp_path, monkeypatch):
-    from vsr import device
+    from vsr import system
 
     (tmp_path / "cgroup").write_text("0::/\n")
     root = tmp_path / "fs"
@@ -452,9 +452,9 @@ def test_available_memory_respects_the_cgroup_limit(tmp_path, monkeypatch):
     (root / "memory.max").write_text(str(1 << 30))
     (root / "memory.current").write_text(str(384 << 20))
     (root / "memory.stat").write_text(f"anon 1\ninactive_file {128 << 20}\n")
-    monkeypatch.setattr(device, "PROC_CGROUP", str(tmp_path / "cgroup"))
-    monkeypatch.setattr(device, "CGROUP_ROOT", str(root))
-    assert device.available_memory() == (1 << 30) - (384 << 20) + (128 << 20)
+    monkeypatch.setattr(system, "PROC_CGROUP", str(tmp_path / "cgroup"))
+    monkeypatch.setattr(system, "CGROUP_ROOT", str(root))
+    assert system.available_memory() == (1 << 30) - (384 << 20) + (128 << 20)
 
 
 def test_cpu_tiles_by_itself_when_a_frame_would_not_fit(monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import json
 import os
 import queue
 import threading
@@ -31,10 +32,11 @@ class Job:
     src: Path
     dst: Path
     rel: str
-    action: str  # "convert", "skip" (done earlier), "ignore" (not media)
+    action: str  # "convert", "skip" (done earlier), "changed" (made with other settings: kept), "ignore" (not media)
     reason: str = ""
     frames: int | None = None
-    status: str = "pending"  # after running: "done", "damaged" (written, frames missing in the input), "failed", "skipped", "ignored"
+    status: str = "pending"  # after running: "done", "damaged" (written, frames missing in the input), "failed",
+    # "skipped", "changed" (an output made with other settings, kept), "ignored"
     result: Result | None = None
     error: str = ""
 
@@ -47,6 +49,8 @@ class BatchOptions:
     ext: str | None = None  # container extension for video outputs, e.g. "mkv"
     overwrite: bool = False
     shard: tuple[int, int] = (1, 1)  # (I, N), 1-based
+    settings: str | None = None  # what this run makes outputs with (UpscaleOptions.settings)
+    redo_changed: bool = False  # redo outputs recorded as made with other settings
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -121,13 +125,52 @@ def plan(src_dir: Path, dst_dir: Path, opts: BatchOptions, scale: int) -> list[J
                 raise BatchError(f"{os.fspath(made_by[dst])!r} and {os.fspath(rel)!r} would both be written to "
                                  f"{os.fspath(dst)!r}; rename one of them")
             made_by[dst] = rel
+        recorded = recorded_settings(dst) if dst.exists() and not opts.overwrite else None
         if kind is None:
             jobs.append(Job(src, dst, rel, "ignore", "not a video or image"))
+        elif dst.exists() and not opts.overwrite and recorded not in (None, opts.settings) and opts.redo_changed:
+            jobs.append(Job(src, dst, rel, "convert", "made with other settings: redo"))
+        elif dst.exists() and not opts.overwrite and recorded not in (None, opts.settings):
+            jobs.append(Job(src, dst, rel, "changed", "made with other settings (--redo-changed redoes it)"))
         elif dst.exists() and not opts.overwrite:
             jobs.append(Job(src, dst, rel, "skip", "done earlier"))
         else:
             jobs.append(Job(src, dst, rel, "convert", "replace" if dst.exists() else "new"))
     return jobs
+
+
+# Beside the outputs of a folder run: output file name -> the settings it was made with.  (In a
+# file of its own because MP4, the default container, keeps no custom tag without rewriting how
+# all its tags are stored.)
+MANIFEST = ".vsr-settings.json"
+_manifest_lock = threading.Lock()
+
+
+def recorded_settings(dst: Path) -> str | None:
+    """What ``dst`` was recorded as made with, or None (not recorded: made elsewhere or by an
+    older vsr)."""
+    try:
+        with open(dst.parent / MANIFEST) as f:
+            return json.load(f).get(dst.name)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record_settings(dst: Path, settings: str | None) -> None:
+    """Record ``dst`` as made with ``settings`` (atomically: a temporary file, then a rename)."""
+    if settings is None:
+        return
+    manifest = dst.parent / MANIFEST
+    with _manifest_lock:
+        try:
+            with open(manifest) as f:
+                entries = json.load(f)
+        except (OSError, ValueError):
+            entries = {}
+        entries[dst.name] = settings
+        tmp = manifest.with_name(MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, manifest)
 
 
 def count_frames(jobs: Sequence[Job]) -> None:
@@ -165,6 +208,8 @@ def run(
     for job in jobs:
         if job.action == "skip":
             job.status = "skipped"
+        elif job.action == "changed":
+            job.status = "changed"
         elif job.action == "ignore":
             job.status = "ignored"
         else:
@@ -185,6 +230,7 @@ def run(
             try:
                 job.result = upscale_file(job.src, job.dst, upscaler, opts, reporter.for_job(job), stop=stop, fault=hook)
                 job.status = "damaged" if job.result.gaps else "done"
+                record_settings(job.dst, options.settings)
             except UpscaleError as exc:
                 job.status, job.error = "failed", str(exc)
             except KeyboardInterrupt as exc:

@@ -6,6 +6,7 @@ Exit codes (one place): 0 success, 1 failure (bad input, some files failed),
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -39,10 +40,26 @@ def _positive(ctx, param, value):
     return value
 
 
-def _device(ctx, param, value):
-    from vsr.device import _SPEC
+def _key_values(ctx, param, values):
+    pairs = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}")
+        pairs.append((key.removesuffix(":v"), value))
+    return tuple(pairs)
 
-    if value is not None and not _SPEC.match(value):
+
+def _multiple_of_16(ctx, param, value):
+    if value is not None and (value <= 0 or value % 16):
+        raise click.BadParameter(f"expected a positive multiple of 16, got {value}")
+    return value
+
+
+def _device(ctx, param, value):
+    from vsr.system import DEVICE_SPEC
+
+    if value is not None and not DEVICE_SPEC.match(value):
         raise click.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
     return value
 
@@ -68,7 +85,7 @@ def load_model(model: str, weights: str | None, scale: int | None):
     if model == "bicubic":
         if weights:
             raise WeightsError("--weights does not apply to --model bicubic")
-        return Bicubic(scale or 4)
+        return Bicubic(scale or 4), f"bicubic x{scale or 4}"
     spec = weights or default_weights(scale)
     try:
         path = resolve_weights(spec)
@@ -79,7 +96,18 @@ def load_model(model: str, weights: str | None, scale: int | None):
                 f"pass --weights PATH (e.g. from `vsr finetune`) or use --model bicubic"
             ) from None
         raise
-    return load_weights(path, scale=scale)
+    return load_weights(path, scale=scale), f"{path.name} sha256:{file_digest(path)}"
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's SHA-256 (what identifies the weights an output was made with)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def default_output(src: Path, scale: int, size=None) -> Path:
@@ -128,7 +156,10 @@ def default_output(src: Path, scale: int, size=None) -> Path:
                    "(without it: a warning, and the field order is kept).")
 @click.option("--strict", is_flag=True,
               help="Fail on a damaged input (frames missing where the file was resynchronised) instead of a warning.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--encoder-opt", "encoder_opts", multiple=True, metavar="KEY=VALUE", callback=_key_values,
+              help="An encoder option (repeatable), as ffmpeg's: tune=film, b=8M, x264-params=keyint=60, ...")
+@click.option("--tag", default=None, help="Codec tag of the video stream (default: hvc1 for HEVC in MP4/MOV).")
+@click.option("-y", "--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--compile/--no-compile", "use_compile", default=None,
               help="torch.compile the model (on CUDA with CUDA graphs; default: on CUDA for a video of 1500+ frames).")
 @click.option("--profile", is_flag=True, help="Print the time spent in each stage and which one bounds throughput.")
@@ -137,65 +168,143 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--exclude", multiple=True, help="Folders: skip files matching this glob (repeatable).")
 @click.option("--ext", default=None, help="Folders: container extension for video outputs (e.g. mkv).")
 @click.option("--dry-run", is_flag=True, help="Folders: show what would be converted or skipped, and why.")
+@click.option("--redo-changed", is_flag=True,
+              help="Folders: redo outputs that exist but were made with other settings (model, scale, encoder).")
 @click.option("--devices", default=None, help="Folders: one worker per device, e.g. cuda:0,cuda:1.")
 @click.option("--shard", default=None, help="Folders: process the I-th of N slices of the file list (I/N).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def upscale(input, output, model, weights, scale, outscale, out_width, out_height, batch_size, device, precision, colour, tile, cpu_workers, codec, crf, preset,
-            pix_fmt, deinterlace, strict, overwrite, use_compile, profile, recursive, include, exclude, ext, dry_run, devices, shard, quiet):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON result per file (input, output, frames, seconds, fps, warnings, status) on stdout "
+                   "instead of the result line or summary table.")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only: no progress, no warnings, no encoder log lines.")
+def upscale(input, **kw):
     """Upscale a video or image INPUT into OUTPUT, keeping every other stream.
 
     INPUT may be a folder: every video and image in it is converted into the folder OUTPUT,
     mirroring the tree; outputs that exist are skipped (finished earlier), bad files are reported
     and the rest go on (exit code 1 if any failed)."""
-    from vsr.device import DeviceError, keep_freed_memory, resolve_device
-    from vsr.encode import EncodeError, EncodeOptions, check_codec
-    from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(**kw)
+    # Usage and inputs first, before torch is imported (seconds) or a model is loaded.
+    if a.model == "bicubic" and a.weights:
+        fail("--weights does not apply to --model bicubic", EXIT_USAGE)
+    if a.outscale and (a.out_width or a.out_height):
+        fail("--outscale/--width/--height: give either an output scale or a width/height, not both", EXIT_USAGE)
+    check_input(input)
+    if input.is_file():
+        for flag, given in (("--recursive", a.recursive), ("--include", a.include), ("--exclude", a.exclude),
+                            ("--ext", a.ext), ("--dry-run", a.dry_run), ("--devices", a.devices), ("--shard", a.shard)):
+            if given:
+                warn(f"{flag} applies to folder inputs; it does nothing for a single file", a.quiet)
+    encode = encode_options(a)
+
+    from vsr.device import DeviceError, resolve_device
+    from vsr.pipeline import OutputSize, UpscaleError, UpscaleOptions, upscale_file
     from vsr.progress import FileProgress
+    from vsr.system import keep_freed_memory, usable_cores
     from vsr.upscaler import Upscaler, check_workers
-    from vsr.weights import WeightsError
+    from vsr.weights import WeightsError, WeightsMismatch
 
     keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap (see its docstring)
-    from vsr.pipeline import OutputSize
-
+    size = OutputSize(a.outscale, a.out_width, a.out_height) if (a.outscale or a.out_width or a.out_height) else None
     try:
-        size = OutputSize(outscale, out_width, out_height) if (outscale or out_width or out_height) else None
-    except ValueError as exc:
-        fail(f"--outscale/--width/--height: {exc}", EXIT_USAGE)
-    try:
-        check_codec(codec, pix_fmt)
-    except EncodeError as exc:
+        net, model_id = load_model(a.model, a.weights, int(a.scale) if a.scale else None)
+        dev = resolve_device(a.device)
+    except WeightsMismatch as exc:
         fail(str(exc), EXIT_USAGE)
-    try:
-        net = load_model(model, weights, int(scale) if scale else None)
-        dev = resolve_device(device)
     except (WeightsError, DeviceError) as exc:
         fail(str(exc))
-    batch_size, use_compile = cuda_defaults(dev, input, batch_size, use_compile)
+    batch_size, use_compile = cuda_defaults(dev, input, a.batch_size, a.use_compile)
     try:
-        check_workers(cpu_workers, dev, use_compile)
+        check_workers(a.cpu_workers, dev, use_compile)
     except ValueError as exc:
         fail(f"--cpu-workers: {exc}", EXIT_USAGE)
-    options = UpscaleOptions(batch_size=batch_size, overwrite=overwrite, colour=colour, size=size,
-                             deinterlace=deinterlace, strict=strict,
-                             encode=EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt))
+    if a.cpu_workers and dev.type == "cpu" and a.cpu_workers > usable_cores():
+        warn(f"--cpu-workers {a.cpu_workers} on {usable_cores()} usable cores: the extra workers only share them",
+             a.quiet)
+    options = UpscaleOptions(batch_size=batch_size, overwrite=a.overwrite, colour=a.colour, size=size,
+                             deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id)
     if input.is_dir():
-        _upscale_folder(input, output, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run,
-                        devices or device, shard, quiet, cpu_workers, precision)
+        output = a.output or input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
+        _upscale_folder(input, output, net, options, a.tile, use_compile, a.recursive, a.include, a.exclude, a.ext,
+                        a.dry_run, a.devices or a.device, a.shard, a.quiet, a.cpu_workers, a.precision, a.as_json,
+                        a.redo_changed)
         return
-    output = output or default_output(input, int(net.scale), size)
-    upscaler = Upscaler(net, dev, tile=tile, precision=precision, compile=use_compile, workers=cpu_workers)
-    progress = FileProgress(err, quiet=quiet)
+    output = a.output
+    if output is None or output.is_dir() or str(output).endswith(("/", os.sep)):
+        name = default_output(input, int(net.scale), size).name
+        output = (output / name) if output is not None else input.with_name(name)
+    upscaler = Upscaler(net, dev, tile=a.tile, precision=a.precision, compile=use_compile, workers=a.cpu_workers)
+    progress = FileProgress(err, quiet=a.quiet)
     try:
         result = upscale_file(input, output, upscaler, options, progress)
     except UpscaleError as exc:
+        if a.as_json:
+            print_json([file_record(input, output, None, "failed", str(exc))])
         fail(str(exc))
     except KeyboardInterrupt:
         err.print("interrupted; no output written")
         sys.exit(EXIT_INTERRUPTED)
-    out.print(f"{result.output}: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
-    report_warmup(upscaler, quiet)
-    if profile:
+    if a.as_json:
+        print_json([file_record(input, output, result, "damaged" if result.gaps else "done")])
+    else:
+        out.print(f"{result.output}: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
+    report_warmup(upscaler, a.quiet)
+    if a.profile:
         print_profile(result)
+
+
+def warn(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+def check_input(path: Path) -> None:
+    """The input exists and is a folder or a file FFmpeg reads (not, say, a text file): said at
+    once, before the model loads."""
+    from vsr.decode import InputError, open_input
+
+    if not path.exists():
+        fail(f"input {os.fspath(path)!r} does not exist")
+    if path.is_dir():
+        return
+    try:
+        open_input(path).close()
+    except InputError as exc:
+        fail(str(exc))
+
+
+def encode_options(a):
+    """The encoder settings asked for, tried once on a small picture (exit 2 if FFmpeg refuses
+    them), with a warning for each one the encoder does not have."""
+    from vsr.encode import EncodeError, EncodeOptions, check_encoder, check_codec, unused_options
+
+    options = EncodeOptions(codec=a.codec, crf=a.crf, preset=a.preset, pix_fmt=a.pix_fmt, extra=a.encoder_opts,
+                            tag=a.tag, quiet=a.quiet)
+    try:
+        check_encoder(options)
+        for message in unused_options(check_codec(a.codec, a.pix_fmt), options, EncodeOptions()):
+            warn(message, a.quiet)
+    except EncodeError as exc:
+        fail(str(exc), EXIT_USAGE)
+    return options
+
+
+def file_record(src, dst, result, status: str, error: str | None = None) -> dict:
+    """One file's outcome, for --json."""
+    return {"input": os.fspath(src), "output": os.fspath(dst) if dst else None,
+            "frames": result.frames if result else None,
+            "seconds": round(result.seconds, 3) if result else None,
+            "fps": round(result.fps, 3) if result else None,
+            "warnings": list(result.warnings) if result else [],
+            "status": status, "error": error or None}
+
+
+def print_json(records: list[dict]) -> None:
+    import json
+
+    sys.stdout.write(json.dumps(records, indent=1) + "\n")
+    sys.stdout.flush()
 
 
 COMPILE_MIN_FRAMES = 1500  # a minute at 25 fps: below it, compiling costs more than it saves
@@ -265,7 +374,7 @@ def print_profile(result) -> None:
 
 
 def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run, devices,
-                    shard, quiet, cpu_workers=None, precision="auto"):
+                    shard, quiet, cpu_workers=None, precision="auto", as_json=False, redo_changed=False):
     import copy
 
     from vsr import batch
@@ -273,17 +382,20 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
     from vsr.progress import BatchProgress
     from vsr.upscaler import Upscaler
 
-    if dst is None:
-        fail("a folder input needs -o OUTPUT_FOLDER", EXIT_USAGE)
     try:
         opts = batch.BatchOptions(recursive=recursive, include=tuple(include), exclude=tuple(exclude), ext=ext,
-                                  overwrite=options.overwrite, shard=batch.parse_shard(shard) if shard else (1, 1))
+                                  overwrite=options.overwrite, settings=options.settings, redo_changed=redo_changed, shard=batch.parse_shard(shard) if shard else (1, 1))
         jobs = batch.plan(src, dst, opts, int(net.scale))
         device_list = [resolve_device(d.strip()) for d in devices.split(",") if d.strip()]
     except (batch.BatchError, DeviceError) as exc:
         fail(str(exc), EXIT_USAGE if isinstance(exc, batch.BatchError) and "--shard" in str(exc) else EXIT_FAILED)
     todo = [j for j in jobs if j.action == "convert"]
     skipped = [j for j in jobs if j.action == "skip"]
+    changed = [j for j in jobs if j.action == "changed"]
+    if changed and not dry_run:
+        warn(f"{len(changed)} output(s) exist but were made with other settings (model, scale or encoder); they are "
+             f"kept as they are (--redo-changed redoes them): " + ", ".join(j.rel for j in changed[:5])
+             + (", ..." if len(changed) > 5 else ""), quiet)
     if dry_run:
         table = Table(title=f"plan: {len(todo)} to convert, {len(skipped)} done earlier")
         for col in ("file", "action", "why", "output"):
@@ -308,21 +420,26 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
         err.print("interrupted; finished files are kept, the current one was not written (re-run to resume)")
         sys.exit(EXIT_INTERRUPTED)
     progress.stop()
+    failed = [j for j in jobs if j.status == "failed"]
+    damaged = [j for j in jobs if j.status == "damaged"]
+    if as_json:
+        print_json([file_record(j.src, j.dst if j.action != "ignore" else None, j.result, j.status, j.error) for j in jobs])
+        sys.exit(EXIT_FAILED if failed or damaged else EXIT_OK)
     table = Table(title="summary")
     for col, justify in (("file", "left"), ("frames", "right"), ("seconds", "right"), ("fps", "right"), ("status", "left")):
         table.add_column(col, justify=justify)
     for j in jobs:
         r = j.result
         status = {"done": "[green]done[/]", "skipped": "skipped (done earlier)", "ignored": "ignored (not media)",
+                  "changed": "[yellow]kept[/]: made with other settings (--redo-changed redoes it)",
                   "damaged": f"[yellow]damaged[/]: written; about {sum(n for *_s, n in r.gaps) if r else 0} "
                              f"frames missing in the input"}.get(j.status, f"[red]{j.status}[/]: {j.error}")
         table.add_row(j.rel, str(r.frames) if r else "", f"{r.seconds:.1f}" if r else "", f"{r.fps:.2f}" if r else "", status)
     print_table(table)
-    failed = [j for j in jobs if j.status == "failed"]
-    damaged = [j for j in jobs if j.status == "damaged"]
     done = [j for j in jobs if j.status in ("done", "damaged")]
     out.print(f"{len(done)} converted, {len(skipped)} done earlier, skipped, {len(failed)} failed"
-              + (f", {len(damaged)} converted from damaged inputs" if damaged else ""))
+              + (f", {len(damaged)} converted from damaged inputs" if damaged else "")
+              + (f", {len(changed)} kept though made with other settings" if changed else ""))
     if failed or damaged:
         sys.exit(EXIT_FAILED)
 
@@ -375,7 +492,8 @@ def models(files):
 @click.option("--steps", type=int, default=2000, show_default=True, callback=_positive, help="Total steps, both phases.")
 @click.option("--pretrain-steps", type=int, default=500, show_default=True, help="Pixel-loss warm-up steps (phase 1).")
 @click.option("--batch-size", type=int, default=16, show_default=True, callback=_positive)
-@click.option("--patch-size", type=int, default=96, show_default=True, callback=_positive, help="HR crop size (multiple of 16).")
+@click.option("--patch-size", type=int, default=96, show_default=True, callback=_multiple_of_16,
+              help="HR crop size (multiple of 16).")
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak learning rate of phase 1.")
 @click.option("--gan-lr", type=float, default=1e-4, show_default=True, help="Peak learning rate of phase 2.")
 @click.option("--pixel-loss", type=click.Choice(["l1", "mse"]), default="l1", show_default=True)
@@ -413,7 +531,8 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
              ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
              frames_per_video, max_side, seed, device, precision, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
-    from vsr.device import DeviceError, keep_freed_memory
+    from vsr.device import DeviceError
+    from vsr.system import keep_freed_memory
     from vsr.finetune import Callbacks, FinetuneError, FinetuneOptions, run_finetune
     from vsr.model import GeneratorConfig
     from vsr.progress import TrainProgress

@@ -19,13 +19,14 @@ import numpy as np
 
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo, open_input
-from vsr.device import usable_cores
+from vsr.system import usable_cores
 from vsr.media import jpeg_qscale
 from vsr.timing import Timings
 
 
 class EncodeError(Exception):
     """The output cannot be written as asked; the message says why."""
+
 
 
 # Metadata the muxer writes itself; copying it would be wrong.
@@ -90,6 +91,81 @@ class EncodeOptions:
     preset: str | None = "medium"
     pix_fmt: str | None = None  # None: yuv420p, or 10-bit when the source is and the codec can
     quality: int = 95  # images (jpg/webp)
+    extra: tuple[tuple[str, str], ...] = ()  # encoder options (--encoder-opt KEY=VALUE), after vsr's own
+    tag: str | None = None  # codec tag (FourCC); None: hvc1 for HEVC in MP4/MOV (what Apple players open)
+    quiet: bool = False  # encoders that print to stderr themselves (x265) print errors only
+
+
+def _params_key(encoder: str) -> str | None:
+    return {"libx264": "x264-params", "libx265": "x265-params", "libsvtav1": "svtav1-params"}.get(encoder)
+
+
+def _merge_params(opts: dict[str, str], key: str, value: str) -> None:
+    """Add ``value`` (``a=1:b=2``) to the encoder's ``*-params`` option, keeping what is there."""
+    opts[key] = ":".join(p for p in (opts.get(key), value) if p)
+
+
+def encoder_options(enc: av.codec.Codec, options: EncodeOptions) -> dict[str, str]:
+    """The encoder's options from ``options``: --crf and --preset where the encoder has them, then
+    --encoder-opt pairs (``x264-params``/``x265-params`` values are appended to vsr's own)."""
+    private = {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.private}
+    opts: dict[str, str] = {}
+    if options.crf is not None and "crf" in private:
+        opts["crf"] = str(options.crf)
+    if options.preset and "preset" in private:
+        opts["preset"] = options.preset
+    if options.quiet and enc.name == "libx265":
+        _merge_params(opts, "x265-params", "log-level=error")
+    for key, value in options.extra:
+        if key == _params_key(enc.name):
+            _merge_params(opts, key, value)
+        else:
+            opts[key] = value
+    return opts
+
+
+def unused_options(enc: av.codec.Codec, options: EncodeOptions, defaults: EncodeOptions) -> list[str]:
+    """Options given that this encoder does not have (--preset with VP9/FFV1, --crf with FFV1)."""
+    private = {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.private}
+    unused = []
+    if options.preset != defaults.preset and "preset" not in private:
+        unused.append(f"--preset does nothing with the {enc.name} encoder (it has no presets)")
+    if options.crf != defaults.crf and "crf" not in private and enc.name not in _MPEG_FAMILY:
+        unused.append(f"--crf does nothing with the {enc.name} encoder (it has no constant rate factor)")
+    return unused
+
+
+def check_encoder(options: EncodeOptions, size: tuple[int, int] = (64, 64)) -> None:
+    """Open the encoder once with every setting (on a small picture), so an unknown codec, preset,
+    pixel format or option fails before any work; :class:`EncodeError` says what FFmpeg refused."""
+    enc = check_codec(options.codec, options.pix_fmt)
+    if enc.type != "video":
+        return
+    cc = av.CodecContext.create(enc.name, "w")
+    cc.width, cc.height = size
+    cc.pix_fmt = options.pix_fmt or next((f.name for f in enc.video_formats or [] if f.name == "yuv420p"),
+                                         (enc.video_formats or [av.VideoFormat("yuv420p")])[0].name)
+    cc.time_base = Fraction(1, 25)
+    cc.framerate = Fraction(25)
+    cc.thread_count = 1
+    opts = encoder_options(enc, EncodeOptions(**{**options.__dict__, "quiet": True}))
+    cc.options = opts
+    try:
+        cc.open()
+    except av.FFmpegError as exc:
+        settings = ", ".join(f"{k}={v}" for k, v in opts.items() if k != "x265-params" or v != "log-level=error")
+        raise EncodeError(f"the {enc.name} encoder refuses these settings ({settings or 'defaults'}): "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    unknown = [k for k in dict(options.extra) if k not in _known_options(enc)]
+    if unknown:
+        raise EncodeError(f"the {enc.name} encoder has no option {', '.join(map(repr, unknown))}")
+
+
+def _known_options(enc: av.codec.Codec) -> set[str]:
+    """Every option name the encoder takes: its own (``preset``, ``x264-params``...) and libavcodec's
+    generic ones (``b``, ``g``, ``bf``, ``maxrate``...)."""
+    options = av.CodecContext.create(enc.name, "w").supported_options
+    return {o.name for o in options.private} | {o.name for o in options.generic}
 
 
 def check_codec(codec: str | None, pix_fmt: str | None) -> av.codec.Codec:
@@ -184,7 +260,8 @@ class Writer:
             if info.alpha and ext in ALPHA_FORMATS:
                 pix_fmt = ALPHA_FORMATS[ext]
                 self.alpha = True
-            options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality)
+            options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality,
+                                    quiet=options.quiet)
         codec = options.codec
         if codec is None:
             codec = "libx264" if container_accepts(self.output, "libx264") else self.output.default_video_codec
@@ -192,19 +269,14 @@ class Writer:
         pix_fmt = choose_pix_fmt(enc, info, options.pix_fmt)
         if not container_accepts(self.output, enc.name):
             raise EncodeError(f"the {self.output.format.name} container cannot hold {enc.name} video")
-        stream_opts: dict[str, str] = {}
-        private = {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.private}
-        if options.crf is not None and "crf" in private:
-            stream_opts["crf"] = str(options.crf)
-        if options.preset and "preset" in private:
-            stream_opts["preset"] = options.preset
+        stream_opts = encoder_options(enc, options)
         rate = Fraction(1) if info.is_image else (info.rate or Fraction(25))
         if enc.name == "libwebp":
             stream_opts["quality"] = str(options.quality)
         if info.hdr is not None:
             params = info.hdr.encoder_params(enc.name) if enc.name in ("libx264", "libx265") else None
             if params:
-                stream_opts[f"{enc.name[3:]}-params"] = params
+                _merge_params(stream_opts, f"{enc.name[3:]}-params", params)
             else:
                 self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
                           f"given it (use --codec libx265 or libx264)")
@@ -223,6 +295,9 @@ class Writer:
         # affinity mask only; under a cgroup CPU quota that over-subscribes the cores we get.
         cores = usable_cores()
         cc.thread_count = cores if cores < (os.cpu_count() or cores) else 0
+        tag = options.tag or ("hvc1" if enc.canonical_name == "hevc" and self.output.format.name in ("mp4", "mov") else None)
+        if tag:
+            cc.codec_tag = tag
         if qscale is not None:
             cc.qscale = qscale
         if no_b_frames:

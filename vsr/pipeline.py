@@ -31,7 +31,7 @@ from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, Packet
                         still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, OUTPUT_EXTENSION, VIDEO_EXTENSIONS
-from vsr.device import available_memory
+from vsr.system import available_memory
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
 from vsr.timing import GilProbe, Timings
 from vsr.upscaler import Upscaler
@@ -99,6 +99,21 @@ class UpscaleOptions:
     colour: str = "auto"
     deinterlace: bool = False  # interlaced video through FFmpeg's bwdif first (else a warning, and the tag kept)
     strict: bool = False  # a damaged input (frames missing) fails instead of a warning
+    model_id: str | None = None  # what made the output ("vsr_x4_psnr.safetensors sha256:..."), recorded in it
+
+    @property
+    def settings(self) -> str | None:
+        """What decides an output's pixels, as one line (a folder run records it per output, so a
+        re-run tells a finished output from one made another way): the model and its file's hash,
+        the size, the encoder settings, deinterlacing."""
+        if self.model_id is None:
+            return None
+        e, size = self.encode, self.size
+        shape = "model" if size is None else (f"x{size.outscale:g}" if size.outscale else f"{size.width}x{size.height}")
+        extra = ",".join(f"{k}={v}" for k, v in e.extra)
+        return (f"vsr 1; {self.model_id}; size {shape}; codec {e.codec or 'default'} crf {e.crf} preset {e.preset} "
+                f"pix_fmt {e.pix_fmt or 'default'} opts {extra or '-'} tag {e.tag or 'default'}; "
+                f"deinterlace {int(self.deinterlace)}")
 
     def __post_init__(self) -> None:
         if self.colour not in COLOUR_MODES:

@@ -64,59 +64,113 @@ class TrainProgress:
             self.progress = None
 
 
+def eta_text(done: int, total: int | None, elapsed: float) -> str:
+    """Time left at the running average rate (rich's own column follows a short window, whose speed
+    spikes when two workers finish together and gives "ETA 0:00:05" with minutes to go)."""
+    if not total or done <= 0 or elapsed <= 0:
+        return "-:--:--"
+    left = max(0.0, (total - done) * elapsed / done)
+    hours, rest = divmod(int(left + 0.5), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class _Rate:
+    """Frames done since a start, for the running-average fps and ETA."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total, self.done, self.began = total, 0, time.monotonic()
+
+    def add(self, frames: int) -> None:
+        self.done += frames
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
+
+    @property
+    def fps(self) -> str:
+        return f"{self.done / self.elapsed:.2f} fps" if self.elapsed > 0 and self.done else ""
+
+    @property
+    def eta(self) -> str:
+        return eta_text(self.done, self.total, self.elapsed)
+
+    def line(self, name: str) -> str:
+        total = f"/{self.total}" if self.total else ""
+        share = f" ({100 * self.done / self.total:.1f} %)" if self.total else ""
+        return f"{name}: {self.done}{total} frames{share}, {self.fps or '0.00 fps'}, ETA {self.eta}"
+
+
 class FileProgress:
-    """The pipeline's Reporter for one file: frames done/total, fps, ETA (stderr)."""
+    """The pipeline's Reporter for one file: frames done/total, fps, ETA (stderr).  Off a terminal
+    (nohup, a scheduler, CI) a plain line every ``LOG_INTERVAL`` seconds instead of a live bar."""
+
+    LOG_INTERVAL = 10.0
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console
         self.quiet = quiet
         self.progress: Progress | None = None
         self.task = None
+        self.rate: _Rate | None = None
 
     def start(self, name: str, total: int | None) -> None:
         if self.quiet:
             return
+        self.name, self.rate, self.last_line = name, _Rate(total), time.monotonic()
+        if not self.console.is_terminal:
+            return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
             console=self.console, transient=True,
         )
-        self.task = self.progress.add_task(name, total=total, fps="")
-        self.began = time.monotonic()
-        self.done = 0
+        self.task = self.progress.add_task(name, total=total, fps="", eta=self.rate.eta)
         self.progress.start()
 
     def advance(self, frames: int) -> None:
-        if self.progress is None:
+        if self.rate is None:
             return
-        self.done += frames
-        elapsed = time.monotonic() - self.began
-        self.progress.update(self.task, advance=frames, fps=f"{self.done / elapsed:.2f} fps" if elapsed > 0 else "")
+        self.rate.add(frames)
+        if self.progress is not None:
+            self.progress.update(self.task, advance=frames, fps=self.rate.fps, eta=self.rate.eta)
+        elif time.monotonic() - self.last_line >= self.LOG_INTERVAL:
+            self.console.print(self.rate.line(self.name), soft_wrap=True)
+            self.last_line = time.monotonic()
 
     def warn(self, message: str) -> None:
-        (self.progress.console if self.progress else self.console).print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+        if not self.quiet:
+            (self.progress.console if self.progress else self.console).print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
     def finish(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+        self.rate = None
 
 
 class BatchProgress:
-    """Overall (files, frames, ETA) and per-file progress for a folder (stderr)."""
+    """Overall (files, frames, ETA) and per-file progress for a folder (stderr); off a terminal, a
+    plain overall line every ``LOG_INTERVAL`` seconds."""
+
+    LOG_INTERVAL = 10.0
 
     def __init__(self, console: Console, total_files: int, total_frames: int | None, quiet: bool = False) -> None:
         self.console = console
+        self.quiet = quiet
         self.files_done = 0
         self.total_files = total_files
         self.progress: Progress | None = None
-        if quiet:
+        self.rate = _Rate(total_frames)
+        self.last_line = time.monotonic()
+        if quiet or not console.is_terminal:
             return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+            TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), console=console, transient=True,
         )
-        self.overall = self.progress.add_task("all frames", total=total_frames or None, info=f"0/{total_files} files")
+        self.overall = self.progress.add_task("all frames", total=total_frames or None, info=f"0/{total_files} files",
+                                              eta=self.rate.eta)
         self.progress.start()
 
     def _print(self, message: str) -> None:
@@ -124,6 +178,14 @@ class BatchProgress:
 
     def for_job(self, job) -> "_FileTask":
         return _FileTask(self, job)
+
+    def advance(self, frames: int) -> None:
+        self.rate.add(frames)
+        if self.progress is not None:
+            self.progress.update(self.overall, advance=frames, eta=self.rate.eta)
+        elif not self.quiet and time.monotonic() - self.last_line >= self.LOG_INTERVAL:
+            self._print(self.rate.line(f"all ({self.files_done}/{self.total_files} files)"))
+            self.last_line = time.monotonic()
 
     def file_finished(self, job) -> None:
         self.files_done += 1
@@ -142,20 +204,23 @@ class _FileTask:
     """The pipeline Reporter for one file of a batch."""
 
     def __init__(self, batch: BatchProgress, job) -> None:
-        self.batch, self.job, self.task = batch, job, None
+        self.batch, self.job, self.task, self.rate = batch, job, None, None
 
     def start(self, name: str, total: int | None) -> None:
+        self.rate = _Rate(total)
         if self.batch.progress is not None:
-            self.task = self.batch.progress.add_task(self.job.rel, total=total, info="")
+            self.task = self.batch.progress.add_task(self.job.rel, total=total, info="", eta=self.rate.eta)
 
     def advance(self, frames: int) -> None:
-        if self.batch.progress is not None:
-            self.batch.progress.update(self.batch.overall, advance=frames)
-            if self.task is not None:
-                self.batch.progress.update(self.task, advance=frames)
+        self.batch.advance(frames)
+        if self.rate is not None:
+            self.rate.add(frames)
+        if self.batch.progress is not None and self.task is not None:
+            self.batch.progress.update(self.task, advance=frames, eta=self.rate.eta)
 
     def warn(self, message: str) -> None:
-        self.batch._print(f"[yellow]warning:[/] {self.job.rel}: {message}")
+        if not self.batch.quiet:
+            self.batch._print(f"[yellow]warning:[/] {self.job.rel}: {message}")
 
     def finish(self) -> None:
         if self.batch.progress is not None and self.task is not None:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vsr.device import available_memory, resolve_precision
+from vsr.device import resolve_precision
+from vsr.system import available_memory
 from vsr.model import ModelFacts, model_facts
 from vsr.timing import Timings
 from vsr.yuv import PlaneConversion

@@ -32,6 +32,10 @@ class WeightsError(Exception):
     """A weights file that cannot be used; the message says why."""
 
 
+class WeightsMismatch(WeightsError):
+    """The weights are fine but not what the command asked for (another scale): a usage mistake."""
+
+
 def weights_dir() -> Path:
     """Where bundled weights live: ``$VSR_WEIGHTS_DIR``; in an installed package ``vsr/bundled/``
     (package data, copied from the repository's ``weights/``); in a checkout, ``weights/``."""
@@ -95,7 +99,7 @@ def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generat
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"{name!r} has an unusable config: {exc}") from exc
     if scale is not None and config.scale != scale:
-        raise WeightsError(f"{name!r} is a x{config.scale} model, but x{scale} was asked for")
+        raise WeightsMismatch(f"{name!r} is a x{config.scale} model, but x{scale} was asked for")
     try:
         state = load_file(name)
     except (SafetensorError, OSError) as exc:
@@ -136,7 +140,7 @@ def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Mo
     except ThirdPartyError as exc:
         raise WeightsError(str(exc)) from None
     if scale is not None and model.scale != scale:
-        raise WeightsError(f"{os.fspath(path)!r} is a x{model.scale} model ({model.architecture}), but x{scale} was asked for")
+        raise WeightsMismatch(f"{os.fspath(path)!r} is a x{model.scale} model ({model.architecture}), but x{scale} was asked for")
     return model
 
 
