@@ -389,3 +389,58 @@ def test_features_before_the_activation_end_one_layer_earlier(tmp_path):
     assert isinstance(after.features[-1], nn.ReLU) and isinstance(before.features[-1], nn.Conv2d)
     pre = before(x)
     assert pre.min() < 0 and torch.equal(after(x), torch.relu(pre))
+
+
+def test_empty_folder_is_named_before_the_perceptual_network(tmp_path, monkeypatch):
+    """An empty folder is found first: VGG19 (which may need a download) is not even looked for."""
+    import vsr.perceptual
+
+    def never(*a, **k):
+        raise AssertionError("the perceptual network was loaded before the data was checked")
+
+    monkeypatch.setattr(vsr.perceptual, "load_perceptual", never)
+    (tmp_path / "f").mkdir()
+    opts = dataclasses.replace(_opts(tmp_path / "f", tmp_path / "o.safetensors"), perceptual=None)
+    with pytest.raises(FinetuneError, match="no videos or images"):
+        run_finetune(opts)
+
+
+def test_the_run_says_how_long_it_will_take_and_warns_when_long(folder, tmp_path, monkeypatch):
+    import vsr.finetune as finetune_mod
+
+    infos, warnings = [], []
+    monkeypatch.setattr(finetune_mod, "LONG_RUN_SECONDS", 0.0)
+    cb = finetune_mod.Callbacks(on_info=infos.append, on_warning=warnings.append)
+    run_finetune(_opts(folder, tmp_path / "o.safetensors", train={"steps": 8}), cb)
+    (estimate,) = [m for m in infos if m.startswith("about ")]
+    assert "to go on cpu" in estimate and "s/step" in estimate
+    assert any("this run will take about" in w and "on the CPU" in w for w in warnings)
+
+
+def test_frames_are_cached_in_the_users_cache_and_clear_cache_empties_it(folder, tmp_path, monkeypatch):
+    from vsr.finetune import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "vsr" / "frames"
+    opts = dataclasses.replace(_opts(folder, tmp_path / "o.safetensors"), cache_dir=None)
+    run_finetune(opts)
+    cached = [p for p in default_cache_dir().iterdir() if p.is_dir()]
+    assert cached and all((p / "done").exists() for p in cached)
+    (default_cache_dir() / "keep-me.txt").write_text("not vsr's")
+    r = CliRunner().invoke(main, ["clear-cache"])
+    assert r.exit_code == 0 and f"removed {len(cached)} cached sources" in r.output
+    assert [p.name for p in default_cache_dir().iterdir()] == ["keep-me.txt"]
+
+
+def test_a_checkpoint_is_taken_as_weights(folder, tmp_path):
+    out = tmp_path / "w.safetensors"
+    run_finetune(_opts(folder, out))
+    clip = make_clip(tmp_path / "v.mp4", frames=2)
+    via_ckpt, via_weights = tmp_path / "a.mkv", tmp_path / "b.mkv"
+    for weights, dst in ((out.with_suffix(".ckpt"), via_ckpt), (out, via_weights)):
+        r = CliRunner().invoke(main, ["upscale", str(clip), "-o", str(dst), "--weights", str(weights), "-q",
+                                      "--codec", "ffv1"])
+        assert r.exit_code == 0, r.output
+    with av.open(str(via_ckpt)) as a, av.open(str(via_weights)) as b:
+        for fa, fb in zip(a.decode(video=0), b.decode(video=0)):
+            assert np.array_equal(fa.to_ndarray(), fb.to_ndarray())  # the checkpoint's EMA = the weights file

@@ -517,7 +517,8 @@ def models(files):
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint file (default: OUTPUT with .ckpt).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, callback=_positive)
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a checkpoint.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where extracted frames are cached.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Where extracted frames are cached (default: ~/.cache/vsr/frames; `vsr clear-cache` empties it).")
 @click.option("--frames-per-video", type=int, default=32, show_default=True, callback=_positive)
 @click.option("--max-side", type=int, default=None, callback=_positive, help="Downscale larger frames to this longest side first.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -584,6 +585,30 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         print_table(table)
     out.print(f"wrote {output} ({summary['steps']} steps; {summary['steps_per_second']} steps/s in "
               f"{summary['precision']}, {100 * (summary['data_wait_fraction'] or 0):.1f}% of the time waiting for data)")
+
+
+
+@main.command("clear-cache")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="The cache to empty (default: the one `vsr finetune` uses, ~/.cache/vsr/frames).")
+def clear_cache(cache_dir):
+    """Delete the frames `vsr finetune` extracted and cached (they are made again when needed)."""
+    import shutil
+
+    from vsr.finetune import default_cache_dir
+
+    folder = cache_dir or default_cache_dir()
+    if not folder.is_dir():
+        out.print(f"{folder}: no cache")
+        return
+    import re
+
+    # Only what vsr writes there: one folder per source file and setting, named by 16 hex digits.
+    ours = [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"[0-9a-f]{16}", p.name)]
+    size = sum(f.stat().st_size for p in ours for f in p.rglob("*") if f.is_file())
+    for p in ours:
+        shutil.rmtree(p)
+    out.print(f"{folder}: removed {len(ours)} cached sources, {size / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,12 +106,29 @@ def _with_fresh_upsampling(source: Generator, scale: int) -> Generator:
     return model.train()
 
 
+def default_cache_dir() -> Path:
+    """Extracted frames live in the user's cache (``$XDG_CACHE_HOME/vsr/frames``, else
+    ``~/.cache/vsr/frames``), one folder per source file and sampling setting; ``vsr clear-cache``
+    empties it."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vsr" / "frames"
+
+
+# A run longer than this on a CPU gets a warning with the estimate (and what a GPU would take).
+LONG_RUN_SECONDS = 4 * 3600
+
+
 def _check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FinetuneError(f"cannot write {os.fspath(path)!r}: folder {os.fspath(parent)!r} does not exist")
     if not os.access(parent, os.W_OK):
         raise FinetuneError(f"cannot write {os.fspath(path)!r}: folder {os.fspath(parent)!r} is not writable")
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(1, minutes)} min"
 
 
 def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str, Any]:
@@ -135,6 +151,8 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
         cfg = train_mod.TrainConfig(**{**resume_state["train_config"], "steps": max(cfg.steps, resume_state["train_config"]["steps"])})
     else:
         generator, started_from = _starting_generator(opts)
+    if not data_mod.find_media(opts.folder):  # before the perceptual network, which may not be here
+        raise FinetuneError(f"no videos or images in {os.fspath(opts.folder)!r}")
     # The perceptual network is needed only for phase 2; fail before any work if it is missing.
     perceptual = opts.perceptual
     if cfg.gan_steps > 0 and perceptual is None:
@@ -150,7 +168,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
         raise FinetuneError(f"--patch-size must be a multiple of 16 and of the scale {scale}, got {cfg.patch_size}")
 
     # Data: frames cached on disk, sampled memory-mapped.
-    cache = opts.cache_dir or Path(tempfile.gettempdir()) / "vsr-frames"
+    cache = opts.cache_dir or default_cache_dir()
     if rank == 0:
         cb.on_info(f"reading frames from {opts.folder} (cache {cache})")
     sources, skipped = data_mod.extract_frames(opts.folder, cache, opts.frames_per_video, opts.max_side, min_size=cfg.patch_size)
@@ -200,9 +218,25 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
                    + (" (fp16 with loss scaling)" if trainer.scaler.is_enabled() else ""))
     batches = data_mod.Prefetcher(sampler, cfg.batch_size, pin=device.type == "cuda")
 
+    timing = {"start": None, "step": None}
+
     def on_step(step: int, losses: dict[str, Any]) -> None:
         recent.update(losses)
         cb.on_step(step, losses)
+        # After a few steps (the first ones warm up), say how long the whole run will take here.
+        now = time.monotonic()
+        if timing["start"] is None:
+            timing["start"], timing["step"] = now, step
+        elif timing["step"] is not None and (step - timing["step"] >= 5 or now - timing["start"] >= 60):
+            per_step = (now - timing["start"]) / max(1, step - timing["step"])
+            left = per_step * (cfg.steps - step)
+            timing["step"] = None
+            if rank == 0:
+                cb.on_info(f"about {_duration(left)} to go on {device} ({cfg.steps - step} steps at "
+                           f"{per_step:.2f} s/step; the adversarial phase is slower than the pixel one)")
+                if device.type == "cpu" and left > LONG_RUN_SECONDS:
+                    cb.on_warning(f"this run will take about {_duration(left)} on the CPU; a GPU does it in "
+                                  f"minutes (--device cuda), or ask for fewer --steps")
 
     def on_validate(step: int, scores: dict[str, float]) -> None:
         history.append((step, scores))

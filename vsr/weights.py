@@ -125,11 +125,34 @@ def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generat
     return model
 
 
+def _training_checkpoint(path: str | os.PathLike) -> dict | None:
+    """A ``vsr finetune`` checkpoint (a torch zip file, read with ``weights_only``: nothing but
+    tensors and plain values is unpickled), or None for any other file."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    from vsr.train import load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except (ValueError, RuntimeError, OSError, KeyError):
+        return None
+
+
 def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Module:
     """vsr's own weights (:func:`load_generator`), or any community model spandrel recognises
     (:func:`vsr.thirdparty.load_spandrel`); :class:`WeightsError` with one line otherwise."""
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {os.fspath(path)!r} does not exist")
+    checkpoint = _training_checkpoint(path)
+    if checkpoint is not None:  # `vsr finetune`'s checkpoint: its EMA generator, as the weights file gets
+        from vsr.train import generator_from_checkpoint
+
+        model = generator_from_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["ema"])
+        if scale is not None and model.config.scale != scale:
+            raise WeightsMismatch(f"{os.fspath(path)!r} is a x{model.config.scale} model, but x{scale} was asked for")
+        return model.eval()
     # a .safetensors file must at least be one; vsr's own carry their config in the metadata
     if Path(path).suffix.lower() == ".safetensors" and read_metadata(path).get("vsr.format") == FORMAT:
         return load_generator(path, scale=scale)
