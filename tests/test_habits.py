@@ -170,3 +170,22 @@ def test_rerun_with_other_settings_keeps_and_reports_them_then_redoes_on_request
     # Outputs with nothing recorded (an older vsr) count as done, as before.
     (out / ".vsr-settings.json").unlink()
     assert "1 done earlier" in " ".join(invoke(*base, "--crf", "5", "-q").output.split())
+
+
+def test_start_and_duration_cut_every_stream_and_start_at_zero(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", frames=50, audio=1, chapters=True)
+    dst = tmp_path / "part.mkv"
+    res = invoke("upscale", src, "-o", dst, "--model", "bicubic", "-ss", "0.4", "-t", "00:00.8", "-q")
+    assert res.exit_code == 0, res.output
+    with av.open(str(dst)) as c:
+        v = c.streams.video[0]
+        times = [round(float(f.pts * f.time_base), 3) for f in c.decode(v)]
+        c.seek(0)
+        audio = [float(p.pts * p.time_base) for p in c.demux(c.streams.audio[0]) if p.pts is not None]
+        chapters = [(float(ch["start"] * ch["time_base"]), float(ch["end"] * ch["time_base"])) for ch in c.chapters()]
+    assert times == [round(i * 0.04, 3) for i in range(20)]
+    assert audio and min(audio) >= 0 and max(audio) < 0.8
+    assert chapters == [(0.0, 0.6), (0.6, 0.8)]
+    res = invoke("upscale", src, "-o", tmp_path / "none.mkv", "--model", "bicubic", "-ss", "10", "-q")
+    assert res.exit_code == 1 and "no frames between 10 s and the end" in res.output
+    assert invoke("upscale", src, "-o", tmp_path / "x.mkv", "-t", "1:xx").exit_code == 2

@@ -56,6 +56,24 @@ def _multiple_of_16(ctx, param, value):
     return value
 
 
+def _time(ctx, param, value):
+    """Seconds from ``12.5``, ``1:30`` or ``01:02:03.5`` (ffmpeg's time syntax)."""
+    if value is None:
+        return None
+    try:
+        parts = [float(p) for p in value.split(":")]
+        if len(parts) > 3 or any(p < 0 for p in parts):
+            raise ValueError
+        seconds = 0.0
+        for p in parts:
+            seconds = seconds * 60 + p
+    except ValueError:
+        raise click.BadParameter(f"expected seconds or [HH:]MM:SS[.ms], got {value!r}") from None
+    if param.name == "duration" and seconds <= 0:
+        raise click.BadParameter(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
 def _device(ctx, param, value):
     from vsr.system import DEVICE_SPEC
 
@@ -151,6 +169,10 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True, help="Constant rate factor (x264/x265/vp9/av1).")
 @click.option("--preset", default="medium", show_default=True, help="Encoder preset (x264/x265).")
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
+@click.option("-ss", "--start", "start", default=None, callback=_time, metavar="TIME",
+              help="Start this far into the input (seconds or [HH:]MM:SS[.ms], as ffmpeg's -ss); timestamps start at 0.")
+@click.option("-t", "--duration", "duration", default=None, callback=_time, metavar="TIME",
+              help="Upscale this much of the input (as ffmpeg's -t); other streams are cut at packet boundaries.")
 @click.option("--deinterlace", is_flag=True,
               help="Interlaced video: FFmpeg's bwdif deinterlacer first, one progressive frame per frame "
                    "(without it: a warning, and the field order is kept).")
@@ -198,6 +220,7 @@ def upscale(input, **kw):
                 warn(f"{flag} applies to folder inputs; it does nothing for a single file", a.quiet)
     encode = encode_options(a)
 
+    from vsr.decode import Span
     from vsr.device import DeviceError, resolve_device
     from vsr.pipeline import OutputSize, UpscaleError, UpscaleOptions, upscale_file
     from vsr.progress import FileProgress
@@ -222,8 +245,9 @@ def upscale(input, **kw):
     if a.cpu_workers and dev.type == "cpu" and a.cpu_workers > usable_cores():
         warn(f"--cpu-workers {a.cpu_workers} on {usable_cores()} usable cores: the extra workers only share them",
              a.quiet)
+    span = Span(a.start or 0.0, a.duration) if (a.start or a.duration) else None
     options = UpscaleOptions(batch_size=batch_size, overwrite=a.overwrite, colour=a.colour, size=size,
-                             deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id)
+                             deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id, span=span)
     if input.is_dir():
         output = a.output or input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
         _upscale_folder(input, output, net, options, a.tile, use_compile, a.recursive, a.include, a.exclude, a.ext,

@@ -444,14 +444,41 @@ class DecodeReport:
 _STATED_DURATION = {"matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2", "avi"}
 
 
+@dataclass(frozen=True)
+class Span:
+    """A part of the input (``--start``/``--duration``, ffmpeg's ``-ss``/``-t`` before ``-i``): from
+    ``start`` seconds for ``duration`` seconds (None: to the end).  Timestamps of what is kept are
+    shifted so that ``start`` becomes 0, as ffmpeg does."""
+
+    start: float = 0.0
+    duration: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or (self.duration is not None and self.duration <= 0):
+            raise ValueError(f"expected a start >= 0 and a positive duration, got {self.start} and {self.duration}")
+
+    @property
+    def end(self) -> float | None:
+        return None if self.duration is None else self.start + self.duration
+
+    def frames(self, info: "VideoInfo") -> int | None:
+        """About how many frames of ``info`` fall inside (for progress)."""
+        if info.rate is None or info.duration is None:
+            return None if self.duration is None or info.rate is None else max(1, round(self.duration * info.rate))
+        left = max(0.0, (info.start_time or 0.0) + info.duration - self.start)
+        return max(1, round(min(left, self.duration if self.duration is not None else left) * info.rate))
+
+
 def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None,
          convert: bool = True, deinterlace: bool = False,
-         report: DecodeReport | None = None) -> Iterator[FrameItem | PacketItem]:
+         report: DecodeReport | None = None, span: Span | None = None) -> Iterator[FrameItem | PacketItem]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
 
     With ``convert=False`` frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb`.
     With ``deinterlace``, interlaced frames go through :class:`Deinterlacer` first.  ``report``
-    collects the frame times and, at the end, the gaps in them.
+    collects the frame times and, at the end, the gaps in them.  With ``span``, reading starts at
+    the keyframe before its start, frames and packets outside it are dropped (other streams at
+    packet boundaries) and timestamps are shifted to start at 0.
 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
@@ -465,6 +492,24 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
         wanted = [stream] + [s for s in container.streams if s.index in copy_streams]
         clock = FrameClock(dts_only=container.format.name in DTS_ONLY_FORMATS)
         filtered = Deinterlacer(stream) if deinterlace else None
+        begin, end = (span.start, span.end) if span is not None else (0.0, None)
+        if begin > 0:
+            container.seek(int(begin / stream.time_base) + (stream.start_time or 0), stream=stream, backward=True)
+            begin += float((stream.start_time or 0) * stream.time_base)  # --start counts from the video's start
+            end = None if end is None else end + float((stream.start_time or 0) * stream.time_base)
+        elif span is not None:
+            begin = float((stream.start_time or 0) * stream.time_base)
+            end = None if end is None else end + begin
+
+        def inside(pts: int | None, tb: Fraction) -> int:
+            """-1 before the span, 0 inside, 1 after it."""
+            if span is None or pts is None:
+                return 0
+            t = float(pts * tb)
+            return -1 if t < begin - 1e-6 else (1 if end is not None and t >= end - 1e-6 else 0)
+
+        def shifted(value: int | None, tb: Fraction) -> int | None:
+            return None if value is None or span is None else value - round(Fraction(begin) / tb)
 
         def frames_of(packet: av.Packet | None) -> Iterator[av.VideoFrame]:
             with timings("decode"):
@@ -480,13 +525,21 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                 with timings("deinterlace"):
                     yield from filtered(None)
 
+        past_end = False
         try:
             for packet in container.demux(wanted):
+                if past_end:
+                    break
                 if stop is not None and stop.is_set():
                     return
                 if packet.stream.index != info.stream_index:
                     if packet.size or packet.dts is not None or packet.pts is not None:  # not the end-of-stream flush
-                        yield PacketItem(packet, packet.stream.index, Fraction(packet.time_base))
+                        ptb = Fraction(packet.time_base)
+                        if span is not None:
+                            if inside(packet.pts if packet.pts is not None else packet.dts, ptb):
+                                continue
+                            packet.pts, packet.dts = shifted(packet.pts, ptb), shifted(packet.dts, ptb)
+                        yield PacketItem(packet, packet.stream.index, ptb)
                     continue
                 if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
                     continue  # "repeat the last frame" (Theora, AVI): sending it would end the decoder
@@ -494,6 +547,14 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                 for frame in frames_of(packet):
                     tb = Fraction(frame.time_base or info.time_base)
                     pts = frame.pts if filtered is not None else clock.time_of(frame)
+                    where = inside(pts, tb)
+                    if where < 0:
+                        continue
+                    if where > 0:
+                        past_end = True
+                        break
+                    if span is not None:
+                        pts = shifted(pts, tb)
                     if pts is not None:
                         last_time = float(pts * tb)
                         report.times.append(last_time)
@@ -502,6 +563,11 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                     index += 1
         except av.FFmpegError as exc:
             raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc
+    if span is not None:
+        if index == 0:
+            raise DecodeError(f"{info.path!r}: no frames between {span.start:g} s and "
+                              f"{'the end' if span.end is None else f'{span.end:g} s'}")
+        return  # a part: not judged against the whole file's length
     report.find_gaps(info)
     if info.frames_exact and info.frames and index < info.frames and _ends_early(info, last_time):
         raise DecodeError(

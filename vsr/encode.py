@@ -201,6 +201,21 @@ def choose_pix_fmt(enc: av.codec.Codec, info: VideoInfo, asked: str | None) -> s
     return supported[0]
 
 
+def _cut_chapters(chapters: list[dict], start: float, duration: float | None) -> list[dict]:
+    """Chapters of the part from ``start`` seconds for ``duration`` seconds, shifted to start at 0;
+    those outside it dropped, those across its edges cut."""
+    kept = []
+    for c in chapters:
+        tb = Fraction(c["time_base"])
+        offset = round(Fraction(start) / tb)
+        begin, end = c["start"] - offset, c["end"] - offset
+        limit = None if duration is None else round(Fraction(duration) / tb)
+        if end <= 0 or (limit is not None and begin >= limit):
+            continue
+        kept.append({**c, "start": max(0, begin), "end": end if limit is None else min(end, limit)})
+    return kept
+
+
 def _audio_encoder_opens(encoder: av.codec.Codec, rate: int, layout: av.AudioLayout) -> bool:
     """Whether ``encoder`` takes this rate and channel layout (PyAV does not list its layouts)."""
     cc = av.CodecContext.create(encoder.name, "w")
@@ -219,12 +234,14 @@ class Writer:
 
     def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, size: tuple[int, int],
                  container_format: str | None = None, warn: Callable[[str], None] = lambda m: None,
-                 image: bool = False, sample_aspect_ratio: Fraction | None = None, field_order: int = 0) -> None:
+                 image: bool = False, sample_aspect_ratio: Fraction | None = None, field_order: int = 0,
+                 span=None) -> None:
         self.path = os.fspath(path)
         self.info = info
         self.size = size  # output (width, height)
         self.sample_aspect_ratio = sample_aspect_ratio
         self.field_order = field_order  # AVFieldOrder to tag an interlaced output with (0: none)
+        self.span = span  # decode.Span: only a part of the input is written (chapters are cut to it)
         self.warn = warn
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
@@ -406,6 +423,8 @@ class Writer:
                     self._reencode_audio(stream, label, name)
                 else:
                     self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; not copied")
+            if chapters and self.span is not None:
+                chapters = _cut_chapters(chapters, self.span.start + (info.start_time or 0.0), self.span.duration)
             if chapters:
                 try:
                     self.output.set_chapters(chapters)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, VideoInfo, chroma_left, probe, read,
+from vsr.decode import (DecodeError, DecodeReport, FrameItem, Span, InputError, PacketItem, VideoInfo, chroma_left, probe, read,
                         still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.media import IMAGE_EXTENSIONS, OUTPUT_EXTENSION, VIDEO_EXTENSIONS
@@ -100,6 +100,7 @@ class UpscaleOptions:
     deinterlace: bool = False  # interlaced video through FFmpeg's bwdif first (else a warning, and the tag kept)
     strict: bool = False  # a damaged input (frames missing) fails instead of a warning
     model_id: str | None = None  # what made the output ("vsr_x4_psnr.safetensors sha256:..."), recorded in it
+    span: Span | None = None  # a part of the input only (--start/--duration)
 
     @property
     def settings(self) -> str | None:
@@ -111,9 +112,10 @@ class UpscaleOptions:
         e, size = self.encode, self.size
         shape = "model" if size is None else (f"x{size.outscale:g}" if size.outscale else f"{size.width}x{size.height}")
         extra = ",".join(f"{k}={v}" for k, v in e.extra)
+        part = "whole" if self.span is None else f"{self.span.start:g}+{self.span.duration or 'end'}"
         return (f"vsr 1; {self.model_id}; size {shape}; codec {e.codec or 'default'} crf {e.crf} preset {e.preset} "
                 f"pix_fmt {e.pix_fmt or 'default'} opts {extra or '-'} tag {e.tag or 'default'}; "
-                f"deinterlace {int(self.deinterlace)}")
+                f"deinterlace {int(self.deinterlace)}; part {part}")
 
     def __post_init__(self) -> None:
         if self.colour not in COLOUR_MODES:
@@ -241,7 +243,8 @@ def upscale_file(
     resize = None if (out_w, out_h) == (info.width * upscaler.scale, info.height * upscaler.scale) else (out_h, out_w)
     try:
         writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar,
-                        field_order=info.field_order if info.interlaced and not options.deinterlace else 0)
+                        field_order=info.field_order if info.interlaced and not options.deinterlace else 0,
+                        span=options.span)
     except EncodeError as exc:
         _remove(tmp)
         raise UpscaleError(str(exc)) from exc
@@ -272,7 +275,7 @@ def upscale_file(
 
     def decode() -> None:
         for item in read(info, writer.streams_to_copy(), stop, stages, convert=False, deinterlace=deinterlace,
-                         report=report):
+                         report=report, span=options.span):
             if not _put(q_decoded, item, stop):
                 return
         _put(q_decoded, _END, stop)
@@ -321,7 +324,7 @@ def upscale_file(
         ("vsr-to-yuv", relay(q_upscaled, q_yuv, prepare)),
         ("vsr-encode", encode),
     ]]
-    reporter.start(src.name, info.frames)
+    reporter.start(src.name, info.frames if options.span is None else options.span.frames(info))
     began = time.perf_counter()
     ok = False
     gil = GilProbe().start()
@@ -424,7 +427,7 @@ def upscale_file(
         exif = info.still.exif
         write_metadata(tmp, info.still.icc, exif_upright(exif) if exif else None, (out_w, out_h))
     os.replace(tmp, dst)
-    if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.gaps:
+    if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.gaps and not options.span:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
                   (gil.mean_ms, gil.max_ms), report.gaps)
