@@ -135,7 +135,7 @@ def _training_checkpoint(path: str | os.PathLike) -> dict | None:
 
     try:
         return load_checkpoint(path)
-    except (ValueError, RuntimeError, OSError, KeyError):
+    except Exception:  # noqa: BLE001 - not ours (e.g. a pickle weights_only refuses): spandrel's loader says why
         return None
 
 
