@@ -152,6 +152,25 @@ def make_clip(
     return path
 
 
+def grey_clip_with_audio(path: Path, codec: str, layout: str, audio: Sequence[av.AudioFrame], rate: int = 48000) -> Path:
+    """Five grey 32x32 H.264 frames and one audio stream of ``codec`` made from ``audio`` frames
+    (for audio a container refuses or an encoder cannot take)."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        a = out.add_stream(codec, rate=rate)
+        a.layout = layout
+        pictures = [av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24") for i in range(5)]
+        for i, f in enumerate(pictures):
+            f.pts = i
+        for af in audio:
+            af.sample_rate = rate
+        for stream, frames in ((vs, pictures), (a, list(audio))):
+            for frame in [*frames, None]:  # None: flush
+                out.mux(stream.encode(frame))
+    return path
+
+
 def _add_subtitles(path: Path) -> None:
     """Mux a two-cue German subtitle track in with the ffmpeg binary (PyAV cannot encode text subtitles)."""
     srt = path.with_suffix(".srt")

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import ffmpeg_packets, make_clip
+from conftest import ffmpeg_packets, grey_clip_with_audio, make_clip
 from vsr.decode import FrameClock, probe
 from vsr.encode import EncodeOptions, Writer
 from vsr.model import Bicubic
@@ -62,26 +62,12 @@ def test_mpeg_containers_and_encoders_that_need_their_own_time_base(tmp_path, ex
 
 
 def test_surround_audio_into_mpeg_ps_is_downmixed_with_a_warning(tmp_path):
-    src = tmp_path / "in.mkv"
-    with av.open(str(src), "w") as out:
-        vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
-        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
-        a = out.add_stream("aac", rate=48000)
-        a.layout = "5.1"
-        for i in range(5):
-            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
-            f.pts = i
-            for p in vs.encode(f):
-                out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
-        for k in range(5):
-            af = av.AudioFrame.from_ndarray(np.zeros((6, 1024), np.float32), format="fltp", layout="5.1")
-            af.sample_rate, af.pts = 48000, 1024 * k
-            for p in a.encode(af):
-                out.mux(p)
-        for p in a.encode(None):
-            out.mux(p)
+    frames = []
+    for k in range(5):
+        af = av.AudioFrame.from_ndarray(np.zeros((6, 1024), np.float32), format="fltp", layout="5.1")
+        af.pts = 1024 * k
+        frames.append(af)
+    src = grey_clip_with_audio(tmp_path / "in.mkv", "aac", "5.1", frames)
     dst = tmp_path / "out.mpg"
     result = run(src, dst)
     assert any("re-encoded to mp2, downmixed from 5.1 to stereo" in w for w in result.warnings)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SAMPLE, ffmpeg_frames, ffmpeg_packets, make_clip, pyav_video_pts, tiny_generator
+from conftest import SAMPLE, ffmpeg_frames, ffmpeg_packets, grey_clip_with_audio, make_clip, pyav_video_pts, tiny_generator
 from vsr.encode import EncodeOptions
 from vsr.metrics import psnr
 from vsr.model import Bicubic
@@ -154,25 +154,10 @@ def test_subtitles_metadata_chapters_sar_rotation_kept(tmp_path, ffmpeg):
 
 def test_audio_the_container_refuses_is_reencoded_with_a_warning(tmp_path):
     """pcm_u8 fits in Matroska but not in MP4: it becomes AAC, with a warning, and lasts as long."""
-    src = tmp_path / "pcm.mkv"
-    with av.open(str(src), "w") as out:
-        vs = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
-        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
-        a = out.add_stream("pcm_u8", rate=48000)
-        a.layout = "mono"
-        for i in range(5):
-            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
-            f.pts = i
-            for p in vs.encode(f):
-                out.mux(p)
-        for p in vs.encode(None):
-            out.mux(p)
-        af = av.AudioFrame.from_ndarray((128 + 60 * np.sin(np.arange(9600) / 10)).astype(np.uint8)[None], format="u8", layout="mono")
-        af.sample_rate, af.pts = 48000, 0
-        for p in a.encode(af):
-            out.mux(p)
-        for p in a.encode(None):
-            out.mux(p)
+    af = av.AudioFrame.from_ndarray((128 + 60 * np.sin(np.arange(9600) / 10)).astype(np.uint8)[None], format="u8",
+                                    layout="mono")
+    af.pts = 0
+    src = grey_clip_with_audio(tmp_path / "pcm.mkv", "pcm_u8", "mono", [af])
     dst = tmp_path / "pcm_x4.mp4"
     result = upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions())
     assert any("cannot hold pcm_u8; re-encoded to aac" in w for w in result.warnings)
