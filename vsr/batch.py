@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vsr.decode import InputError, probe
+from vsr.errors import UsageError, VsrError
 from vsr.media import kind_of, output_name
 from vsr.pipeline import Reporter, Result, UpscaleError, UpscaleOptions, temporary_path, upscale_file
 from vsr.upscaler import Upscaler
 
 
-class BatchError(Exception):
+class BatchError(VsrError):
     """The batch as a whole cannot run (a usage problem); the message says why."""
+
+
+class ShardError(BatchError, UsageError):
+    """--shard written wrong."""
 
 
 @dataclass
@@ -57,9 +62,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise BatchError(f"expected --shard I/N (e.g. 2/4), got {text!r}") from None
+        raise ShardError(f"expected --shard I/N (e.g. 2/4), got {text!r}") from None
     if not (n >= 1 and 1 <= i <= n):
-        raise BatchError(f"expected --shard I/N with 1 <= I <= N, got {text!r}")
+        raise ShardError(f"expected --shard I/N with 1 <= I <= N, got {text!r}")
     return i, n
 
 

@@ -82,7 +82,21 @@ def _device(ctx, param, value):
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command's errors end here: a :class:`vsr.errors.VsrError` becomes one line on stderr
+    and its ``exit_code`` (1, or 2 for a :class:`vsr.errors.UsageError`); anything else is a bug
+    and keeps its traceback."""
+
+    def invoke(self, ctx):
+        from vsr.errors import VsrError
+
+        try:
+            return super().invoke(ctx)
+        except VsrError as exc:
+            fail(str(exc), exc.exit_code)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vsr")
 def main() -> None:
     """vsr: video super-resolution with SRGAN."""
@@ -221,27 +235,18 @@ def upscale(input, **kw):
     encode = encode_options(a)
 
     from vsr.decode import Span
-    from vsr.device import DeviceError, resolve_device
+    from vsr.device import resolve_device
     from vsr.pipeline import OutputSize, UpscaleError, UpscaleOptions, upscale_file
     from vsr.progress import FileProgress
     from vsr.system import keep_freed_memory, usable_cores
     from vsr.upscaler import Upscaler, check_workers
-    from vsr.weights import WeightsError, WeightsMismatch
 
     keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap (see its docstring)
     size = OutputSize(a.outscale, a.out_width, a.out_height) if (a.outscale or a.out_width or a.out_height) else None
-    try:
-        net, model_id = load_model(a.model, a.weights, int(a.scale) if a.scale else None)
-        dev = resolve_device(a.device)
-    except WeightsMismatch as exc:
-        fail(str(exc), EXIT_USAGE)
-    except (WeightsError, DeviceError) as exc:
-        fail(str(exc))
+    net, model_id = load_model(a.model, a.weights, int(a.scale) if a.scale else None)
+    dev = resolve_device(a.device)
     batch_size, use_compile = cuda_defaults(dev, input, a.batch_size, a.use_compile)
-    try:
-        check_workers(a.cpu_workers, dev, use_compile)
-    except ValueError as exc:
-        fail(f"--cpu-workers: {exc}", EXIT_USAGE)
+    check_workers(a.cpu_workers, dev, use_compile)
     if a.cpu_workers and dev.type == "cpu" and a.cpu_workers > usable_cores():
         warn(f"--cpu-workers {a.cpu_workers} on {usable_cores()} usable cores: the extra workers only share them",
              a.quiet)
@@ -265,7 +270,7 @@ def upscale(input, **kw):
     except UpscaleError as exc:
         if a.as_json:
             print_json([file_record(input, output, None, "failed", str(exc))])
-        fail(str(exc))
+        raise
     except KeyboardInterrupt:
         err.print("interrupted; no output written")
         sys.exit(EXIT_INTERRUPTED)
@@ -402,17 +407,15 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
     import copy
 
     from vsr import batch
-    from vsr.device import DeviceError, resolve_device
+    from vsr.device import resolve_device
     from vsr.progress import BatchProgress
     from vsr.upscaler import Upscaler
 
-    try:
-        opts = batch.BatchOptions(recursive=recursive, include=tuple(include), exclude=tuple(exclude), ext=ext,
-                                  overwrite=options.overwrite, settings=options.settings, redo_changed=redo_changed, shard=batch.parse_shard(shard) if shard else (1, 1))
-        jobs = batch.plan(src, dst, opts, int(net.scale))
-        device_list = [resolve_device(d.strip()) for d in devices.split(",") if d.strip()]
-    except (batch.BatchError, DeviceError) as exc:
-        fail(str(exc), EXIT_USAGE if isinstance(exc, batch.BatchError) and "--shard" in str(exc) else EXIT_FAILED)
+    opts = batch.BatchOptions(recursive=recursive, include=tuple(include), exclude=tuple(exclude), ext=ext,
+                              overwrite=options.overwrite, settings=options.settings, redo_changed=redo_changed,
+                              shard=batch.parse_shard(shard) if shard else (1, 1))
+    jobs = batch.plan(src, dst, opts, int(net.scale))
+    device_list = [resolve_device(d.strip()) for d in devices.split(",") if d.strip()]
     todo = [j for j in jobs if j.action == "convert"]
     skipped = [j for j in jobs if j.action == "skip"]
     changed = [j for j in jobs if j.action == "changed"]
@@ -556,11 +559,11 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
              ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
              frames_per_video, max_side, seed, device, precision, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
-    from vsr.device import DeviceError
-    from vsr.system import keep_freed_memory
-    from vsr.finetune import Callbacks, FinetuneError, FinetuneOptions, run_finetune
+    from vsr.errors import VsrError
+    from vsr.finetune import Callbacks, FinetuneOptions, run_finetune
     from vsr.model import GeneratorConfig
     from vsr.progress import TrainProgress
+    from vsr.system import keep_freed_memory
     from vsr.train import TrainConfig
 
     keep_freed_memory()
@@ -591,9 +594,9 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
     )
     try:
         summary = run_finetune(opts, callbacks)
-    except (FinetuneError, DeviceError) as exc:
+    except VsrError:
         progress.stop()
-        fail(str(exc))
+        raise
     except KeyboardInterrupt:
         progress.stop()
         err.print(f"interrupted; checkpoint saved to {checkpoint or output.with_suffix('.ckpt')} (continue with --resume)")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from vsr.colour import frame_to_rgb
 from vsr.decode import decode_frames
+from vsr.errors import VsrError
 from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, jpeg_qscale
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 FLAT_GRADIENT = 6.0  # mean |gradient| (0-255 scale) below which a patch counts as flat
 
 
-class DataError(Exception):
+class DataError(VsrError):
     """The training data cannot be used; the message says why."""
 
 

@@ -18,11 +18,12 @@ import av
 import numpy as np
 
 from vsr.colour import PLANE_FORMATS, ColourTags, PlaneFormat, frame_planes, frame_to_rgb, planes_to_frame
+from vsr.errors import VsrError
 from vsr.stills import StillInfo, orient, read_still, too_large_for_ffmpeg, upright_size
 from vsr.timing import Timings
 
 
-class InputError(Exception):
+class InputError(VsrError):
     """The input cannot be used; the message says why."""
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from vsr.errors import VsrError
 from vsr.system import DEVICE_SPEC
 
 
-class DeviceError(Exception):
+class DeviceError(VsrError):
     pass
 
 

@@ -19,12 +19,13 @@ import numpy as np
 
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo, open_input
-from vsr.system import usable_cores
+from vsr.errors import VsrError
 from vsr.media import jpeg_qscale
+from vsr.system import usable_cores
 from vsr.timing import Timings
 
 
-class EncodeError(Exception):
+class EncodeError(VsrError):
     """The output cannot be written as asked; the message says why."""
 
 

@@ -19,11 +19,12 @@ import torch
 from vsr import data as data_mod
 from vsr import train as train_mod
 from vsr.device import DeviceError, precision_name, resolve_device
+from vsr.errors import VsrError
 from vsr.model import Generator, GeneratorConfig
 from vsr.weights import WeightsError, default_weights, load_generator, resolve_weights, save_generator
 
 
-class FinetuneError(Exception):
+class FinetuneError(VsrError):
     """Something the user must fix; the message says what."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vsr.errors import VsrError
+
 # torchvision's VGG "features" layouts: numbers are conv widths, "M" a max-pool.
 _CFGS = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
@@ -29,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)
 
 
-class PerceptualError(Exception):
+class PerceptualError(VsrError):
     """No usable perceptual network; the message says what to do."""
 
 

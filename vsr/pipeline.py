@@ -27,18 +27,19 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.decode import (DecodeError, DecodeReport, FrameItem, Span, InputError, PacketItem, VideoInfo, chroma_left, probe, read,
+from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Span, VideoInfo, chroma_left, probe, read,
                         still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
+from vsr.errors import VsrError
 from vsr.media import IMAGE_EXTENSIONS, OUTPUT_EXTENSION, VIDEO_EXTENSIONS
-from vsr.system import available_memory
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
+from vsr.system import available_memory
 from vsr.timing import GilProbe, Timings
 from vsr.upscaler import Upscaler
 from vsr.yuv import PlaneConversion, plane_conversion
 
 
-class UpscaleError(Exception):
+class UpscaleError(VsrError):
     """A file could not be upscaled; the message says why (one line, for the user)."""
 
 

@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsr.errors import VsrError
+
 PURPOSES = ("SR", "Restoration")  # what vsr runs; spandrel also knows FaceSR, Inpainting, ...
 
 
-class ThirdPartyError(Exception):
+class ThirdPartyError(VsrError):
     """A model file vsr cannot use; the message says why in one line."""
 
 

@@ -22,8 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsr.device import resolve_precision
+from vsr.errors import UsageError, VsrError
 from vsr.metrics import psnr_y, ssim_y
 from vsr.model import DISCRIMINATOR_NORMS, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+
+
+class CheckpointError(VsrError, ValueError):
+    """A file that is not a vsr training checkpoint."""
+
+
+class TrainConfigError(UsageError, ValueError):
+    """Training settings that do not fit together."""
+
 
 CHECKPOINT_FORMAT = "vsr-checkpoint-1"
 GAN_LOSSES = ("vanilla", "ragan")
@@ -54,13 +64,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.pixel_loss not in ("l1", "mse"):
-            raise ValueError(f"pixel loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
+            raise TrainConfigError(f"pixel loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
         if self.steps < 1 or self.pretrain_steps < 0 or self.batch_size < 1:
-            raise ValueError("steps and batch size must be positive, pretrain steps non-negative")
+            raise TrainConfigError("steps and batch size must be positive, pretrain steps non-negative")
         if self.gan_loss not in GAN_LOSSES:
-            raise ValueError(f"gan loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
+            raise TrainConfigError(f"gan loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
         if self.d_norm not in DISCRIMINATOR_NORMS:
-            raise ValueError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {self.d_norm!r}")
+            raise TrainConfigError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {self.d_norm!r}")
 
     @property
     def gan_steps(self) -> int:
@@ -120,7 +130,7 @@ class Trainer:
         self.opt_d: torch.optim.Optimizer | None = None
         if cfg.gan_steps > 0:
             if perceptual is None:
-                raise ValueError("the adversarial phase needs a perceptual network (or no_gan=True)")
+                raise TrainConfigError("the adversarial phase needs a perceptual network (or no_gan=True)")
             self.discriminator = Discriminator(DiscriminatorConfig(cfg.patch_size, norm=cfg.d_norm)).to(
                 self.device, memory_format=self.memory_format).train()
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=(0.9, 0.999))
@@ -274,7 +284,7 @@ def save_checkpoint(path: str | os.PathLike, trainer: Trainer, extra: dict[str, 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a vsr training checkpoint")
+        raise CheckpointError(f"{os.fspath(path)!r} is not a vsr training checkpoint")
     return state
 
 

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsr.device import resolve_precision
-from vsr.system import available_memory
+from vsr.errors import UsageError
 from vsr.model import ModelFacts, model_facts
+from vsr.system import available_memory
 from vsr.timing import Timings
 from vsr.yuv import PlaneConversion
 
@@ -76,12 +77,16 @@ def plan_tiles(height: int, width: int, tile: int) -> list[Tile]:
     return [Tile(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(ny) for j in range(nx)]
 
 
+class WorkersError(UsageError, ValueError):
+    """CPU workers asked for where they cannot be used."""
+
+
 def check_workers(workers: int | None, device: torch.device, compile: bool) -> None:
-    """Raise ValueError unless ``workers`` (CPU frames at once; None = choose) suits the device and mode."""
+    """Raise :class:`WorkersError` unless ``workers`` (CPU frames at once; None = choose) suits the device and mode."""
     if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise WorkersError(f"--cpu-workers must be >= 1, got {workers}")
     if workers not in (None, 1) and (device.type != "cpu" or compile):
-        raise ValueError(f"several CPU workers are for the CPU in eager mode, not for device {device.type}"
+        raise WorkersError(f"--cpu-workers: several CPU workers are for the CPU in eager mode, not for device {device.type}"
                          f"{' with compile' if compile else ''} (CUDA overlaps batches on its own)")
 
 

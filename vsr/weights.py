@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vsr.errors import UsageError, VsrError
 from vsr.model import Generator, GeneratorConfig
 
 FORMAT = "vsr-generator-1"
@@ -28,11 +29,11 @@ def default_weights(scale: int | None = None) -> str:
     return DEFAULT_WEIGHTS.get(scale or 4, DEFAULT_WEIGHTS[4])
 
 
-class WeightsError(Exception):
+class WeightsError(VsrError):
     """A weights file that cannot be used; the message says why."""
 
 
-class WeightsMismatch(WeightsError):
+class WeightsMismatch(WeightsError, UsageError):
     """The weights are fine but not what the command asked for (another scale): a usage mistake."""
 
 
