@@ -199,7 +199,7 @@ def picture(seed: int = 0, size=(20, 12)) -> np.ndarray:
     return np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], -1).astype(np.uint8)
 
 
-@pytest.mark.parametrize("ext", ["png", "webp"])
+@pytest.mark.parametrize("ext", ["png", "webp", "tif"])
 def test_transparency_is_kept(tmp_path, ext):
     rgb = picture()
     alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
@@ -214,6 +214,20 @@ def test_transparency_is_kept(tmp_path, ext):
     blocks = out[..., 3].astype(float).reshape(12, 4, 20, 4).mean(axis=(1, 3))
     assert np.abs(blocks - alpha).max() <= 6
     assert out[:, 0, 3].max() <= 8 and out[:, -1, 3].min() >= 247
+
+
+def test_every_picture_extension_read_is_also_written(tmp_path):
+    """One classifier: what a folder or a single file accepts as a picture can be written too."""
+    from vsr.media import IMAGE_EXTENSIONS, output_kind
+
+    src = tmp_path / "in.png"
+    Image.fromarray(picture()).save(src)
+    for ext in sorted(IMAGE_EXTENSIONS):
+        assert output_kind(f"x.{ext}") == "image"
+        dst = tmp_path / f"out.{ext}"
+        run(src, dst)
+        with Image.open(dst) as im:
+            assert im.size == (80, 48), ext
 
 
 def test_transparency_into_jpeg_is_named(tmp_path):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from vsr.colour import frame_to_rgb
 from vsr.decode import decode_frames
 from vsr.errors import VsrError
-from vsr.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, jpeg_qscale
+from vsr.media import jpeg_qscale, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,9 @@ def find_media(folder: Path) -> list[tuple[Path, str]]:
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.name.startswith("."):
             continue
-        ext = path.suffix.lower().lstrip(".")
-        if ext in VIDEO_EXTENSIONS:
-            found.append((path, "video"))
-        elif ext in IMAGE_EXTENSIONS:
-            found.append((path, "image"))
+        kind = kind_of(path)
+        if kind is not None:
+            found.append((path, kind))
     return found
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo, open_input
 from vsr.errors import VsrError
-from vsr.media import jpeg_qscale
+from vsr.media import ALPHA_OUTPUTS, IMAGE_OUTPUTS, jpeg_qscale
 from vsr.system import usable_cores
 from vsr.timing import Timings
 
@@ -81,8 +81,6 @@ def container_accepts(output: av.container.OutputContainer, codec: str) -> bool:
     return not supported or codec in supported or canonical in supported
 
 
-ALPHA_FORMATS = {"png": "rgba", "webp": "yuva420p"}  # image outputs that keep transparency
-IMAGE_CODECS = {"png": ("png", "rgb24"), "jpg": ("mjpeg", "yuvj444p"), "jpeg": ("mjpeg", "yuvj444p"), "webp": ("libwebp", "yuv420p")}
 
 
 @dataclass(frozen=True)
@@ -251,7 +249,7 @@ class Writer:
         self.timings = Timings()
         self.image = image
         self._last_pts: int | None = None
-        self.alpha = False  # a picture's transparency is written (ALPHA_FORMATS)
+        self.alpha = False  # a picture's transparency is written (media.ALPHA_OUTPUTS)
         self._mux_state: dict[int, list] = {}  # copied input stream -> [last dts, last duration, repairs]
         try:
             if image:
@@ -274,9 +272,9 @@ class Writer:
         info = self.info
         if self.image:
             ext = self.path.rsplit(".", 1)[-1].lower()
-            codec, pix_fmt = IMAGE_CODECS[ext]
-            if info.alpha and ext in ALPHA_FORMATS:
-                pix_fmt = ALPHA_FORMATS[ext]
+            codec, pix_fmt = IMAGE_OUTPUTS[ext]
+            if info.alpha and ext in ALPHA_OUTPUTS:
+                pix_fmt = ALPHA_OUTPUTS[ext]
                 self.alpha = True
             options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality,
                                     quiet=options.quiet)

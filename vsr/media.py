@@ -10,16 +10,37 @@ VIDEO_EXTENSIONS = frozenset(
 # has no timestamps or room for audio: Matroska keeps what it has).
 OUTPUT_EXTENSION = {"gif": "mp4", "h264": "mkv", "264": "mkv", "h265": "mkv", "265": "mkv", "hevc": "mkv"}
 IMAGE_EXTENSIONS = frozenset("png jpg jpeg webp bmp tif tiff".split())
+# How each picture extension is written: (FFmpeg encoder, pixel format).
+IMAGE_OUTPUTS = {
+    "png": ("png", "rgb24"), "jpg": ("mjpeg", "yuvj444p"), "jpeg": ("mjpeg", "yuvj444p"),
+    "webp": ("libwebp", "yuv420p"), "bmp": ("bmp", "bgr24"), "tif": ("tiff", "rgb24"), "tiff": ("tiff", "rgb24"),
+}
+# Picture formats that keep transparency, with the pixel format they are then written in.
+ALPHA_OUTPUTS = {"png": "rgba", "webp": "yuva420p", "tif": "rgba", "tiff": "rgba"}
 
 
 def kind_of(path) -> str | None:
-    """``"video"``, ``"image"`` or ``None`` by the file name's extension."""
-    ext = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else ""
+    """What an input is, by the file name's extension: ``"video"``, ``"image"`` or ``None`` (the one
+    classifier: folders, training data and single files all ask it)."""
+    ext = _ext(path)
     if ext in VIDEO_EXTENSIONS:
         return "video"
     if ext in IMAGE_EXTENSIONS:
         return "image"
     return None
+
+
+def output_kind(path) -> str | None:
+    """What an output path is written as, by its extension: ``"video"``, ``"image"`` or ``None``
+    (an extension vsr does not write, including those it only reads, :data:`OUTPUT_EXTENSION`)."""
+    ext = _ext(path)
+    if ext in OUTPUT_EXTENSION:
+        return None
+    return "image" if ext in IMAGE_OUTPUTS else "video" if ext in VIDEO_EXTENSIONS else None
+
+
+def _ext(path) -> str:
+    return str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else ""
 
 
 def output_name(path):
@@ -28,7 +49,7 @@ def output_name(path):
     from pathlib import Path
 
     path = Path(path)
-    ext = path.suffix.lower().lstrip(".")
+    ext = _ext(path)
     return path.with_suffix("." + OUTPUT_EXTENSION[ext]) if ext in OUTPUT_EXTENSION else path
 
 

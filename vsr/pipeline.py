@@ -31,7 +31,7 @@ from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, Packet
                         still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
-from vsr.media import IMAGE_EXTENSIONS, OUTPUT_EXTENSION, VIDEO_EXTENSIONS
+from vsr.media import ALPHA_OUTPUTS, OUTPUT_EXTENSION, output_kind
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
 from vsr.system import available_memory
 from vsr.timing import GilProbe, Timings
@@ -159,10 +159,10 @@ def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     ext = dst.suffix.lower().lstrip(".")
     if ext in OUTPUT_EXTENSION:
         raise UpscaleError(f"vsr reads .{ext} but does not write it; use .{OUTPUT_EXTENSION[ext]} (or another video extension)")
-    if ext not in VIDEO_EXTENSIONS and ext not in IMAGE_EXTENSIONS:
+    if output_kind(dst) is None:
         raise UpscaleError(
             f"cannot tell the output format from {dst.name!r}: expected a video (.mp4, .mkv, .mov, .webm, ...) "
-            f"or image (.png, .jpg, .webp) extension"
+            f"or image (.png, .jpg, .webp, .bmp, .tif) extension"
         )
     if dst.exists() and src.resolve() == dst.resolve() or (dst.exists() and os.path.samefile(src, dst)):
         raise UpscaleError(f"output {os.fspath(dst)!r} is the input file; choose another output path")
@@ -234,7 +234,7 @@ def upscale_file(
         reporter.warn(message)
 
     tmp = temporary_path(dst)
-    image_out = dst.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+    image_out = output_kind(dst) == "image"
     if image_out and not info.is_image:
         raise UpscaleError(f"{src.name} is a video but {dst.name!r} is an image name; use a video extension (.mp4, .mkv, ...)")
     out_w, out_h, out_sar = info.width * upscaler.scale, info.height * upscaler.scale, info.sample_aspect_ratio
@@ -249,6 +249,9 @@ def upscale_file(
     except EncodeError as exc:
         _remove(tmp)
         raise UpscaleError(str(exc)) from exc
+    except BaseException:
+        _remove(tmp)
+        raise
 
     if info.is_image:
         _warn_still_limits(info, dst, warn)
@@ -459,7 +462,7 @@ _FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field fi
 def _warn_still_limits(info: VideoInfo, dst: Path, warn: Callable[[str], None]) -> None:
     """What a picture loses on the way, said once."""
     ext = dst.suffix.lower().lstrip(".")
-    if info.alpha and ext not in ("png", "webp"):
+    if info.alpha and ext not in ALPHA_OUTPUTS:
         warn(f"transparency is dropped (.{ext} has no alpha channel; use .png or .webp)")
     if info.bits > 8:
         warn(f"{info.bits}-bit picture is upscaled and written at 8 bits per channel")
