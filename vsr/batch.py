@@ -19,8 +19,9 @@ from typing import Callable, Sequence
 
 from vsr.decode import InputError, probe
 from vsr.errors import UsageError, VsrError
+from vsr.files import folder_problem, partial_path, remove, written_whole
 from vsr.media import kind_of, output_name
-from vsr.pipeline import Reporter, Result, UpscaleError, UpscaleOptions, temporary_path, upscale_file
+from vsr.pipeline import Reporter, Result, UpscaleError, UpscaleOptions, upscale_file
 from vsr.upscaler import Upscaler
 
 
@@ -105,13 +106,9 @@ def plan(src_dir: Path, dst_dir: Path, opts: BatchOptions, scale: int) -> list[J
             f"output folder {os.fspath(dst_dir)!r} is inside the input folder {os.fspath(src_dir)!r}; "
             f"choose an output folder outside it"
         )
-    existing = dst_dir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise BatchError(f"output folder {os.fspath(dst_dir)!r} cannot be created: {os.fspath(existing)!r} is a file")
-    if not os.access(existing, os.W_OK):
-        raise BatchError(f"output folder {os.fspath(dst_dir)!r} is not writable")
+    problem = folder_problem(dst_dir / "output", create=True)
+    if problem:
+        raise BatchError(f"output folder {os.fspath(dst_dir)!r} cannot be created or written: {problem}")
     rels = list_files(src_dir, opts)
     if not any(kind_of(r) for r in rels):
         raise BatchError(f"no videos or images in {os.fspath(src_dir)!r}" + ("" if opts.recursive else " (use --recursive for subfolders)"))
@@ -173,9 +170,8 @@ def record_settings(dst: Path, settings: str | None) -> None:
         except (OSError, ValueError):
             entries = {}
         entries[dst.name] = settings
-        tmp = manifest.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, manifest)
+        with written_whole(manifest) as tmp:
+            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
 
 def count_frames(jobs: Sequence[Job]) -> None:
@@ -274,6 +270,4 @@ def run(
 
 
 def _remove_stale(dst: Path) -> None:
-    tmp = temporary_path(dst)
-    if tmp.exists():
-        tmp.unlink()
+    remove(partial_path(dst))

@@ -20,6 +20,7 @@ from vsr import data as data_mod
 from vsr import train as train_mod
 from vsr.device import DeviceError, precision_name, resolve_device
 from vsr.errors import VsrError
+from vsr.files import folder_problem, written_whole
 from vsr.model import Generator, GeneratorConfig
 from vsr.weights import WeightsError, default_weights, load_generator, resolve_weights, save_generator
 
@@ -120,11 +121,9 @@ LONG_RUN_SECONDS = 4 * 3600
 
 
 def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FinetuneError(f"cannot write {os.fspath(path)!r}: folder {os.fspath(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise FinetuneError(f"cannot write {os.fspath(path)!r}: folder {os.fspath(parent)!r} is not writable")
+    problem = folder_problem(path)
+    if problem:
+        raise FinetuneError(f"cannot write {os.fspath(path)!r}: {problem}")
 
 
 def _duration(seconds: float) -> str:
@@ -290,12 +289,9 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
         "world_size": world,
     }
     if rank == 0:
-        tmp = opts.output.with_name(f".{opts.output.name}.tmp")
-        save_generator(tmp, trainer.ema, training=summary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a weights file is for sharing, like any output
-        os.replace(tmp, opts.output)
+        # safetensors writes 0600; a weights file is for sharing, like any output: the user's umask
+        with written_whole(opts.output, mode=0o666) as tmp:
+            save_generator(tmp, trainer.ema, training=summary)
     if distributed:
         import torch.distributed as dist
 

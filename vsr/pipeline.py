@@ -31,6 +31,7 @@ from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, Packet
                         still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
+from vsr.files import folder_problem, partial_path, remove
 from vsr.media import ALPHA_OUTPUTS, OUTPUT_EXTENSION, output_kind
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
 from vsr.system import available_memory
@@ -148,11 +149,6 @@ class Reporter:
     def finish(self) -> None: ...
 
 
-def temporary_path(dst: Path) -> Path:
-    """Beside the destination, hidden, keeping the extension so the container is chosen by it."""
-    return dst.with_name(f".{dst.stem}.vsr-partial{dst.suffix}")
-
-
 def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     if not src.exists():
         raise UpscaleError(f"input {os.fspath(src)!r} does not exist")
@@ -168,11 +164,9 @@ def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
         raise UpscaleError(f"output {os.fspath(dst)!r} is the input file; choose another output path")
     if dst.exists() and not overwrite:
         raise UpscaleError(f"output {os.fspath(dst)!r} exists; pass --overwrite to replace it")
-    parent = dst.parent
-    if not parent.is_dir():
-        raise UpscaleError(f"output folder {os.fspath(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UpscaleError(f"output folder {os.fspath(parent)!r} is not writable")
+    problem = folder_problem(dst)
+    if problem:
+        raise UpscaleError(f"output {problem}")
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -233,7 +227,7 @@ def upscale_file(
         warnings.append(message)
         reporter.warn(message)
 
-    tmp = temporary_path(dst)
+    tmp = partial_path(dst)
     image_out = output_kind(dst) == "image"
     if image_out and not info.is_image:
         raise UpscaleError(f"{src.name} is a video but {dst.name!r} is an image name; use a video extension (.mp4, .mkv, ...)")
@@ -247,10 +241,10 @@ def upscale_file(
                         field_order=info.field_order if info.interlaced and not options.deinterlace else 0,
                         span=options.span)
     except EncodeError as exc:
-        _remove(tmp)
+        remove(tmp)
         raise UpscaleError(str(exc)) from exc
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
 
     if info.is_image:
@@ -421,7 +415,7 @@ def upscale_file(
             for t in threads:
                 t.join(timeout=5)
             writer.abort()
-            _remove(tmp)
+            remove(tmp)
         reporter.finish()
         gil.stop()
     seconds = time.perf_counter() - began
@@ -479,10 +473,3 @@ def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscale
     if colour is None and mode == "device":
         warn(f"colour conversion {info.pix_fmt} -> {writer.pix_fmt} is not offered on the device; converting on the CPU")
     return colour
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass

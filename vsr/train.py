@@ -23,6 +23,7 @@ from torch import nn
 
 from vsr.device import resolve_precision
 from vsr.errors import UsageError, VsrError
+from vsr.files import written_whole
 from vsr.metrics import psnr_y, ssim_y
 from vsr.model import DISCRIMINATOR_NORMS, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 
@@ -273,12 +274,11 @@ def _ragan(real: torch.Tensor, fake: torch.Tensor, real_is_real: bool) -> torch.
 
 
 def save_checkpoint(path: str | os.PathLike, trainer: Trainer, extra: dict[str, Any]) -> None:
-    """Everything needed to resume exactly; written to a temporary file, then renamed."""
+    """Everything needed to resume exactly; written whole (:func:`vsr.files.written_whole`)."""
     state = trainer.state_dict()
     state.update(extra)
-    tmp = f"{os.fspath(path)}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with written_whole(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
