@@ -363,13 +363,13 @@ def train_speed(device: torch.device, seconds: float, precision: str, tmp: Path)
     """Steps/s of both phases at batch 16 of 96-px crops (frames of the shipped clip; VGG19 conv5_4
     with random weights: the same cost as ImageNet's), the GPU's busy share and the data wait."""
     from vsr import data as data_mod
-    from vsr.perceptual import VGGFeatures, _features, _layer_end
+    from vsr.perceptual import VGGFeatures, layer_end, vgg_features
     from vsr.train import TrainConfig, Trainer
 
     for i, rgb in enumerate(rgb_frames(SAMPLE)):
         np.save(tmp / f"f{i}.npy", rgb)
     sampler = data_mod.PatchSampler(sorted(tmp.glob("f*.npy")), 96, 4, seed=0)
-    perceptual = VGGFeatures(_features("vgg19"), _layer_end("vgg19", "conv5_4"))
+    perceptual = VGGFeatures(vgg_features("vgg19"), layer_end("vgg19", "conv5_4"))
     model = Generator(GeneratorConfig(batch_norm=False, global_skip="bicubic"))
     for phase, pretrain in (("pixel", 10**9), ("gan", 0)):
         cfg = TrainConfig(steps=10**9, pretrain_steps=pretrain, batch_size=16, patch_size=96)

@@ -19,7 +19,14 @@ from vsr.weights import save_generator
 DATA = Path(__file__).parent / "data"
 SAMPLE = DATA / "bbb_sample.mp4"
 
-torch.set_num_threads(2)
+@pytest.fixture(autouse=True, scope="session")
+def _two_threads():
+    """Tests run with torch on 2 intra-op threads (as on CI's 2 cores, also on bigger machines),
+    set for the session and given back after it, not at import."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -183,22 +183,47 @@ def test_fast_generator_is_the_same_function(cfg):
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
 
 
-def test_conv_add_is_an_in_place_residual_add():
-    from vsr.fastgen import _fused_conv_add_op, conv_add_
-
+def _conv_add_case():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(16, 32, 3, padding=1).to(memory_format=torch.channels_last)
     x = torch.rand(2, 16, 9, 13).contiguous(memory_format=torch.channels_last)
     acc = torch.rand(2, 32, 9, 13).contiguous(memory_format=torch.channels_last)
+    return conv, x, acc
+
+
+def test_conv_add_is_an_in_place_residual_add():
+    """Whichever path this build takes (oneDNN's fused op or two PyTorch ops): in place, and right."""
+    from vsr.fastgen import conv_add_
+
+    conv, x, acc = _conv_add_case()
     with torch.inference_mode():
         want = acc + conv(x)
         out = conv_add_(acc, x, conv)
         assert out.data_ptr() == acc.data_ptr()
         assert torch.allclose(acc, want, atol=1e-5)
-        nchw = torch.rand(2, 32, 9, 13)
+        nchw = torch.rand(2, 32, 9, 13)  # not channels_last: always the two-op path
         assert torch.allclose(conv_add_(nchw.clone(), x.contiguous(), conv), nchw + conv(x), atol=1e-5)
-    if torch.backends.mkldnn.is_available() and _fused_conv_add_op() is None:
-        pytest.skip("this PyTorch build has no usable oneDNN conv+add (the plain path was tested)")
+
+
+def test_conv_add_uses_the_fused_onednn_op_where_the_build_has_it():
+    from vsr.fastgen import _fused_conv_add_op, conv_add_
+
+    if not torch.backends.mkldnn.is_available() or _fused_conv_add_op() is None:
+        pytest.skip("this PyTorch build has no usable oneDNN conv+add")
+    conv, x, acc = _conv_add_case()
+    calls = []
+    op = _fused_conv_add_op()
+    with torch.inference_mode():
+        want = acc + conv(x)
+        import vsr.fastgen as fastgen
+
+        original = fastgen._fused_conv_add_op
+        fastgen._fused_conv_add_op = lambda: (lambda *a: calls.append(1) or op(*a))
+        try:
+            conv_add_(acc, x, conv)
+        finally:
+            fastgen._fused_conv_add_op = original
+    assert calls == [1] and torch.allclose(acc, want, atol=1e-5)
 
 
 KEEP_MEMORY_CHILD = """

@@ -378,11 +378,11 @@ def test_esrgan_recipe_options_train():
 
 
 def test_features_before_the_activation_end_one_layer_earlier(tmp_path):
-    from vsr.perceptual import _features
+    from vsr.perceptual import vgg_features
 
     torch.manual_seed(0)
     path = tmp_path / "vgg16.pth"
-    torch.save({f"features.{k}": v for k, v in _features("vgg16").state_dict().items()}, path)
+    torch.save({f"features.{k}": v for k, v in vgg_features("vgg16").state_dict().items()}, path)
     x = torch.rand(1, 3, 16, 16)
     after = load_perceptual("vgg16:conv1_2", path)
     before = load_perceptual("vgg16:conv1_2", path, before_activation=True)

@@ -100,10 +100,11 @@ class FailingBicubic(Bicubic):
 
 def test_error_in_a_cpu_worker_fails_the_file_cleanly(tmp_path):
     dst = tmp_path / "out.mp4"
+    threads = torch.get_num_threads()
     with pytest.raises(UpscaleError, match="worker fault"):
         upscale_file(SAMPLE, dst, Upscaler(FailingBicubic(6), "cpu", workers=2), UpscaleOptions())
     assert not dst.exists() and list(tmp_path.iterdir()) == []
-    assert torch.get_num_threads() >= 1
+    assert torch.get_num_threads() == threads  # the workers' thread split is undone on failure too
 
 
 @pytest.mark.parametrize("container", ["mp4", "mkv"])
@@ -173,9 +174,8 @@ def test_odd_sizes(tmp_path, size):
     src = make_clip(tmp_path / "odd.mkv", frames=3, size=size, pix_fmt="yuv444p")
     dst = tmp_path / "odd_x4.mkv"
     run(src, dst)
-    with av.open(str(dst)) as c:
+    with av.open(str(dst)) as c:  # (Matroska stores no frame count: the frames are counted)
         assert (c.streams.video[0].width, c.streams.video[0].height) == (size[0] * 4, size[1] * 4)
-        assert c.streams.video[0].frames in (0, 3)
         assert len(list(c.decode(video=0))) == 3
 
 
@@ -227,14 +227,15 @@ def test_batches_match_single_frames(tmp_path):
 
 @pytest.mark.parametrize("ext", ["png", "jpg", "webp"])
 def test_images(tmp_path, ext):
-    src = tmp_path / f"in.{ext}"
-    av.VideoFrame.from_ndarray(np.ascontiguousarray(np.repeat(np.repeat(np.arange(0, 250, 10, dtype=np.uint8)[None, :, None], 20, 0), 3, 2)), format="rgb24").save(str(src)) if ext == "png" else None
-    if ext != "png":
-        png = tmp_path / "seed.png"
-        from conftest import pattern
+    from conftest import pattern
 
-        av.VideoFrame.from_ndarray(pattern(0, 25, 20), format="rgb24").save(str(png))
-        upscale_file(png, src, Upscaler(Bicubic(2)), UpscaleOptions())  # make a real jpg/webp input
+    src = tmp_path / f"in.{ext}"
+    seed = tmp_path / "seed.png"
+    av.VideoFrame.from_ndarray(pattern(0, 25, 20), format="rgb24").save(str(seed))
+    if ext == "png":
+        src = seed
+    else:  # a real jpg/webp input, written by vsr's own encoder path
+        upscale_file(seed, src, Upscaler(Bicubic(2)), UpscaleOptions())
     dst = tmp_path / f"out.{ext}"
     upscale_file(src, dst, Upscaler(Bicubic(4)), UpscaleOptions())
     with av.open(str(src)) as a, av.open(str(dst)) as b:

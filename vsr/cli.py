@@ -100,6 +100,12 @@ class _Commands(click.Group):
 @click.version_option(package_name="vsr")
 def main() -> None:
     """vsr: video super-resolution with SRGAN."""
+    # The process-wide settings, made here and nowhere else: glibc keeps freed memory for reuse
+    # (vsr.system.keep_freed_memory; VSR_KEEP_FREED_MEMORY=0 turns it off).  Under torchrun,
+    # `vsr finetune` also starts the process group (vsr.finetune.start_distributed).
+    from vsr.system import keep_freed_memory
+
+    keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap
 
 
 # ---------------------------------------------------------------------------- upscale
@@ -238,10 +244,9 @@ def upscale(input, **kw):
     from vsr.device import resolve_device
     from vsr.pipeline import OutputSize, UpscaleError, UpscaleOptions, upscale_file
     from vsr.progress import FileProgress
-    from vsr.system import keep_freed_memory, usable_cores
+    from vsr.system import usable_cores
     from vsr.upscaler import Upscaler, check_workers
 
-    keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap (see its docstring)
     size = OutputSize(a.outscale, a.out_width, a.out_height) if (a.outscale or a.out_width or a.out_height) else None
     net, model_id = load_model(a.model, a.weights, int(a.scale) if a.scale else None)
     dev = resolve_device(a.device)
@@ -560,13 +565,11 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
              frames_per_video, max_side, seed, device, precision, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
     from vsr.errors import VsrError
-    from vsr.finetune import Callbacks, FinetuneOptions, run_finetune
+    from vsr.finetune import Callbacks, FinetuneOptions, run_finetune, start_distributed, stop_distributed
     from vsr.model import GeneratorConfig
     from vsr.progress import TrainProgress
-    from vsr.system import keep_freed_memory
     from vsr.train import TrainConfig
 
-    keep_freed_memory()
     try:
         cfg = TrainConfig(
             steps=steps, pretrain_steps=min(pretrain_steps, steps), batch_size=batch_size, patch_size=patch_size, lr=lr,
@@ -592,6 +595,7 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         on_step=progress.step,
         on_validate=progress.validate,
     )
+    start_distributed(device)
     try:
         summary = run_finetune(opts, callbacks)
     except VsrError:
@@ -601,6 +605,8 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         progress.stop()
         err.print(f"interrupted; checkpoint saved to {checkpoint or output.with_suffix('.ckpt')} (continue with --resume)")
         sys.exit(EXIT_INTERRUPTED)
+    finally:
+        stop_distributed()
     progress.stop()
     if summary["validation"]:
         table = Table(title="validation (held-out, PSNR-Y dB / SSIM-Y)")

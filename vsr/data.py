@@ -9,7 +9,6 @@ footage are near-flat sky, walls or blur and teach the network nothing.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
 import queue
@@ -30,7 +29,6 @@ from vsr.decode import decode_frames
 from vsr.errors import VsrError
 from vsr.media import jpeg_qscale, kind_of
 
-log = logging.getLogger(__name__)
 
 FLAT_GRADIENT = 6.0  # mean |gradient| (0-255 scale) below which a patch counts as flat
 

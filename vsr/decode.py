@@ -302,7 +302,7 @@ class FrameItem:
     rgb: np.ndarray | None  # uint8 HxWx3; None until converted (see ``frame``)
     pts: int | None
     time_base: Fraction
-    frame: av.VideoFrame | None = None  # the decoded frame, when read(..., convert=False)
+    frame: av.VideoFrame | None = None  # the decoded frame, until to_rgb/to_planes converts it
     planes: list[np.ndarray] | None = None  # its YUV planes, for colour conversion on the model's device
     alpha: np.ndarray | None = None  # a picture's transparency (uint8 HxW), upscaled beside the model
 
@@ -313,7 +313,7 @@ class FrameItem:
 
 
 def to_rgb(item: FrameItem, timings: Timings) -> FrameItem:
-    """Convert a :class:`FrameItem` read with ``convert=False`` to RGB (in place; returns it)."""
+    """Convert a :class:`FrameItem` from :func:`read` to RGB (in place; returns it)."""
     if item.rgb is None:
         with timings("to_rgb"):
             item.rgb = frame_to_rgb(item.frame)
@@ -322,7 +322,7 @@ def to_rgb(item: FrameItem, timings: Timings) -> FrameItem:
 
 
 def to_planes(item: FrameItem, layout: PlaneFormat, timings: Timings) -> FrameItem:
-    """Take the YUV planes of a :class:`FrameItem` read with ``convert=False`` (in place; returns it)."""
+    """Take the YUV planes of a :class:`FrameItem` from :func:`read` (in place; returns it)."""
     if item.planes is None:
         with timings("to_planes"):
             frame = item.frame
@@ -471,11 +471,12 @@ class Span:
 
 
 def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None,
-         convert: bool = True, deinterlace: bool = False,
-         report: DecodeReport | None = None, span: Span | None = None) -> Iterator[FrameItem | PacketItem]:
+         deinterlace: bool = False, report: DecodeReport | None = None,
+         span: Span | None = None) -> Iterator[FrameItem | PacketItem]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
 
-    With ``convert=False`` frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb`.
+    Frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb` or :func:`to_planes`
+    in another thread.
     With ``deinterlace``, interlaced frames go through :class:`Deinterlacer` first.  ``report``
     collects the frame times and, at the end, the gaps in them.  With ``span``, reading starts at
     the keyframe before its start, frames and packets outside it are dropped (other streams at
@@ -560,7 +561,7 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                         last_time = float(pts * tb)
                         report.times.append(last_time)
                     item = FrameItem(index, None, pts, tb, frame)
-                    yield to_rgb(item, timings) if convert else item
+                    yield item
                     index += 1
         except av.FFmpegError as exc:
             raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc

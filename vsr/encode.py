@@ -232,7 +232,7 @@ class Writer:
     (two threads may do the two steps), packets through :meth:`copy_packet`, then :meth:`close`."""
 
     def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, size: tuple[int, int],
-                 container_format: str | None = None, warn: Callable[[str], None] = lambda m: None,
+                 warn: Callable[[str], None] = lambda m: None,
                  image: bool = False, sample_aspect_ratio: Fraction | None = None, field_order: int = 0,
                  span=None) -> None:
         self.path = os.fspath(path)
@@ -255,7 +255,7 @@ class Writer:
             if image:
                 self.output = av.open(self.path, "w", format="image2", options={"update": "1"})
             else:
-                self.output = av.open(self.path, "w", format=container_format)
+                self.output = av.open(self.path, "w")
         except (av.FFmpegError, ValueError) as exc:
             raise EncodeError(f"cannot create {self.path!r}: {exc}") from exc
         flags = self.output.format.flags

@@ -62,18 +62,34 @@ class Callbacks:
     on_validate: Callable[[int, dict[str, float]], None] = lambda step, scores: None
 
 
-def _distributed(device: str) -> tuple[bool, int, int]:
-    """Under torchrun: (True, rank, world size), the process group started (NCCL for GPUs, gloo
-    when the run is on the CPU, also on a machine that has a GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return False, 0, 1
+def start_distributed(device: str) -> None:
+    """Under torchrun (``WORLD_SIZE`` > 1), start the process group: NCCL for GPUs, gloo when the
+    run is on the CPU (also on a machine that has a GPU).  Process-wide, so the entry point calls it
+    (``vsr finetune`` does), not :func:`run_finetune`; pair it with :func:`stop_distributed`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
     import torch.distributed as dist
 
     if not dist.is_initialized():
         gpu = torch.cuda.is_available() and device != "cpu"
         dist.init_process_group(backend="nccl" if gpu else "gloo")
-    return True, dist.get_rank(), dist.get_world_size()
+
+
+def stop_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _distributed() -> tuple[bool, int, int]:
+    """(whether a process group is running, this process's rank, the world size)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return True, dist.get_rank(), dist.get_world_size()
+    return False, 0, 1
 
 
 def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str]:
@@ -137,7 +153,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
     if not opts.folder.is_dir():
         raise FinetuneError(f"expected a folder of videos and images, got {os.fspath(opts.folder)!r}")
     _check_writable(opts.output)
-    distributed, rank, world = _distributed(opts.device)
+    distributed, rank, world = _distributed()
     device = resolve_device(opts.device, rank=rank if distributed else None)
 
     resume_state = None
@@ -295,6 +311,5 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
     if distributed:
         import torch.distributed as dist
 
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # rank 0 has written the weights
     return summary

@@ -130,13 +130,6 @@ def model_facts(model: nn.Module) -> ModelFacts:
     return ModelFacts(model, type(model).__name__, scale, None, 3 * 64 * scale**2 * 4)
 
 
-# The model table: explicit names, not folder scanning.
-PRESETS: dict[str, GeneratorConfig] = {
-    "srgan": GeneratorConfig(),
-    "srgan-nobn-bicubic": GeneratorConfig(batch_norm=False, global_skip="bicubic"),
-}
-
-
 def _norm(channels: int, enabled: bool) -> nn.Module:
     return nn.BatchNorm2d(channels) if enabled else nn.Identity()
 

@@ -35,7 +35,7 @@ class PerceptualError(VsrError):
     """No usable perceptual network; the message says what to do."""
 
 
-def _features(arch: str) -> nn.Sequential:
+def vgg_features(arch: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     in_ch = 3
     for v in _CFGS[arch]:
@@ -47,7 +47,7 @@ def _features(arch: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _layer_end(arch: str, layer: str) -> int:
+def layer_end(arch: str, layer: str) -> int:
     """Index just past the ReLU of ``convI_J`` in the features list."""
     try:
         block, conv = (int(x) for x in layer.removeprefix("conv").split("_"))
@@ -140,8 +140,8 @@ def load_perceptual(spec: str = "vgg19:conv5_4", weights: str | os.PathLike | No
     conv5_4's activations, and matching the sparse maps that remain gives weaker, brightness-shifting
     supervision); the paper takes it after."""
     arch, layer = parse_spec(spec)
-    end = _layer_end(arch, layer) - (1 if before_activation else 0)
-    features = _features(arch)
+    end = layer_end(arch, layer) - (1 if before_activation else 0)
+    features = vgg_features(arch)
     caffe = False
     if weights is not None:
         path = Path(weights)

@@ -272,7 +272,7 @@ def upscale_file(
     report = DecodeReport()
 
     def decode() -> None:
-        for item in read(info, writer.streams_to_copy(), stop, stages, convert=False, deinterlace=deinterlace,
+        for item in read(info, writer.streams_to_copy(), stop, stages, deinterlace=deinterlace,
                          report=report, span=options.span):
             if not _put(q_decoded, item, stop):
                 return

@@ -326,13 +326,13 @@ def run(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_validate: Callable[[int, dict[str, float]], None] | None = None,
     is_main: bool = True,
-) -> list[tuple[int, dict[str, float]]]:
-    """The loop: steps until ``cfg.steps``, validating and checkpointing along the way.
+) -> None:
+    """The loop: steps until ``cfg.steps``, validating (scores go to ``on_validate``) and
+    checkpointing along the way.
 
     On KeyboardInterrupt a checkpoint is written before the exception goes on.
     """
     cfg = trainer.cfg
-    history: list[tuple[int, dict[str, float]]] = []
     scale = trainer.ema.config.scale
     try:
         while trainer.step < cfg.steps:
@@ -343,7 +343,6 @@ def run(
             done = trainer.step
             if is_main and val_images and (done % val_every == 0 or done == cfg.steps):
                 scores = evaluate(trainer.ema, val_images, scale, trainer.device)
-                history.append((done, scores))
                 if on_validate is not None:
                     on_validate(done, scores)
             if is_main and checkpoint is not None and (done % checkpoint_every == 0 or done == cfg.steps):
@@ -352,4 +351,3 @@ def run(
         if is_main and checkpoint is not None:
             checkpoint()
         raise
-    return history

@@ -110,6 +110,9 @@ class Upscaler:
         # CPU: batches upscale_stream runs at once; None: choose (cpu_workers).  A compiled model runs
         # in one thread (compiling from several threads at once is not something to rely on).
         self.workers = 1 if workers is None and compile else workers
+        # torch's intra-op threads as the caller has them (OMP_NUM_THREADS, set_num_threads, or the
+        # cores): what CPU workers share out, and what is restored after them.
+        self.threads = torch.get_num_threads()
         self.facts = facts = model if isinstance(model, ModelFacts) else model_facts(model)
         self.scale = facts.scale
         self.tile = tile
@@ -202,6 +205,24 @@ class Upscaler:
             weight[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += ramp
         return out if weight is None else out.div_(weight)
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the model runs as captured CUDA graphs (compiled on CUDA, and compiling worked)."""
+        return self._cudagraphs
+
+    def tile_for_memory(self, free_bytes: int, batch: int) -> None:
+        """Tiles that fit half of ``free_bytes`` of device memory for batches of ``batch`` frames."""
+        self.tile = tile_for_memory(free_bytes, self.bytes_per_pixel, batch=batch)
+
+    def smaller_tiles(self, height: int, width: int) -> bool:
+        """Halve the tile for frames of this size (after running out of device memory); False when
+        tiles are already at their smallest, 32 pixels."""
+        current = self.tile or max(height, width)
+        if current <= 32:
+            return False
+        self.tile = max(32, current // 2)
+        return True
+
     def _memory_tile(self, n: int, h: int, w: int) -> int | None:
         """On the CPU with no --tile: tiles when a whole frame's feature maps would not fit in half
         the memory this process can still take (cgroup limits included), rather than being
@@ -283,7 +304,7 @@ class Upscaler:
         Default: 2 workers when there are at least 2 threads (more cores: unmeasured), fewer if
         their feature maps would not fit in half the available memory.
         """
-        threads = torch.get_num_threads()
+        threads = self.threads
         workers = self.workers or (2 if threads >= 2 else 1)
         if self.workers is None:
             n, h, w = batch.shape[:3]
@@ -297,7 +318,11 @@ class Upscaler:
 
     def _parallel_stream(self, batches: Iterator, workers: int, colour: PlaneConversion | None,
                          size: tuple[int, int] | None) -> Iterator:
-        threads = torch.get_num_threads()
+        """Each worker thread sets its own intra-op thread count (its share of the process's).
+        ``torch.set_num_threads`` also changes the count new threads start with; that is put back
+        to the count this upscaler was made with (``self.threads``), not to whatever another stream
+        had set, so two folder workers on the CPU cannot leave each other's share behind."""
+        threads = self.threads
         shares = iter([threads // workers + (i < threads % workers) for i in range(workers)])
         share_lock = threading.Lock()
 
@@ -318,7 +343,6 @@ class Upscaler:
             for future in inflight:
                 future.cancel()
             pool.shutdown(wait=True)
-            # set_num_threads also sets the default new threads start with: give it back
             torch.set_num_threads(threads)
 
 
@@ -377,11 +401,8 @@ class CudaRunner:
                 return self.up.forward(x)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
-                h, w = x.shape[-2:]
-                current = self.up.tile or max(h, w)
-                if current <= 32:
-                    raise
-                self.up.tile = max(32, current // 2)  # retry the same batch with smaller tiles
+                if not self.up.smaller_tiles(*x.shape[-2:]):
+                    raise  # retried with smaller tiles down to 32 px: it does not fit
 
     @torch.inference_mode()
     def stream(self, batches: Iterable, colour: PlaneConversion | None = None,
@@ -396,8 +417,8 @@ class CudaRunner:
                 size = n
                 if self._auto_tile:
                     free, _ = torch.cuda.mem_get_info(dev)
-                    up.tile = tile_for_memory(free, up.bytes_per_pixel, batch=n)
-            if up._cudagraphs and n < size:  # replay the captured graph: pad with the last frame
+                    up.tile_for_memory(free, n)
+            if up.cuda_graphs and n < size:  # replay the captured graph: pad with the last frame
                 tensors = tuple(torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])]) for t in tensors)
             slot = k % 2
             host_in = [self._pinned(self._in, t, i, slot).copy_(t) for i, t in enumerate(tensors)]
