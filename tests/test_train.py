@@ -444,3 +444,20 @@ def test_a_checkpoint_is_taken_as_weights(folder, tmp_path):
     with av.open(str(via_ckpt)) as a, av.open(str(via_weights)) as b:
         for fa, fb in zip(a.decode(video=0), b.decode(video=0)):
             assert np.array_equal(fa.to_ndarray(), fb.to_ndarray())  # the checkpoint's EMA = the weights file
+
+
+def test_training_reads_pictures_as_upscaling_does(tmp_path):
+    """One decoder for both: an EXIF-rotated photo is upright for training as it is for upscaling."""
+    PIL = pytest.importorskip("PIL.Image")
+    from vsr.decode import FrameItem, probe, read, still_to_rgb
+    from vsr.timing import Timings
+
+    src = tmp_path / "sideways.jpg"
+    exif = PIL.Exif()
+    exif[0x0112] = 6
+    PIL.fromarray(pattern(0, 40, 24)).save(src, exif=exif.tobytes(), quality=95)
+    trained = data_mod.load_image(src)
+    info = probe(src)
+    (item,) = [i for i in read(info, set()) if isinstance(i, FrameItem)]
+    upscaled = still_to_rgb(item, info, Timings()).rgb
+    assert trained.shape == (40, 24, 3) and np.array_equal(trained, upscaled)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import queue
 import threading
 import time
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.colour import frame_to_rgb
-from vsr.decode import decode_frames
+from vsr.decode import decode_frames, open_input, probe, read_picture
 from vsr.errors import VsrError
 from vsr.media import jpeg_qscale, kind_of
 
@@ -81,11 +80,11 @@ def shrink(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
-    """Up to ``count`` RGB frames spread evenly over the clip, found by seeking."""
-    with av.open(os.fspath(path)) as container:
-        if not container.streams.video:
-            raise DataError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+    """Up to ``count`` RGB frames spread evenly over the clip, found by seeking; opened, decoded
+    and converted by :mod:`vsr.decode` as frames that are upscaled are."""
+    info = probe(path)
+    with open_input(path) as container:
+        stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
         duration = None
         if stream.duration is not None and stream.time_base is not None:
@@ -119,12 +118,9 @@ def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
 
 
 def load_image(path: Path) -> np.ndarray:
-    with av.open(os.fspath(path)) as container:
-        if not container.streams.video:
-            raise DataError(f"{path}: not an image")
-        for frame in decode_frames(container, container.streams.video[0]):
-            return frame_to_rgb(frame)
-    raise DataError(f"{path}: no picture could be decoded")
+    """A picture as RGB, read as ``vsr upscale`` reads it (:func:`vsr.decode.read_picture`: turned
+    upright by its EXIF orientation)."""
+    return read_picture(path)
 
 
 def extract_frames(
@@ -167,7 +163,7 @@ def extract_frames(
                     out = sub / f"{i:05d}.npy"
                     np.save(out, np.ascontiguousarray(rgb))
                     source.frames.append(out)
-            except (av.FFmpegError, DataError, OSError) as exc:
+            except (av.FFmpegError, VsrError, OSError) as exc:
                 skipped.append(f"{path}: {exc}")
                 continue
             done.touch()

@@ -260,6 +260,20 @@ def alpha_of(frame: av.VideoFrame) -> np.ndarray | None:
     return alpha if (alpha < 255).any() else None
 
 
+def read_picture(path: str | os.PathLike) -> np.ndarray:
+    """A picture file's RGB (uint8 HxWx3) as the pipeline converts it: its own matrix and range,
+    turned upright by its EXIF orientation (for training data, which must match what is upscaled)."""
+    info = probe(path)
+    with open_input(path) as container:
+        try:
+            frame = next(decode_frames(container, container.streams[info.stream_index]), None)
+        except av.FFmpegError as exc:
+            raise DecodeError(f"{os.fspath(path)!r}: decoding failed: {exc}") from exc
+    if frame is None:
+        raise DecodeError(f"{os.fspath(path)!r}: no picture could be decoded")
+    return still_to_rgb(FrameItem(0, None, None, info.time_base, frame), info, Timings()).rgb
+
+
 def still_to_rgb(item: "FrameItem", info: VideoInfo, timings: Timings) -> "FrameItem":
     """:func:`to_rgb` for a picture: its alpha kept aside (``item.alpha``) and both turned upright
     by the EXIF orientation."""
