@@ -275,16 +275,17 @@ def test_torchrun_ddp_on_cpu_with_gloo(folder, tmp_path):
 
 
 def test_ctrl_c_writes_a_checkpoint_that_resumes(folder, tmp_path):
-    from vsr.finetune import Callbacks
+    from vsr.report import TrainReporter
 
     out = tmp_path / "w.safetensors"
 
-    def interrupt(step, losses):
-        if step == 3:
-            raise KeyboardInterrupt
+    class Interrupting(TrainReporter):
+        def step(self, step, losses):
+            if step == 3:
+                raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_finetune(_opts(folder, out, train={"steps": 6}), Callbacks(on_step=interrupt))
+        run_finetune(_opts(folder, out, train={"steps": 6}), Interrupting())
     assert not out.exists()
     state = torch.load(out.with_suffix(".ckpt"), weights_only=True)
     assert state["step"] == 3
@@ -408,10 +409,15 @@ def test_empty_folder_is_named_before_the_perceptual_network(tmp_path, monkeypat
 def test_the_run_says_how_long_it_will_take_and_warns_when_long(folder, tmp_path, monkeypatch):
     import vsr.finetune as finetune_mod
 
+    from vsr.report import TrainReporter
+
     infos, warnings = [], []
+
+    class Listening(TrainReporter):
+        info, warn = staticmethod(infos.append), staticmethod(warnings.append)
+
     monkeypatch.setattr(finetune_mod, "LONG_RUN_SECONDS", 0.0)
-    cb = finetune_mod.Callbacks(on_info=infos.append, on_warning=warnings.append)
-    run_finetune(_opts(folder, tmp_path / "o.safetensors", train={"steps": 8}), cb)
+    run_finetune(_opts(folder, tmp_path / "o.safetensors", train={"steps": 8}), Listening())
     (estimate,) = [m for m in infos if m.startswith("about ")]
     assert "to go on cpu" in estimate and "s/step" in estimate
     assert any("this run will take about" in w and "on the CPU" in w for w in warnings)

@@ -21,7 +21,8 @@ from vsr.decode import InputError, probe
 from vsr.errors import UsageError, VsrError
 from vsr.files import folder_problem, partial_path, remove, written_whole
 from vsr.media import kind_of, output_name
-from vsr.pipeline import Reporter, Result, UpscaleError, UpscaleOptions, upscale_file
+from vsr.pipeline import Result, UpscaleError, UpscaleOptions, upscale_file
+from vsr.report import BatchReporter
 from vsr.upscaler import Upscaler
 
 
@@ -182,15 +183,6 @@ def count_frames(jobs: Sequence[Job]) -> None:
                 job.frames = probe(job.src).frames
             except InputError:
                 job.frames = None
-
-
-class BatchReporter:
-    """What a batch tells its caller: a Reporter for each file, and each file's outcome."""
-
-    def for_job(self, job: Job) -> Reporter:
-        return Reporter()
-
-    def file_finished(self, job: Job) -> None: ...
 
 
 def run(

@@ -448,10 +448,10 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
     try:
         batch.run(jobs, upscalers, options, progress)
     except KeyboardInterrupt:
-        progress.stop()
+        progress.finish()
         err.print("interrupted; finished files are kept, the current one was not written (re-run to resume)")
         sys.exit(EXIT_INTERRUPTED)
-    progress.stop()
+    progress.finish()
     failed = [j for j in jobs if j.status == "failed"]
     damaged = [j for j in jobs if j.status == "damaged"]
     if as_json:
@@ -565,7 +565,7 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
              frames_per_video, max_side, seed, device, precision, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
     from vsr.errors import VsrError
-    from vsr.finetune import Callbacks, FinetuneOptions, run_finetune, start_distributed, stop_distributed
+    from vsr.finetune import FinetuneOptions, run_finetune, start_distributed, stop_distributed
     from vsr.model import GeneratorConfig
     from vsr.progress import TrainProgress
     from vsr.train import TrainConfig
@@ -588,26 +588,19 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         frames_per_video=frames_per_video, max_side=max_side, device=device, precision=precision,
     )
     progress = TrainProgress(err, quiet=quiet)
-    callbacks = Callbacks(
-        on_info=lambda m: err.print(m) if not quiet else None,
-        on_warning=lambda m: err.print(f"[yellow]warning:[/] {m}", soft_wrap=True),
-        on_start=progress.start,
-        on_step=progress.step,
-        on_validate=progress.validate,
-    )
     start_distributed(device)
     try:
-        summary = run_finetune(opts, callbacks)
+        summary = run_finetune(opts, progress)
     except VsrError:
-        progress.stop()
+        progress.finish()
         raise
     except KeyboardInterrupt:
-        progress.stop()
+        progress.finish()
         err.print(f"interrupted; checkpoint saved to {checkpoint or output.with_suffix('.ckpt')} (continue with --resume)")
         sys.exit(EXIT_INTERRUPTED)
     finally:
         stop_distributed()
-    progress.stop()
+    progress.finish()
     if summary["validation"]:
         table = Table(title="validation (held-out, PSNR-Y dB / SSIM-Y)")
         for col in ("step", "model PSNR", "bicubic PSNR", "gain", "model SSIM", "bicubic SSIM"):

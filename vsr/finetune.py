@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -22,6 +22,7 @@ from vsr.device import DeviceError, precision_name, resolve_device
 from vsr.errors import VsrError
 from vsr.files import folder_problem, written_whole
 from vsr.model import Generator, GeneratorConfig
+from vsr.report import TrainReporter
 from vsr.weights import WeightsError, default_weights, load_generator, resolve_weights, save_generator
 
 
@@ -51,15 +52,6 @@ class FinetuneOptions:
     device: str = "auto"
     precision: str = "auto"  # auto|fp32|bf16|fp16 (vsr.device.resolve_precision, training=True)
     perceptual: torch.nn.Module | None = None  # a ready feature extractor (tests); else loaded from content_layer
-
-
-@dataclass
-class Callbacks:
-    on_info: Callable[[str], None] = lambda message: None
-    on_warning: Callable[[str], None] = lambda message: None
-    on_start: Callable[[int, int], None] = lambda start_step, total: None
-    on_step: Callable[[int, dict[str, float]], None] = lambda step, losses: None
-    on_validate: Callable[[int, dict[str, float]], None] = lambda step, scores: None
 
 
 def start_distributed(device: str) -> None:
@@ -147,8 +139,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(1, minutes)} min"
 
 
-def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str, Any]:
-    """Train and write ``opts.output``; returns the training summary stored in the file."""
+def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict[str, Any]:
+    """Train and write ``opts.output``; returns the training summary stored in the file.  What
+    happens is told to ``cb`` (:class:`vsr.report.TrainReporter`)."""
+    cb = cb or TrainReporter()
     cfg = opts.train
     if not opts.folder.is_dir():
         raise FinetuneError(f"expected a folder of videos and images, got {os.fspath(opts.folder)!r}")
@@ -186,11 +180,11 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
     # Data: frames cached on disk, sampled memory-mapped.
     cache = opts.cache_dir or default_cache_dir()
     if rank == 0:
-        cb.on_info(f"reading frames from {opts.folder} (cache {cache})")
+        cb.info(f"reading frames from {opts.folder} (cache {cache})")
     sources, skipped = data_mod.extract_frames(opts.folder, cache, opts.frames_per_video, opts.max_side, min_size=cfg.patch_size)
     for reason in skipped:
         if rank == 0:
-            cb.on_warning(f"skipped {reason}")
+            cb.warn(f"skipped {reason}")
     if not sources:
         found = data_mod.find_media(opts.folder)
         if not found:
@@ -212,7 +206,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
         "sources": [os.fspath(s.path.relative_to(opts.folder)) for s in train_sources][:200],
     }
     if rank == 0:
-        cb.on_info(
+        cb.info(
             f"{len(train_frames)} frames from {len(train_sources)} files for training, "
             f"{len(val_images)} crops from {len(val_sources)} held-out files for validation"
         )
@@ -230,7 +224,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
     checkpoint_path = opts.checkpoint or opts.output.with_suffix(".ckpt")
     recent: dict[str, Any] = {}
     if rank == 0:
-        cb.on_info(f"training on {device} in {precision_name(trainer.amp_dtype)}"
+        cb.info(f"training on {device} in {precision_name(trainer.amp_dtype)}"
                    + (" (fp16 with loss scaling)" if trainer.scaler.is_enabled() else ""))
     batches = data_mod.Prefetcher(sampler, cfg.batch_size, pin=device.type == "cuda")
 
@@ -238,7 +232,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
 
     def on_step(step: int, losses: dict[str, Any]) -> None:
         recent.update(losses)
-        cb.on_step(step, losses)
+        cb.step(step, losses)
         # After a few steps (the first ones warm up), say how long the whole run will take here.
         now = time.monotonic()
         if timing["start"] is None:
@@ -248,22 +242,22 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
             left = per_step * (cfg.steps - step)
             timing["step"] = None
             if rank == 0:
-                cb.on_info(f"about {_duration(left)} to go on {device} ({cfg.steps - step} steps at "
+                cb.info(f"about {_duration(left)} to go on {device} ({cfg.steps - step} steps at "
                            f"{per_step:.2f} s/step; the adversarial phase is slower than the pixel one)")
                 if device.type == "cpu" and left > LONG_RUN_SECONDS:
-                    cb.on_warning(f"this run will take about {_duration(left)} on the CPU; a GPU does it in "
+                    cb.warn(f"this run will take about {_duration(left)} on the CPU; a GPU does it in "
                                   f"minutes (--device cuda), or ask for fewer --steps")
 
     def on_validate(step: int, scores: dict[str, float]) -> None:
         history.append((step, scores))
         best = max(s["psnr"] for _, s in history)
         if trainer.cfg.phase(step - 1) == "gan" and scores["psnr"] < best - 1.0:
-            cb.on_warning(
+            cb.warn(
                 f"validation PSNR-Y fell to {scores['psnr']:.2f} dB at step {step} "
                 f"(best {best:.2f} dB): the adversarial phase is trading fidelity for texture; "
                 f"consider a lower --adv-weight or fewer steps"
             )
-        cb.on_validate(step, scores)
+        cb.validate(step, scores)
 
     def checkpoint() -> None:
         train_mod.save_checkpoint(
@@ -272,7 +266,7 @@ def run_finetune(opts: FinetuneOptions, cb: Callbacks = Callbacks()) -> dict[str
             {"sampler_rng": batches.state(), "history": [[s, v] for s, v in history], "started_from": started_from},
         )
 
-    cb.on_start(trainer.step, cfg.steps)
+    cb.start(trainer.step, cfg.steps)
     began = time.monotonic()
     start_step = trainer.step
     try:

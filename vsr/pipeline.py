@@ -33,6 +33,7 @@ from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
 from vsr.files import folder_problem, partial_path, remove
 from vsr.media import ALPHA_OUTPUTS, OUTPUT_EXTENSION, output_kind
+from vsr.report import Reporter
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
 from vsr.system import available_memory
 from vsr.timing import GilProbe, Timings
@@ -138,15 +139,6 @@ class Result:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
-
-
-class Reporter:
-    """What the pipeline tells its caller; the CLI subclasses it with rich output."""
-
-    def start(self, name: str, total: int | None) -> None: ...
-    def advance(self, frames: int) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def finish(self) -> None: ...
 
 
 def check_paths(src: Path, dst: Path, overwrite: bool) -> None:

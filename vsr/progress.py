@@ -1,4 +1,4 @@
-"""Rich progress displays for the CLI (stderr).  Library code reports through callbacks."""
+"""Rich progress displays for the CLI (stderr): the reporters of :mod:`vsr.report`, shown."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from vsr.report import BatchReporter, Reporter, TrainReporter
 
-class TrainProgress:
+
+class TrainProgress(TrainReporter):
     """step/total, current losses, steps/s, ETA; validation lines as they come."""
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
@@ -58,7 +60,15 @@ class TrainProgress:
                 f"(bicubic {scores['bicubic_ssim']:.4f})")
         (self.progress.console if self.progress else self.console).print(line)
 
-    def stop(self) -> None:
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            (self.progress.console if self.progress else self.console).print(message, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        (self.progress.console if self.progress else self.console).print(f"[yellow]warning:[/] {message}",
+                                                                         soft_wrap=True)
+
+    def finish(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -101,7 +111,7 @@ class _Rate:
         return f"{name}: {self.done}{total} frames{share}, {self.fps or '0.00 fps'}, ETA {self.eta}"
 
 
-class FileProgress:
+class FileProgress(Reporter):
     """The pipeline's Reporter for one file: frames done/total, fps, ETA (stderr).  Off a terminal
     (nohup, a scheduler, CI) a plain line every ``LOG_INTERVAL`` seconds instead of a live bar."""
 
@@ -149,7 +159,7 @@ class FileProgress:
         self.rate = None
 
 
-class BatchProgress:
+class BatchProgress(BatchReporter):
     """Overall (files, frames, ETA) and per-file progress for a folder (stderr); off a terminal, a
     plain overall line every ``LOG_INTERVAL`` seconds."""
 
@@ -194,13 +204,13 @@ class BatchProgress:
         if job.status == "failed":
             self._print(f"[red]failed:[/] {job.rel}: {job.error}")
 
-    def stop(self) -> None:
+    def finish(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
 
 
-class _FileTask:
+class _FileTask(Reporter):
     """The pipeline Reporter for one file of a batch."""
 
     def __init__(self, batch: BatchProgress, job) -> None:
