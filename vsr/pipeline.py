@@ -195,30 +195,156 @@ class _Stop:
         return self._own.is_set() or (self._outside is not None and self._outside.is_set())
 
 
-def upscale_file(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    upscaler: Upscaler,
-    options: UpscaleOptions = UpscaleOptions(),
-    reporter: Reporter | None = None,
-    stop: threading.Event | None = None,
-    fault: Callable[[int], None] | None = None,
-) -> Result:
-    """Upscale ``src`` into ``dst``.  ``fault`` (tests) is called with each frame index before the model."""
-    src, dst = Path(src), Path(dst)
-    reporter = reporter or Reporter()
-    stop = _Stop(stop)
+class StageThreads:
+    """The generic piece: stage functions on named daemon threads.  The first error in any of them
+    sets the shared ``stop`` (so every stage winds down) and is raised again by :meth:`check`."""
+
+    def __init__(self, stop: _Stop) -> None:
+        self.stop = stop
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self, name: str, body: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                self.errors.append(exc)
+                self.stop.set()
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def check(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+
+    def wind_down(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=5)
+
+
+# -- the stages: each a function of its queues -------------------------------------------------
+def _decode_stage(items: Iterator, q_out: queue.Queue, stop: _Stop) -> None:
+    """vsr-decode: frames and packets from :func:`vsr.decode.read`, in file order."""
+    for item in items:
+        if not _put(q_out, item, stop):
+            return
+    _put(q_out, _END, stop)
+
+
+def _relay_stage(q_in: queue.Queue, q_out: queue.Queue, convert: Callable[[Any], Any], stop: _Stop) -> None:
+    """vsr-to-rgb / vsr-to-yuv: frames through ``convert``, packets passed on as they are."""
+    while True:
+        item = _get(q_in, stop)
+        if item is not _END and not isinstance(item, PacketItem):
+            item = convert(item)
+        if not _put(q_out, item, stop) or item is _END:
+            return
+
+
+def _encode_stage(q_in: queue.Queue, writer: Writer, reporter: Reporter, stop: _Stop) -> None:
+    """vsr-encode: frames encoded and packets copied in order; the file finished at the end."""
+    while True:
+        item = _get(q_in, stop)
+        if item is _END:
+            if not stop.is_set():
+                with writer.timings("encode"):
+                    writer.close()
+            return
+        if isinstance(item, PacketItem):
+            with writer.timings("encode"):
+                writer.copy_packet(item.packet, item.stream_index, item.time_base)
+        else:
+            for frame in item:
+                writer.encode_frame(frame)
+            reporter.advance(len(item))
+
+
+def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colour: PlaneConversion | None,
+                 resize: tuple[int, int] | None, shape: tuple[int, int], batch_size: int, name: str, stop: _Stop,
+                 fault: Callable[[int], None] | None) -> None:
+    """The calling thread: frames batched through the model, results and packets on in input order.
+
+    Batches handed to the model and packets that arrived behind them wait in ``pending``: on CUDA
+    the upscaler keeps one batch in flight while the next is copied in, so results come back one
+    batch late, and packets wait for the frames before them."""
+    pending: deque[list[FrameItem] | PacketItem] = deque()
+
+    def stack(frames: list[FrameItem]):
+        if colour is None:
+            return np.stack([f.rgb for f in frames])
+        return tuple(np.stack([f.planes[k] for f in frames]) for k in range(len(frames[0].planes)))
+
+    def batches() -> Iterator:
+        batch: list[FrameItem] | None = None  # filling; already in ``pending``
+        while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
+            item = _get(q_in, stop)
+            if item is _END:
+                break
+            if isinstance(item, PacketItem):
+                if pending:
+                    pending.append(item)
+                else:
+                    _put(q_out, item, stop)
+                continue
+            if item.size != shape:
+                raise UpscaleError(
+                    f"{name}: the picture size changes at frame {item.index} "
+                    f"({shape[1]}x{shape[0]} -> {item.size[1]}x{item.size[0]}); this is not supported"
+                )
+            if fault is not None:
+                fault(item.index)
+            if batch is None:
+                batch = []
+                pending.append(batch)
+            batch.append(item)
+            if len(batch) >= batch_size:
+                yield stack(batch)
+                batch = None
+        if batch and not stop.is_set():
+            yield stack(batch)
+
+    results = (upscaler.upscale_stream(batches()) if colour is None and resize is None
+               else upscaler.upscale_stream(batches(), colour, size=resize))
+    for out in results:
+        frames = pending.popleft()
+        if colour is None:
+            out = out.numpy()
+            done = [(out[i], f.pts, f.time_base, f.alpha) for i, f in enumerate(frames)]
+        else:
+            planes = [p.numpy() for p in out]
+            done = [([p[i] for p in planes], f.pts, f.time_base) for i, f in enumerate(frames)]
+        _put(q_out, done, stop)
+        while pending and isinstance(pending[0], PacketItem):
+            _put(q_out, pending.popleft(), stop)
+    while pending and not stop.is_set():  # packets after the last frame
+        _put(q_out, pending.popleft(), stop)
+    if not stop.is_set():
+        _put(q_out, _END, stop)
+
+
+@dataclass
+class _Plan:
+    """One file, set up: what it is, where it goes, and how (before any frame moves)."""
+
+    info: VideoInfo
+    writer: Writer
+    tmp: Path
+    image_out: bool
+    out_size: tuple[int, int]  # (width, height)
+    resize: tuple[int, int] | None  # (height, width) after the model, when not its own scale
+    colour: PlaneConversion | None
+    deinterlace: bool
+
+
+def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, warn: Callable[[str], None]) -> _Plan:
     check_paths(src, dst, options.overwrite)
     try:
         info = probe(src)
     except InputError as exc:
         raise UpscaleError(str(exc)) from exc
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        reporter.warn(message)
-
     tmp = partial_path(dst)
     image_out = output_kind(dst) == "image"
     if image_out and not info.is_image:
@@ -238,64 +364,40 @@ def upscale_file(
     except BaseException:
         remove(tmp)
         raise
-
     if info.is_image:
         _warn_still_limits(info, dst, warn)
-    deinterlace = options.deinterlace and info.interlaced
     if info.interlaced and not options.deinterlace:
         warn(f"interlaced video ({_FIELD_ORDERS.get(info.field_order, 'field order unknown')}): both "
              f"fields are upscaled as one picture, which blurs motion; --deinterlace converts it to progressive first")
     colour = None if info.is_image else _device_colour(options.colour, info, writer, upscaler, warn)
+    return _Plan(info, writer, tmp, image_out, (out_w, out_h), resize, colour, options.deinterlace and info.interlaced)
+
+
+def upscale_file(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    upscaler: Upscaler,
+    options: UpscaleOptions = UpscaleOptions(),
+    reporter: Reporter | None = None,
+    stop: threading.Event | None = None,
+    fault: Callable[[int], None] | None = None,
+) -> Result:
+    """Upscale ``src`` into ``dst``.  ``fault`` (tests) is called with each frame index before the model."""
+    src, dst = Path(src), Path(dst)
+    reporter = reporter or Reporter()
+    stop = _Stop(stop)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        reporter.warn(message)
+
+    plan = _plan(src, dst, upscaler, options, warn)
+    info, writer, colour = plan.info, plan.writer, plan.colour
     stages = Timings()
     upscaler.timings.clear()
-    size = options.queue_size
-    q_decoded, q_rgb, q_upscaled, q_yuv = (queue.Queue(maxsize=size) for _ in range(4))
-    errors: list[BaseException] = []
-
-    def worker(body: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                body()
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                errors.append(exc)
-                stop.set()
-        return run
-
+    q_decoded, q_converted, q_upscaled, q_prepared = (queue.Queue(maxsize=options.queue_size) for _ in range(4))
     report = DecodeReport()
-
-    def decode() -> None:
-        for item in read(info, writer.streams_to_copy(), stop, stages, deinterlace=deinterlace,
-                         report=report, span=options.span):
-            if not _put(q_decoded, item, stop):
-                return
-        _put(q_decoded, _END, stop)
-
-    def relay(q_in: queue.Queue, q_out: queue.Queue, convert: Callable[[Any], Any]) -> Callable[[], None]:
-        """Pass items from ``q_in`` to ``q_out``, frames through ``convert``, packets as they are."""
-        def body() -> None:
-            while True:
-                item = _get(q_in, stop)
-                if item is not _END and not isinstance(item, PacketItem):
-                    item = convert(item)
-                if not _put(q_out, item, stop) or item is _END:
-                    return
-        return body
-
-    def encode() -> None:
-        while True:
-            item = _get(q_yuv, stop)
-            if item is _END:
-                if not stop.is_set():
-                    with writer.timings("encode"):
-                        writer.close()
-                return
-            if isinstance(item, PacketItem):
-                with writer.timings("encode"):
-                    writer.copy_packet(item.packet, item.stream_index, item.time_base)
-            else:
-                for frame in item:
-                    writer.encode_frame(frame)
-                reporter.advance(len(item))
 
     def prepare(results: list) -> list:
         if colour is None:
@@ -308,119 +410,64 @@ def upscale_file(
         convert_in = lambda item: to_rgb(item, stages)  # noqa: E731
     else:
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
-    threads = [threading.Thread(target=worker(body), name=name, daemon=True) for name, body in [
-        ("vsr-decode", decode),
-        ("vsr-to-rgb", relay(q_decoded, q_rgb, convert_in)),
-        ("vsr-to-yuv", relay(q_upscaled, q_yuv, prepare)),
-        ("vsr-encode", encode),
-    ]]
+    items = read(info, writer.streams_to_copy(), stop, stages, deinterlace=plan.deinterlace, report=report,
+                 span=options.span)
     reporter.start(src.name, info.frames if options.span is None else options.span.frames(info))
     began = time.perf_counter()
     ok = False
     gil = GilProbe().start()
+    threads = StageThreads(stop)
     try:
-        for t in threads:
-            t.start()
-        shape = (info.height, info.width)
-        # In input order: batches handed to the model and packets that arrived behind them.  On
-        # CUDA the upscaler keeps one batch in flight while the next is copied in, so results come
-        # back one batch late; packets wait here for the frames before them.
-        pending: deque[list[FrameItem] | PacketItem] = deque()
-
-        def stack(frames: list[FrameItem]):
-            if colour is None:
-                return np.stack([f.rgb for f in frames])
-            return tuple(np.stack([f.planes[k] for f in frames]) for k in range(len(frames[0].planes)))
-
-        def batches() -> Iterator:
-            batch: list[FrameItem] | None = None  # filling; already in ``pending``
-            while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
-                item = _get(q_rgb, stop)
-                if item is _END:
-                    break
-                if isinstance(item, PacketItem):
-                    if pending:
-                        pending.append(item)
-                    else:
-                        _put(q_upscaled, item, stop)
-                    continue
-                if item.size != shape:
-                    raise UpscaleError(
-                        f"{src.name}: the picture size changes at frame {item.index} "
-                        f"({shape[1]}x{shape[0]} -> {item.size[1]}x{item.size[0]}); this is not supported"
-                    )
-                if fault is not None:
-                    fault(item.index)
-                if batch is None:
-                    batch = []
-                    pending.append(batch)
-                batch.append(item)
-                if len(batch) >= options.batch_size:
-                    yield stack(batch)
-                    batch = None
-            if batch and not stop.is_set():
-                yield stack(batch)
-
-        results = (upscaler.upscale_stream(batches()) if colour is None and resize is None
-                   else upscaler.upscale_stream(batches(), colour, size=resize))
-        for out in results:
-            frames = pending.popleft()
-            if colour is None:
-                out = out.numpy()
-                done = [(out[i], f.pts, f.time_base, f.alpha) for i, f in enumerate(frames)]
-            else:
-                planes = [p.numpy() for p in out]
-                done = [([p[i] for p in planes], f.pts, f.time_base) for i, f in enumerate(frames)]
-            _put(q_upscaled, done, stop)
-            while pending and isinstance(pending[0], PacketItem):
-                _put(q_upscaled, pending.popleft(), stop)
-        while pending and not stop.is_set():  # packets after the last frame
-            _put(q_upscaled, pending.popleft(), stop)
-        if not stop.is_set():
-            _put(q_upscaled, _END, stop)
-        threads[-1].join()
-        if errors:
-            raise errors[0]
+        threads.start("vsr-decode", lambda: _decode_stage(items, q_decoded, stop))
+        threads.start("vsr-to-rgb", lambda: _relay_stage(q_decoded, q_converted, convert_in, stop))
+        threads.start("vsr-to-yuv", lambda: _relay_stage(q_upscaled, q_prepared, prepare, stop))
+        threads.start("vsr-encode", lambda: _encode_stage(q_prepared, writer, reporter, stop))
+        _model_stage(q_converted, q_upscaled, upscaler, colour, plan.resize, (info.height, info.width),
+                     options.batch_size, src.name, stop, fault)
+        threads.threads[-1].join()
+        threads.check()
         if stop.is_set():
             raise KeyboardInterrupt
-        if report.gaps:
-            lost = sum(n for _a, _b, n in report.gaps)
-            spans = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b, _n in report.gaps)
-            message = f"damaged input: about {lost} frames missing ({spans})"
-            if options.strict:
-                raise UpscaleError(f"{src.name}: {message}; not written (--strict)")
-            warn(message)
+        _judge_damage(report, options, src.name, warn)
         ok = True
     except (DecodeError, InputError) as exc:
         raise UpscaleError(str(exc)) from exc
     except EncodeError as exc:
         raise UpscaleError(f"{src.name}: {exc}") from exc
-    except UpscaleError:
-        raise
-    except KeyboardInterrupt:
+    except (UpscaleError, KeyboardInterrupt):
         raise
     except Exception as exc:  # an FFmpeg or torch error mid-file: say where, as one line
         raise UpscaleError(f"{src.name}: failed after {writer.frames_written} frames: {type(exc).__name__}: {exc}") from exc
     finally:
         if not ok:
-            stop.set()
-            for t in threads:
-                t.join(timeout=5)
+            threads.wind_down()
             writer.abort()
-            remove(tmp)
+            remove(plan.tmp)
         reporter.finish()
         gil.stop()
     seconds = time.perf_counter() - began
     stages.merge(upscaler.timings)
     stages.merge(writer.timings)
-    if image_out and info.still is not None:
+    if plan.image_out and info.still is not None:
         exif = info.still.exif
-        write_metadata(tmp, info.still.icc, exif_upright(exif) if exif else None, (out_w, out_h))
-    os.replace(tmp, dst)
+        write_metadata(plan.tmp, info.still.icc, exif_upright(exif) if exif else None, plan.out_size)
+    os.replace(plan.tmp, dst)
     if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.gaps and not options.span:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
                   (gil.mean_ms, gil.max_ms), report.gaps)
+
+
+def _judge_damage(report: DecodeReport, options: UpscaleOptions, name: str, warn: Callable[[str], None]) -> None:
+    """Frames missing in the input: a warning, or with ``--strict`` a failure."""
+    if not report.gaps:
+        return
+    lost = sum(n for _a, _b, n in report.gaps)
+    spans = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b, _n in report.gaps)
+    message = f"damaged input: about {lost} frames missing ({spans})"
+    if options.strict:
+        raise UpscaleError(f"{name}: {message}; not written (--strict)")
+    warn(message)
 
 
 # Memory per output pixel and frame that no tiling removes: the float RGB result, its uint8 copy,
