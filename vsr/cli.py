@@ -260,9 +260,7 @@ def upscale(input, **kw):
                              deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id, span=span)
     if input.is_dir():
         output = a.output or input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
-        _upscale_folder(input, output, net, options, a.tile, use_compile, a.recursive, a.include, a.exclude, a.ext,
-                        a.dry_run, a.devices or a.device, a.shard, a.quiet, a.cpu_workers, a.precision, a.as_json,
-                        a.redo_changed)
+        _upscale_folder(input, output, net, options, a, use_compile)
         return
     output = a.output
     if output is None or output.is_dir() or str(output).endswith(("/", os.sep)):
@@ -407,8 +405,9 @@ def print_profile(result) -> None:
               + ("; that is time every stage thread loses after each call" if mean_ms >= 1 else ""))
 
 
-def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, include, exclude, ext, dry_run, devices,
-                    shard, quiet, cpu_workers=None, precision="auto", as_json=False, redo_changed=False):
+def _upscale_folder(src: Path, dst: Path, net, options, a, use_compile: bool) -> None:
+    """A folder: the plan (what to convert, skip or keep), one upscaler per device, the summary.
+    ``a``: the command's arguments (folder options, tiles, devices, --json, -q)."""
     import copy
 
     from vsr import batch
@@ -416,19 +415,19 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
     from vsr.progress import BatchProgress
     from vsr.upscaler import Upscaler
 
-    opts = batch.BatchOptions(recursive=recursive, include=tuple(include), exclude=tuple(exclude), ext=ext,
-                              overwrite=options.overwrite, settings=options.settings, redo_changed=redo_changed,
-                              shard=batch.parse_shard(shard) if shard else (1, 1))
+    opts = batch.BatchOptions(recursive=a.recursive, include=tuple(a.include), exclude=tuple(a.exclude), ext=a.ext,
+                              overwrite=options.overwrite, settings=options.settings, redo_changed=a.redo_changed,
+                              shard=batch.parse_shard(a.shard) if a.shard else (1, 1))
     jobs = batch.plan(src, dst, opts, int(net.scale))
-    device_list = [resolve_device(d.strip()) for d in devices.split(",") if d.strip()]
+    device_list = [resolve_device(d.strip()) for d in (a.devices or a.device).split(",") if d.strip()]
     todo = [j for j in jobs if j.action == "convert"]
     skipped = [j for j in jobs if j.action == "skip"]
     changed = [j for j in jobs if j.action == "changed"]
-    if changed and not dry_run:
+    if changed and not a.dry_run:
         warn(f"{len(changed)} output(s) exist but were made with other settings (model, scale or encoder); they are "
              f"kept as they are (--redo-changed redoes them): " + ", ".join(j.rel for j in changed[:5])
-             + (", ..." if len(changed) > 5 else ""), quiet)
-    if dry_run:
+             + (", ..." if len(changed) > 5 else ""), a.quiet)
+    if a.dry_run:
         table = Table(title=f"plan: {len(todo)} to convert, {len(skipped)} done earlier")
         for col in ("file", "action", "why", "output"):
             table.add_column(col)
@@ -439,12 +438,12 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
     batch.count_frames(todo)
     frames = [j.frames for j in todo]
     total = sum(f for f in frames if f) if all(frames) else None
-    if skipped and not quiet:
+    if skipped and not a.quiet:
         err.print(f"{len(skipped)} done earlier, skipped")
-    upscalers = [Upscaler(net if k == 0 else copy.deepcopy(net), d, tile=tile, precision=precision, compile=use_compile,
-                          workers=cpu_workers if d.type == "cpu" else None)
+    upscalers = [Upscaler(net if k == 0 else copy.deepcopy(net), d, tile=a.tile, precision=a.precision, compile=use_compile,
+                          workers=a.cpu_workers if d.type == "cpu" else None)
                  for k, d in enumerate(device_list)]
-    progress = BatchProgress(err, total_files=len(todo), total_frames=total, quiet=quiet)
+    progress = BatchProgress(err, total_files=len(todo), total_frames=total, quiet=a.quiet)
     try:
         batch.run(jobs, upscalers, options, progress)
     except KeyboardInterrupt:
@@ -454,7 +453,7 @@ def _upscale_folder(src, dst, net, options, tile, use_compile, recursive, includ
     progress.finish()
     failed = [j for j in jobs if j.status == "failed"]
     damaged = [j for j in jobs if j.status == "damaged"]
-    if as_json:
+    if a.as_json:
         print_json([file_record(j.src, j.dst if j.action != "ignore" else None, j.result, j.status, j.error) for j in jobs])
         sys.exit(EXIT_FAILED if failed or damaged else EXIT_OK)
     table = Table(title="summary")
