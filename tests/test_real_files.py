@@ -152,8 +152,9 @@ def test_copied_packets_with_timestamps_out_of_order_are_restamped(tmp_path, ffm
     info = probe(src)
     dst = tmp_path / "out.mkv"
     warnings = []
-    writer = Writer(dst, info, EncodeOptions(preset="ultrafast"), (info.width, info.height), warn=warnings.append)
     with av.open(str(src)) as c:
+        writer = Writer(dst, info, EncodeOptions(preset="ultrafast"), (info.width, info.height), warn=warnings.append,
+                        source=c)
         audio = c.streams.audio[0]
         index = audio.index
         packets = [(p, Fraction(p.time_base)) for p in c.demux(audio) if p.size]

@@ -333,3 +333,23 @@ def test_cli_outscale_and_height(tmp_path):
     assert _video_size_sar(tmp_path / "in_100p.mp4")[:2] == (150, 100)
     r = CliRunner().invoke(main, ["upscale", str(src), "--model", "bicubic", "--outscale", "2", "--width", "90"])
     assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_the_input_is_demuxed_once_for_frames_and_copied_streams(tmp_path, monkeypatch):
+    """One container feeds the decoder and the copied streams (PyAV's remux pattern): the file is
+    opened twice in all, once to describe it (probe) and once to read it."""
+    import vsr.decode
+
+    src = make_clip(tmp_path / "in.mkv", frames=4, audio=1, subtitles=False)
+    opened = []
+    real_open = vsr.decode.av.open
+
+    def counting_open(name, *a, **k):
+        opened.append(name)
+        return real_open(name, *a, **k)
+
+    monkeypatch.setattr(vsr.decode.av, "open", counting_open)
+    result = run(src, tmp_path / "out.mkv")
+    assert result.frames == 4 and [name for name in opened if name == str(src)] == [str(src), str(src)]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert len(c.streams.audio) == 1

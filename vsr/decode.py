@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterator
@@ -486,7 +487,7 @@ class Span:
 
 def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None,
          deinterlace: bool = False, report: DecodeReport | None = None,
-         span: Span | None = None) -> Iterator[FrameItem | PacketItem]:
+         span: Span | None = None, container: av.container.InputContainer | None = None) -> Iterator[FrameItem | PacketItem]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
 
     Frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb` or :func:`to_planes`
@@ -494,7 +495,8 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
     With ``deinterlace``, interlaced frames go through :class:`Deinterlacer` first.  ``report``
     collects the frame times and, at the end, the gaps in them.  With ``span``, reading starts at
     the keyframe before its start, frames and packets outside it are dropped (other streams at
-    packet boundaries) and timestamps are shifted to start at 0.
+    packet boundaries) and timestamps are shifted to start at 0.  ``container``: the input already
+    open (the caller's, whose streams the writer copied; the caller closes it), else it is opened.
 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
@@ -502,7 +504,7 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
     last_time = None
     timings = timings if timings is not None else Timings()
     report = report if report is not None else DecodeReport()
-    with open_input(info.path) as container:
+    with (nullcontext(container) if container is not None else open_input(info.path)) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
         wanted = [stream] + [s for s in container.streams if s.index in copy_streams]

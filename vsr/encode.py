@@ -18,7 +18,7 @@ import av
 import numpy as np
 
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
-from vsr.decode import VideoInfo, open_input
+from vsr.decode import VideoInfo
 from vsr.errors import VsrError
 from vsr.media import ALPHA_OUTPUTS, IMAGE_OUTPUTS, jpeg_qscale
 from vsr.system import usable_cores
@@ -234,13 +234,16 @@ class Writer:
     def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, size: tuple[int, int],
                  warn: Callable[[str], None] = lambda m: None,
                  image: bool = False, sample_aspect_ratio: Fraction | None = None, field_order: int = 0,
-                 span=None) -> None:
+                 span=None, source: av.container.InputContainer | None = None) -> None:
         self.path = os.fspath(path)
         self.info = info
         self.size = size  # output (width, height)
         self.sample_aspect_ratio = sample_aspect_ratio
         self.field_order = field_order  # AVFieldOrder to tag an interlaced output with (0: none)
         self.span = span  # decode.Span: only a part of the input is written (chapters are cut to it)
+        # The input, opened once by the caller: its other streams are the templates of the copied
+        # ones, and the same container is then demuxed for them (PyAV's remux pattern).
+        self.source = source
         self.warn = warn
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
@@ -389,46 +392,48 @@ class Writer:
 
     def _copy_other_streams(self) -> None:
         info = self.info
-        with open_input(info.path) as src:
-            self.output.metadata.update({k: v for k, v in src.metadata.items() if k.lower() not in _GENERATED_KEYS})
-            self._copy_stream_metadata(src.streams[info.stream_index], self.video)
-            chapters = src.chapters()
-            for stream in src.streams:
-                if stream.index == info.stream_index:
-                    continue
-                name = stream.codec_context.name if stream.codec_context else None
-                if name is None and stream.type == "data" and chapters:
-                    continue  # MP4's chapter text track: the muxer writes its own from the chapters below
-                name = name or "unknown codec"
-                label = f"stream #{stream.index} ({stream.type} {name})"
-                if stream.type == "video" and stream.disposition & av.stream.Disposition.attached_pic:
-                    self.warn(f"{label}: cover art is not copied")
-                    continue
-                if stream.type not in ("audio", "subtitle", "video", "data", "attachment"):
-                    self.warn(f"{label}: not copied (unsupported stream type)")
-                    continue
-                if stream.type == "video":
-                    self.warn(f"{label}: only the first video stream is upscaled; this one is not copied")
-                    continue
-                if container_accepts(self.output, name) or (stream.type == "attachment" and self.output.format.name == "matroska"):
-                    try:
-                        out = self.output.add_stream_from_template(stream)
-                    except (av.FFmpegError, ValueError) as exc:
-                        self.warn(f"{label}: could not be copied ({exc})")
-                        continue
-                    self._copy_stream_metadata(stream, out)
-                    self.copied[stream.index] = out
-                elif stream.type == "audio":
-                    self._reencode_audio(stream, label, name)
-                else:
-                    self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; not copied")
-            if chapters and self.span is not None:
-                chapters = _cut_chapters(chapters, self.span.start + (info.start_time or 0.0), self.span.duration)
-            if chapters:
+        src = self.source
+        if src is None:
+            raise ValueError("a video output needs the input container (Writer(source=...)) to copy its other streams")
+        self.output.metadata.update({k: v for k, v in src.metadata.items() if k.lower() not in _GENERATED_KEYS})
+        self._copy_stream_metadata(src.streams[info.stream_index], self.video)
+        chapters = src.chapters()
+        for stream in src.streams:
+            if stream.index == info.stream_index:
+                continue
+            name = stream.codec_context.name if stream.codec_context else None
+            if name is None and stream.type == "data" and chapters:
+                continue  # MP4's chapter text track: the muxer writes its own from the chapters below
+            name = name or "unknown codec"
+            label = f"stream #{stream.index} ({stream.type} {name})"
+            if stream.type == "video" and stream.disposition & av.stream.Disposition.attached_pic:
+                self.warn(f"{label}: cover art is not copied")
+                continue
+            if stream.type not in ("audio", "subtitle", "video", "data", "attachment"):
+                self.warn(f"{label}: not copied (unsupported stream type)")
+                continue
+            if stream.type == "video":
+                self.warn(f"{label}: only the first video stream is upscaled; this one is not copied")
+                continue
+            if container_accepts(self.output, name) or (stream.type == "attachment" and self.output.format.name == "matroska"):
                 try:
-                    self.output.set_chapters(chapters)
-                except (av.FFmpegError, ValueError, TypeError) as exc:
-                    self.warn(f"chapters could not be copied: {exc}")
+                    out = self.output.add_stream_from_template(stream)
+                except (av.FFmpegError, ValueError) as exc:
+                    self.warn(f"{label}: could not be copied ({exc})")
+                    continue
+                self._copy_stream_metadata(stream, out)
+                self.copied[stream.index] = out
+            elif stream.type == "audio":
+                self._reencode_audio(stream, label, name)
+            else:
+                self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; not copied")
+        if chapters and self.span is not None:
+            chapters = _cut_chapters(chapters, self.span.start + (info.start_time or 0.0), self.span.duration)
+        if chapters:
+            try:
+                self.output.set_chapters(chapters)
+            except (av.FFmpegError, ValueError, TypeError) as exc:
+                self.warn(f"chapters could not be copied: {exc}")
 
     def _reencode_audio(self, stream: av.stream.Stream, label: str, name: str) -> None:
         """Audio the container refuses: AAC, or the container's own default where AAC is refused too."""

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Span, VideoInfo, chroma_left, probe, read,
-                        still_to_rgb, to_planes, to_rgb)
+from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Span, VideoInfo, chroma_left, open_input,
+                        probe, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
 from vsr.files import folder_problem, partial_path, remove
@@ -337,6 +337,7 @@ class _Plan:
     resize: tuple[int, int] | None  # (height, width) after the model, when not its own scale
     colour: PlaneConversion | None
     deinterlace: bool
+    source: Any  # the input, open: the writer's templates for the copied streams, then demuxed for all
 
 
 def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, warn: Callable[[str], None]) -> _Plan:
@@ -354,14 +355,17 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         out_w, out_h, out_sar = options.size.resolve(info.width, info.height, info.sample_aspect_ratio)
     _check_output_fits(out_w, out_h, options.batch_size)
     resize = None if (out_w, out_h) == (info.width * upscaler.scale, info.height * upscaler.scale) else (out_h, out_w)
+    source = open_input(src)
     try:
         writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar,
                         field_order=info.field_order if info.interlaced and not options.deinterlace else 0,
-                        span=options.span)
+                        span=options.span, source=source)
     except EncodeError as exc:
+        source.close()
         remove(tmp)
         raise UpscaleError(str(exc)) from exc
     except BaseException:
+        source.close()
         remove(tmp)
         raise
     if info.is_image:
@@ -370,7 +374,8 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         warn(f"interlaced video ({_FIELD_ORDERS.get(info.field_order, 'field order unknown')}): both "
              f"fields are upscaled as one picture, which blurs motion; --deinterlace converts it to progressive first")
     colour = None if info.is_image else _device_colour(options.colour, info, writer, upscaler, warn)
-    return _Plan(info, writer, tmp, image_out, (out_w, out_h), resize, colour, options.deinterlace and info.interlaced)
+    return _Plan(info, writer, tmp, image_out, (out_w, out_h), resize, colour, options.deinterlace and info.interlaced,
+                 source)
 
 
 def upscale_file(
@@ -411,7 +416,7 @@ def upscale_file(
     else:
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
     items = read(info, writer.streams_to_copy(), stop, stages, deinterlace=plan.deinterlace, report=report,
-                 span=options.span)
+                 span=options.span, container=plan.source)
     reporter.start(src.name, info.frames if options.span is None else options.span.frames(info))
     began = time.perf_counter()
     ok = False
@@ -443,6 +448,7 @@ def upscale_file(
             threads.wind_down()
             writer.abort()
             remove(plan.tmp)
+        plan.source.close()
         reporter.finish()
         gil.stop()
     seconds = time.perf_counter() - began
