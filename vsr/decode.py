@@ -529,9 +529,9 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
         def shifted(value: int | None, tb: Fraction) -> int | None:
             return None if value is None or span is None else value - round(Fraction(begin) / tb)
 
-        def frames_of(packet: av.Packet | None) -> Iterator[av.VideoFrame]:
+        def frames_of(packet: av.Packet) -> Iterator[av.VideoFrame]:
             with timings("decode"):
-                frames = packet.decode() if packet is not None else []
+                frames = packet.decode()
             if filtered is None:
                 yield from frames
                 return
@@ -539,7 +539,7 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                 frame.pts = clock.time_of(frame)
                 with timings("deinterlace"):
                     yield from filtered(frame)
-            if packet is None or packet.size == 0:  # the end: the filter's last frame
+            if packet.size == 0:  # the end-of-stream flush: the filter's last frame too
                 with timings("deinterlace"):
                     yield from filtered(None)
 

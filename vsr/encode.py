@@ -134,27 +134,46 @@ def unused_options(enc: av.codec.Codec, options: EncodeOptions, defaults: Encode
     return unused
 
 
+def try_open(enc: av.codec.Codec, size: tuple[int, int], pix_fmt: str, time_base: Fraction, rate: Fraction,
+             options: dict[str, str], qscale: int | None = None, no_b_frames: bool = False) -> av.FFmpegError | None:
+    """Open a throwaway ``enc`` with these settings: None if it takes them, else FFmpeg's error.
+    (x265 is told to print errors only: it prints a banner on every open.)"""
+    cc = av.CodecContext.create(enc.name, "w")
+    cc.width, cc.height = size
+    cc.pix_fmt = pix_fmt
+    cc.time_base = time_base
+    cc.framerate = rate
+    cc.thread_count = 1
+    if qscale is not None:
+        cc.qscale = qscale
+    if no_b_frames:
+        cc.max_b_frames = 0
+    trial = dict(options)
+    if enc.name == "libx265":
+        _merge_params(trial, "x265-params", "log-level=error")
+    cc.options = trial
+    try:
+        cc.open()
+        return None
+    except av.FFmpegError as exc:
+        return exc
+
+
+def _refused(enc: av.codec.Codec, settings: list[str], error: av.FFmpegError) -> EncodeError:
+    return EncodeError(f"the {enc.name} encoder refuses these settings ({', '.join(settings) or 'defaults'}): "
+                       f"{getattr(error, 'strerror', None) or error}")
+
+
 def check_encoder(options: EncodeOptions, size: tuple[int, int] = (64, 64)) -> None:
     """Open the encoder once with every setting (on a small picture), so an unknown codec, preset,
     pixel format or option fails before any work; :class:`EncodeError` says what FFmpeg refused."""
     enc = check_codec(options.codec, options.pix_fmt)
-    if enc.type != "video":
-        return
-    cc = av.CodecContext.create(enc.name, "w")
-    cc.width, cc.height = size
-    cc.pix_fmt = options.pix_fmt or next((f.name for f in enc.video_formats or [] if f.name == "yuv420p"),
-                                         (enc.video_formats or [av.VideoFormat("yuv420p")])[0].name)
-    cc.time_base = Fraction(1, 25)
-    cc.framerate = Fraction(25)
-    cc.thread_count = 1
-    opts = encoder_options(enc, EncodeOptions(**{**options.__dict__, "quiet": True}))
-    cc.options = opts
-    try:
-        cc.open()
-    except av.FFmpegError as exc:
-        settings = ", ".join(f"{k}={v}" for k, v in opts.items() if k != "x265-params" or v != "log-level=error")
-        raise EncodeError(f"the {enc.name} encoder refuses these settings ({settings or 'defaults'}): "
-                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    pix_fmt = options.pix_fmt or next((f.name for f in enc.video_formats or [] if f.name == "yuv420p"),
+                                      (enc.video_formats or [av.VideoFormat("yuv420p")])[0].name)
+    opts = encoder_options(enc, options)
+    error = try_open(enc, size, pix_fmt, Fraction(1, 25), Fraction(25), opts)
+    if error is not None:
+        raise _refused(enc, [f"{k}={v}" for k, v in opts.items()], error)
     unknown = [k for k in dict(options.extra) if k not in _known_options(enc)]
     if unknown:
         raise EncodeError(f"the {enc.name} encoder has no option {', '.join(map(repr, unknown))}")
@@ -364,31 +383,11 @@ class Writer:
             candidates = [self.info.time_base]
         error = None
         for tb in candidates:
-            cc = av.CodecContext.create(enc.name, "w")
-            cc.width, cc.height = self.size
-            cc.pix_fmt = pix_fmt
-            cc.time_base = tb
-            cc.framerate = rate
-            cc.thread_count = 1
-            if qscale is not None:
-                cc.qscale = qscale
-            if no_b_frames:
-                cc.max_b_frames = 0
-            trial = dict(options)
-            if enc.name == "libx265":  # x265 prints its banner on every open
-                trial["x265-params"] = ":".join(p for p in ("log-level=error", trial.get("x265-params")) if p)
-            cc.options = trial
-            try:
-                cc.open()
+            error = try_open(enc, self.size, pix_fmt, tb, rate, options, qscale, no_b_frames)
+            if error is None:
                 return tb
-            except av.FFmpegError as exc:
-                error = exc
-            finally:
-                del cc
-        settings = ", ".join([f"{self.size[0]}x{self.size[1]}", pix_fmt, f"{float(rate):g} fps"]
-                             + [f"{k}={v}" for k, v in options.items()])
-        reason = getattr(error, "strerror", None) or str(error)
-        raise EncodeError(f"the {enc.name} encoder refuses these settings ({settings}): {reason}")
+        settings = [f"{self.size[0]}x{self.size[1]}", pix_fmt, f"{float(rate):g} fps"] + [f"{k}={v}" for k, v in options.items()]
+        raise _refused(enc, settings, error)
 
     def _copy_other_streams(self) -> None:
         info = self.info
