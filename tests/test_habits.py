@@ -66,6 +66,8 @@ def test_y_replaces_and_o_dir_takes_the_default_name(tmp_path, clip):
     res = invoke("upscale", clip, "-o", folder, "--model", "bicubic", "-q")
     assert res.exit_code == 1 and "exists" in res.output
     assert invoke("upscale", clip, "-o", folder, "--model", "bicubic", "-q", "-y").exit_code == 0
+    res = invoke("upscale", clip, "-o", f"{tmp_path}/missing/", "--model", "bicubic", "-q")  # a folder, by its /
+    assert res.exit_code == 1 and "missing' does not exist" in " ".join(res.output.split())
 
 
 def test_folder_without_output_writes_beside_it(tmp_path):

@@ -161,8 +161,9 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output file (default: INPUT_x4.EXT beside the input).")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output file, or folder (an existing one, or a path ending in /: DIR/INPUT_x4.EXT); "
+                   "default: INPUT_x4.EXT beside the input.")
 @click.option("--model", type=click.Choice(["srgan", "bicubic"]), default="srgan", show_default=True,
               help="The SRGAN generator, or plain bicubic interpolation (the baseline).")
 @click.option("--weights", default=None,
@@ -259,11 +260,11 @@ def upscale(input, **kw):
     options = UpscaleOptions(batch_size=batch_size, overwrite=a.overwrite, colour=a.colour, size=size,
                              deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id, span=span)
     if input.is_dir():
-        output = a.output or input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
+        output = Path(a.output) if a.output else input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
         _upscale_folder(input, output, net, options, a, use_compile)
         return
-    output = a.output
-    if output is None or output.is_dir() or str(output).endswith(("/", os.sep)):
+    output = None if a.output is None else Path(a.output)
+    if output is None or output.is_dir() or a.output.endswith(("/", os.sep)):  # (Path drops the trailing /)
         name = default_output(input, int(net.scale), size).name
         output = (output / name) if output is not None else input.with_name(name)
     upscaler = Upscaler(net, dev, tile=a.tile, precision=a.precision, compile=use_compile, workers=a.cpu_workers)
