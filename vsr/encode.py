@@ -107,7 +107,7 @@ def _merge_params(opts: dict[str, str], key: str, value: str) -> None:
 def encoder_options(enc: av.codec.Codec, options: EncodeOptions) -> dict[str, str]:
     """The encoder's options from ``options``: --crf and --preset where the encoder has them, then
     --encoder-opt pairs (``x264-params``/``x265-params`` values are appended to vsr's own)."""
-    private = {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.private}
+    private = _private_options(enc)
     opts: dict[str, str] = {}
     if options.crf is not None and "crf" in private:
         opts["crf"] = str(options.crf)
@@ -125,7 +125,7 @@ def encoder_options(enc: av.codec.Codec, options: EncodeOptions) -> dict[str, st
 
 def unused_options(enc: av.codec.Codec, options: EncodeOptions, defaults: EncodeOptions) -> list[str]:
     """Options given that this encoder does not have (--preset with VP9/FFV1, --crf with FFV1)."""
-    private = {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.private}
+    private = _private_options(enc)
     unused = []
     if options.preset != defaults.preset and "preset" not in private:
         unused.append(f"--preset does nothing with the {enc.name} encoder (it has no presets)")
@@ -179,11 +179,16 @@ def check_encoder(options: EncodeOptions, size: tuple[int, int] = (64, 64)) -> N
         raise EncodeError(f"the {enc.name} encoder has no option {', '.join(map(repr, unknown))}")
 
 
+def _private_options(enc: av.codec.Codec) -> set[str]:
+    """The encoder's own option names (``crf``, ``preset``, ``x264-params``...)."""
+    return {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.private}
+
+
 def _known_options(enc: av.codec.Codec) -> set[str]:
-    """Every option name the encoder takes: its own (``preset``, ``x264-params``...) and libavcodec's
-    generic ones (``b``, ``g``, ``bf``, ``maxrate``...)."""
-    options = av.CodecContext.create(enc.name, "w").supported_options
-    return {o.name for o in options.private} | {o.name for o in options.generic}
+    """Every option name the encoder takes: its own and libavcodec's generic ones (``b``, ``g``,
+    ``bf``, ``maxrate``...)."""
+    generic = {o.name for o in av.CodecContext.create(enc.name, "w").supported_options.generic}
+    return _private_options(enc) | generic
 
 
 def check_codec(codec: str | None, pix_fmt: str | None) -> av.codec.Codec:
