@@ -409,17 +409,17 @@ class CudaRunner:
                size: tuple[int, int] | None = None) -> Iterator:
         up, dev = self.up, self.up.device
         pending: list[tuple[torch.cuda.Event, list[torch.Tensor], int]] = []
-        size = None  # frames in the first batch
+        first_n = None  # frames in the first batch (``size`` is the output picture's size)
         for k, batch in enumerate(batches):
             tensors = _host_tensors(batch, colour)
             n = tensors[0].shape[0]
-            if size is None:
-                size = n
+            if first_n is None:
+                first_n = n
                 if self._auto_tile:
                     free, _ = torch.cuda.mem_get_info(dev)
                     up.tile_for_memory(free, n)
-            if up.cuda_graphs and n < size:  # replay the captured graph: pad with the last frame
-                tensors = tuple(torch.cat([t, t[-1:].expand(size - n, *t.shape[1:])]) for t in tensors)
+            if up.cuda_graphs and n < first_n:  # replay the captured graph: pad with the last frame
+                tensors = tuple(torch.cat([t, t[-1:].expand(first_n - n, *t.shape[1:])]) for t in tensors)
             slot = k % 2
             host_in = [self._pinned(self._in, t, i, slot).copy_(t) for i, t in enumerate(tensors)]
             with torch.cuda.stream(self.copy_stream):
