@@ -238,16 +238,45 @@ def test_transparency_into_jpeg_is_named(tmp_path):
     assert any("transparency is dropped" in w for w in result.warnings)
 
 
-def test_sixteen_bit_picture_is_named(tmp_path):
-    src = tmp_path / "in.png"
-    frame = av.VideoFrame.from_ndarray(picture().astype(np.uint16) * 257, format="rgb48le")
-    with av.open(str(src), "w", format="image2", options={"update": "1"}) as out:
+def _sixteen_bit_png(path, rgb16: np.ndarray):
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb16), format="rgb48le")
+    with av.open(str(path), "w", format="image2", options={"update": "1"}) as out:
         s = out.add_stream("png", rate=1)
-        s.width, s.height, s.pix_fmt = 20, 12, "rgb48be"
+        s.width, s.height, s.pix_fmt = rgb16.shape[1], rgb16.shape[0], "rgb48be"
         for p in s.encode(frame.reformat(format="rgb48be")):
             out.mux(p)
-    result = run(src, tmp_path / "out.png")
-    assert any("16-bit picture is upscaled and written at 8 bits" in w for w in result.warnings)
+    return path
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_sixteen_bit_picture_stays_sixteen_bit(tmp_path, ext):
+    """A smooth 16-bit ramp (steps finer than 8 bits can hold) comes out 16-bit and as fine."""
+    y, x = np.mgrid[0:12, 0:20]
+    rgb16 = np.stack([x * 3000 + 7, y * 5000 + 11, (x + y) * 1700 + 3], -1).astype(np.uint16)
+    src = _sixteen_bit_png(tmp_path / "in.png", rgb16)
+    dst = tmp_path / f"out.{ext}"
+    result = run(src, dst)
+    assert not [w for w in result.warnings if "bit" in w]
+    with av.open(str(dst)) as c:
+        frame = next(c.decode(video=0))
+        assert frame.format.name.startswith("rgb48")
+        out = frame.to_ndarray(format="rgb48le").astype(float)
+    assert out.shape == (48, 80, 3)
+    assert np.mean(out % 257 != 0) > 0.5  # not 8-bit values widened
+    # The reference: torch's bicubic of the 16-bit values in float, rounded to 16 bits.
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(rgb16.astype(np.float32) / 65535).permute(2, 0, 1)[None]
+    ref = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    ref = (ref[0].permute(1, 2, 0).numpy() * 65535).round()
+    assert np.abs(out - ref).max() <= 2  # 2 of 65535; an 8-bit path would be off by up to 128
+
+
+def test_sixteen_bit_picture_into_an_eight_bit_format_is_named(tmp_path):
+    src = _sixteen_bit_png(tmp_path / "in.png", (picture().astype(np.uint16) * 257))
+    result = run(src, tmp_path / "out.jpg")
+    assert any("16-bit picture is upscaled and written at 8 bits per channel (.jpg holds 8" in w for w in result.warnings)
 
 
 def _profile() -> bytes:

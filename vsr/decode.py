@@ -275,16 +275,31 @@ def read_picture(path: str | os.PathLike) -> np.ndarray:
     return still_to_rgb(FrameItem(0, None, None, info.time_base, frame), info, Timings()).rgb
 
 
-def still_to_rgb(item: "FrameItem", info: VideoInfo, timings: Timings) -> "FrameItem":
+def still_to_rgb(item: "FrameItem", info: VideoInfo, timings: Timings, deep: bool = False) -> "FrameItem":
     """:func:`to_rgb` for a picture: its alpha kept aside (``item.alpha``) and both turned upright
-    by the EXIF orientation."""
+    by the EXIF orientation.  ``deep``: 16 bits per channel (uint16 RGB) for a 16-bit picture that
+    is written 16-bit (:func:`deep_picture`)."""
     frame = item.frame
     alpha = alpha_of(frame) if info.alpha and frame is not None else None
-    to_rgb(item, timings)
+    if deep and frame is not None:
+        with timings("to_rgb"):
+            item.rgb = frame.reformat(format="rgb48le").to_ndarray()
+        item.frame = None
+    else:
+        to_rgb(item, timings)
     orientation = info.still.orientation if info.still else 1
     item.rgb = orient(item.rgb, orientation)
     item.alpha = None if alpha is None else orient(alpha, orientation)
     return item
+
+
+def deep_picture(info: VideoInfo) -> bool:
+    """A picture whose 16 bits per channel vsr can carry through: RGB or grey (not YUV, which
+    swscale would convert at 8 bits here), without transparency."""
+    if not info.is_image or info.bits <= 8 or info.alpha:
+        return False
+    fmt = av.VideoFormat(info.pix_fmt)
+    return fmt.is_rgb or len(fmt.components) <= 2
 
 
 def chroma_left(info: VideoInfo) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo
 from vsr.errors import VsrError
-from vsr.media import ALPHA_OUTPUTS, IMAGE_OUTPUTS, jpeg_qscale
+from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, IMAGE_OUTPUTS, jpeg_qscale
 from vsr.system import usable_cores
 from vsr.timing import Timings
 
@@ -258,7 +258,7 @@ class Writer:
     def __init__(self, path: str | os.PathLike, info: VideoInfo, options: EncodeOptions, size: tuple[int, int],
                  warn: Callable[[str], None] = lambda m: None,
                  image: bool = False, sample_aspect_ratio: Fraction | None = None, field_order: int = 0,
-                 span=None, source: av.container.InputContainer | None = None) -> None:
+                 span=None, source: av.container.InputContainer | None = None, deep: bool = False) -> None:
         self.path = os.fspath(path)
         self.info = info
         self.size = size  # output (width, height)
@@ -268,6 +268,7 @@ class Writer:
         # The input, opened once by the caller: its other streams are the templates of the copied
         # ones, and the same container is then demuxed for them (PyAV's remux pattern).
         self.source = source
+        self.deep = deep  # a picture written at 16 bits per channel (media.DEEP_OUTPUTS)
         self.warn = warn
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
@@ -303,6 +304,8 @@ class Writer:
             if info.alpha and ext in ALPHA_OUTPUTS:
                 pix_fmt = ALPHA_OUTPUTS[ext]
                 self.alpha = True
+            elif self.deep:
+                pix_fmt = DEEP_OUTPUTS[ext]
             options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality,
                                     quiet=options.quiet)
         codec = options.codec
@@ -493,6 +496,8 @@ class Writer:
         with self.timings("to_yuv"):
             if alpha is not None and self.alpha:
                 frame = rgba_to_frame(rgb, resize_plane(alpha, rgb.shape[1], rgb.shape[0]), self.pix_fmt, self.tags)
+            elif rgb.dtype == np.uint16:  # a 16-bit picture
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb48le").reformat(format=self.pix_fmt)
             else:
                 frame = rgb_to_frame(rgb, self.pix_fmt, self.tags)
         return self._stamp(frame, pts, time_base)

@@ -17,6 +17,8 @@ IMAGE_OUTPUTS = {
 }
 # Picture formats that keep transparency, with the pixel format they are then written in.
 ALPHA_OUTPUTS = {"png": "rgba", "webp": "yuva420p", "tif": "rgba", "tiff": "rgba"}
+# Picture formats that keep 16 bits per channel, with the pixel format they are then written in.
+DEEP_OUTPUTS = {"png": "rgb48be", "tif": "rgb48le", "tiff": "rgb48le"}
 
 
 def kind_of(path) -> str | None:

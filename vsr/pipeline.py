@@ -27,12 +27,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Span, VideoInfo, chroma_left, open_input,
-                        probe, read, still_to_rgb, to_planes, to_rgb)
+from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Span, VideoInfo, chroma_left,
+                        deep_picture, open_input, probe, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
 from vsr.files import folder_problem, partial_path, remove
-from vsr.media import ALPHA_OUTPUTS, OUTPUT_EXTENSION, output_kind
+from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, output_kind
 from vsr.report import Reporter
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
 from vsr.system import available_memory
@@ -337,6 +337,7 @@ class _Plan:
     resize: tuple[int, int] | None  # (height, width) after the model, when not its own scale
     colour: PlaneConversion | None
     deinterlace: bool
+    deep: bool  # a 16-bit picture carried at 16 bits (decode.deep_picture, media.DEEP_OUTPUTS)
     source: Any  # the input, open: the writer's templates for the copied streams, then demuxed for all
 
 
@@ -355,11 +356,12 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         out_w, out_h, out_sar = options.size.resolve(info.width, info.height, info.sample_aspect_ratio)
     _check_output_fits(out_w, out_h, options.batch_size)
     resize = None if (out_w, out_h) == (info.width * upscaler.scale, info.height * upscaler.scale) else (out_h, out_w)
+    deep = deep_picture(info) and dst.suffix.lower().lstrip(".") in DEEP_OUTPUTS
     source = open_input(src)
     try:
         writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar,
                         field_order=info.field_order if info.interlaced and not options.deinterlace else 0,
-                        span=options.span, source=source)
+                        span=options.span, source=source, deep=deep)
     except EncodeError as exc:
         source.close()
         remove(tmp)
@@ -369,13 +371,13 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         remove(tmp)
         raise
     if info.is_image:
-        _warn_still_limits(info, dst, warn)
+        _warn_still_limits(info, dst, deep, warn)
     if info.interlaced and not options.deinterlace:
         warn(f"interlaced video ({_FIELD_ORDERS.get(info.field_order, 'field order unknown')}): both "
              f"fields are upscaled as one picture, which blurs motion; --deinterlace converts it to progressive first")
     colour = None if info.is_image else _device_colour(options.colour, info, writer, upscaler, warn)
     return _Plan(info, writer, tmp, image_out, (out_w, out_h), resize, colour, options.deinterlace and info.interlaced,
-                 source)
+                 deep, source)
 
 
 def upscale_file(
@@ -410,7 +412,7 @@ def upscale_file(
         return [writer.prepare_planes(planes, colour.encode.full_range, pts, tb) for planes, pts, tb in results]
 
     if info.is_image:
-        convert_in = lambda item: still_to_rgb(item, info, stages)  # noqa: E731
+        convert_in = lambda item: still_to_rgb(item, info, stages, plan.deep)  # noqa: E731
     elif colour is None:
         convert_in = lambda item: to_rgb(item, stages)  # noqa: E731
     else:
@@ -498,13 +500,15 @@ def _check_output_fits(width: int, height: int, batch: int) -> None:
 _FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field first", 5: "bottom field first"}
 
 
-def _warn_still_limits(info: VideoInfo, dst: Path, warn: Callable[[str], None]) -> None:
+def _warn_still_limits(info: VideoInfo, dst: Path, deep: bool, warn: Callable[[str], None]) -> None:
     """What a picture loses on the way, said once."""
     ext = dst.suffix.lower().lstrip(".")
     if info.alpha and ext not in ALPHA_OUTPUTS:
         warn(f"transparency is dropped (.{ext} has no alpha channel; use .png or .webp)")
-    if info.bits > 8:
-        warn(f"{info.bits}-bit picture is upscaled and written at 8 bits per channel")
+    if info.bits > 8 and not deep:
+        why = (f".{ext} holds 8 bits; .png and .tif keep 16" if ext not in DEEP_OUTPUTS
+               else "16 bits are kept for RGB and grey pictures without transparency")
+        warn(f"{info.bits}-bit picture is upscaled and written at 8 bits per channel ({why})")
 
 
 def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscaler,

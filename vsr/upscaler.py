@@ -61,6 +61,15 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.float().mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
+def to_uint16(x: torch.Tensor) -> torch.Tensor:
+    """Float NCHW in [0, 1] -> uint16 NHWC, for 16-bit pictures (as :func:`to_uint8`)."""
+    return x.float().mul(65535).round_().clamp_(0, 65535).to(torch.uint16).permute(0, 2, 3, 1)
+
+
+# What a picture's channel values run to, by the dtype frames travel in (8-bit, or 16-bit pictures).
+FULL_SCALE = {torch.uint8: 255, torch.uint16: 65535}
+
+
 @dataclass(frozen=True)
 class Tile:
     y0: int
@@ -239,18 +248,21 @@ class Upscaler:
 
     # -- host tensors <-> the model's float RGB ---------------------------------------------
     def to_model(self, tensors: Sequence[torch.Tensor], colour: PlaneConversion | None) -> torch.Tensor:
-        """Device-resident uint8 RGB NHWC (or ``colour``'s planes) -> the model's float NCHW input."""
+        """Device-resident uint8 (or 16-bit) RGB NHWC, or ``colour``'s planes -> the model's float NCHW input."""
         if colour is None:
-            return tensors[0].permute(0, 3, 1, 2).to(self.input_dtype).div_(255)
+            return tensors[0].permute(0, 3, 1, 2).to(self.input_dtype).div_(FULL_SCALE[tensors[0].dtype])
         return colour.decode(tensors).to(self.input_dtype)
 
     def from_model(self, y: torch.Tensor, colour: PlaneConversion | None,
-                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
-        """The model's float output -> uint8 RGB NHWC (or ``colour``'s output planes), on the device;
-        resized first to ``size`` (height, width) when given (antialiased bicubic: ``--outscale``)."""
+                   size: tuple[int, int] | None = None, dtype: torch.dtype = torch.uint8) -> tuple[torch.Tensor, ...]:
+        """The model's float output -> RGB NHWC of ``dtype`` (uint8, or uint16 for 16-bit pictures)
+        or ``colour``'s output planes, on the device; resized first to ``size`` (height, width)
+        when given (antialiased bicubic: ``--outscale``)."""
         if size is not None and tuple(y.shape[-2:]) != tuple(size):
             y = F.interpolate(y, size=size, mode="bicubic", align_corners=False, antialias=True)
-        return (to_uint8(y),) if colour is None else colour.encode(y)
+        if colour is not None:
+            return colour.encode(y)
+        return (to_uint16(y) if dtype == torch.uint16 else to_uint8(y),)
 
     @torch.inference_mode()
     def upscale(self, frames, colour: PlaneConversion | None = None, size: tuple[int, int] | None = None):
@@ -265,7 +277,7 @@ class Upscaler:
         with self.timings("model"):
             y = self.forward(x)
         with self.timings("to_frame"):
-            out = tuple(t.cpu() for t in self.from_model(y, colour, size))
+            out = tuple(t.cpu() for t in self.from_model(y, colour, size, tensors[0].dtype))
         return out[0] if colour is None else out
 
     def upscale_stream(self, batches: Iterable, colour: PlaneConversion | None = None,
@@ -355,8 +367,8 @@ def _as_uint8_nhwc(frames) -> torch.Tensor:
         batch = torch.from_numpy(np.stack(list(frames)))
     if batch.dim() == 3:
         batch = batch[None]
-    if batch.dtype != torch.uint8 or batch.dim() != 4 or batch.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames shaped (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
+    if batch.dtype not in FULL_SCALE or batch.dim() != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected uint8 (or 16-bit) frames shaped (N, H, W, 3), got {batch.dtype} {tuple(batch.shape)}")
     return batch
 
 
@@ -428,7 +440,7 @@ class CudaRunner:
                 copied.record(self.copy_stream)
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(copied)
-                y = up.from_model(self._compute(up.to_model(dev_in, colour)), colour, size)
+                y = up.from_model(self._compute(up.to_model(dev_in, colour)), colour, size, tensors[0].dtype)
                 computed = torch.cuda.Event()
                 computed.record(self.compute_stream)
             host_out = [self._pinned(self._out, t, i, slot) for i, t in enumerate(y)]
