@@ -32,7 +32,7 @@ def test_stream_overlaps_and_reuses_pinned_buffers():
     assert [o.shape for o in outs] == [(2, 144, 208, 3)] * 6
     singles = [up.upscale(b) for b in batches]
     assert all(torch.equal(a, b) for a, b in zip(outs, singles))
-    pinned_in = up._cuda._in[(2, 36, 52, 3)]
+    pinned_in = up._cuda._in[(0, (2, 36, 52, 3), torch.uint8)]
     assert len(pinned_in) == 2 and all(t.is_pinned() for t in pinned_in)  # two slots, reused
 
 

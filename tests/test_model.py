@@ -389,3 +389,51 @@ def test_bundled_degraded_model_handles_compressed_input_better_than_the_clean_o
         with torch.inference_mode():
             scores[name] = psnr_y(load_generator(resolve_weights(name))(lr).clamp(0, 1), hr)
     assert scores["vsr_x4_degraded"] > scores["vsr_x4_psnr"] + 0.1
+
+
+class _FakeStream:
+    def __init__(self, device=None):
+        pass
+
+    def wait_event(self, event):
+        pass
+
+
+class _FakeEvent:
+    def record(self, stream=None):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+@pytest.mark.parametrize("size, dtype", [(None, torch.uint8), ((100, 140), torch.uint8), (None, torch.uint16)])
+def test_cuda_runner_bookkeeping_on_cpu_stand_ins(monkeypatch, size, dtype):
+    """The CUDA runner's own logic (two pinned slots, results one batch late, the short last batch
+    padded for a CUDA graph, the output size and depth passed down) with CUDA's streams, events and
+    pinning stood in for, so it runs on any machine: CUDA itself is tested in test_cuda.py, where a
+    GPU is present."""
+    import contextlib
+
+    from vsr.upscaler import CudaRunner
+
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 << 30, 8 << 30))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+    up = Upscaler(tiny_generator(blocks=1, batch_norm=False, global_skip="bicubic"), "cpu")
+    runner = CudaRunner(up)
+    up._cudagraphs = True  # as if compiled with CUDA graphs: a short last batch is padded
+    top = 65536 if dtype == torch.uint16 else 256
+    rng = np.random.default_rng(0)
+    batches = [torch.from_numpy(rng.integers(0, top, (n, 25, 35, 3)).astype(np.uint16 if dtype == torch.uint16 else np.uint8))
+               for n in (2, 2, 2, 1)]
+    outs = list(runner.stream(batches, None, size))
+    want = [up.upscale(b, None, size) for b in batches]
+    assert [o.shape for o in outs] == [w.shape for w in want]
+    # (16 bits see float differences between a batch of 1 and the padded batch of 2: a level or two)
+    tolerance = 2 if dtype == torch.uint16 else 0
+    assert all(o.dtype == dtype and (o.int() - w.int()).abs().max() <= tolerance for o, w in zip(outs, want))
+    assert len(runner._in[(0, (2, 25, 35, 3), dtype)]) == 2  # two slots, reused over four batches
