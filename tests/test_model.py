@@ -407,22 +407,27 @@ class _FakeEvent:
         pass
 
 
-@pytest.mark.parametrize("size, dtype", [(None, torch.uint8), ((100, 140), torch.uint8), (None, torch.uint16)])
-def test_cuda_runner_bookkeeping_on_cpu_stand_ins(monkeypatch, size, dtype):
-    """The CUDA runner's own logic (two pinned slots, results one batch late, the short last batch
-    padded for a CUDA graph, the output size and depth passed down) with CUDA's streams, events and
-    pinning stood in for, so it runs on any machine: CUDA itself is tested in test_cuda.py, where a
-    GPU is present."""
+@pytest.fixture
+def cuda_stand_ins(monkeypatch):
+    """CUDA's streams, events, pinning and memory queries stood in for, so the CUDA runner's own
+    logic runs on any machine (CUDA itself is tested in test_cuda.py, where a GPU is present)."""
     import contextlib
-
-    from vsr.upscaler import CudaRunner
 
     monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 << 30, 8 << 30))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+
+
+@pytest.mark.parametrize("size, dtype", [(None, torch.uint8), ((100, 140), torch.uint8), (None, torch.uint16)])
+def test_cuda_runner_bookkeeping_on_cpu_stand_ins(cuda_stand_ins, size, dtype):
+    """The CUDA runner's own logic: two pinned slots, results one batch late, the short last batch
+    padded for a CUDA graph, the output size and depth passed down."""
+    from vsr.upscaler import CudaRunner
+
     up = Upscaler(tiny_generator(blocks=1, batch_norm=False, global_skip="bicubic"), "cpu")
     runner = CudaRunner(up)
     up._cudagraphs = True  # as if compiled with CUDA graphs: a short last batch is padded
@@ -437,3 +442,29 @@ def test_cuda_runner_bookkeeping_on_cpu_stand_ins(monkeypatch, size, dtype):
     tolerance = 2 if dtype == torch.uint16 else 0
     assert all(o.dtype == dtype and (o.int() - w.int()).abs().max() <= tolerance for o, w in zip(outs, want))
     assert len(runner._in[(0, (2, 25, 35, 3), dtype)]) == 2  # two slots, reused over four batches
+
+
+def test_cuda_runner_retries_out_of_memory_with_smaller_tiles(cuda_stand_ins, monkeypatch):
+    """Out of device memory: the same batch again with tiles half as large, down to 32 px, then the
+    error (never a skipped frame)."""
+    from vsr.upscaler import CudaRunner
+
+    up = Upscaler(tiny_generator(blocks=1, batch_norm=False, global_skip="bicubic"), "cpu", tile=200)
+    runner = CudaRunner(up)
+    real_forward, tiles = up.forward, []
+
+    def forward(x):
+        tiles.append(up.tile)
+        if up.tile > 40:
+            raise torch.cuda.OutOfMemoryError("out of memory")
+        return real_forward(x)
+
+    monkeypatch.setattr(up, "forward", forward)
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 60, 70, 3), dtype=np.uint8))
+    (out,) = list(runner.stream([batch]))
+    assert tiles == [200, 100, 50, 32]
+    assert torch.equal(out, Upscaler(tiny_generator(blocks=1, batch_norm=False, global_skip="bicubic"), "cpu").upscale(batch))
+    up.tile = 32
+    monkeypatch.setattr(up, "forward", lambda x: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        list(runner.stream([batch]))
