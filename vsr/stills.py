@@ -45,7 +45,10 @@ class StillInfo:
 def read_still(path: str | os.PathLike) -> StillInfo:
     """The header facts of a PNG, JPEG or WebP file (by its signature, not its name)."""
     with open(path, "rb") as f:
-        data = f.read(16 << 20)  # metadata lives in the first segments; 16 MiB is more than enough
+        head = f.read(12)
+        if not (head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+            return StillInfo()  # not a picture vsr reads metadata from (a video, say): nothing more is read
+        data = head + f.read((16 << 20) - len(head))  # metadata lives in the first segments; 16 MiB is ample
     try:
         if data.startswith(b"\x89PNG\r\n\x1a\n"):
             return _read_png(data)
