@@ -20,7 +20,7 @@ import numpy as np
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo
 from vsr.errors import VsrError
-from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, IMAGE_OUTPUTS, jpeg_qscale
+from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, IMAGE_OUTPUTS, extension, jpeg_qscale
 from vsr.system import usable_cores
 from vsr.timing import Timings
 
@@ -299,7 +299,7 @@ class Writer:
     def _setup(self, options: EncodeOptions) -> None:
         info = self.info
         if self.image:
-            ext = self.path.rsplit(".", 1)[-1].lower()
+            ext = extension(self.path)
             codec, pix_fmt = IMAGE_OUTPUTS[ext]
             if info.alpha and ext in ALPHA_OUTPUTS:
                 pix_fmt = ALPHA_OUTPUTS[ext]

@@ -24,7 +24,7 @@ DEEP_OUTPUTS = {"png": "rgb48be", "tif": "rgb48le", "tiff": "rgb48le"}
 def kind_of(path) -> str | None:
     """What an input is, by the file name's extension: ``"video"``, ``"image"`` or ``None`` (the one
     classifier: folders, training data and single files all ask it)."""
-    ext = _ext(path)
+    ext = extension(path)
     if ext in VIDEO_EXTENSIONS:
         return "video"
     if ext in IMAGE_EXTENSIONS:
@@ -35,14 +35,18 @@ def kind_of(path) -> str | None:
 def output_kind(path) -> str | None:
     """What an output path is written as, by its extension: ``"video"``, ``"image"`` or ``None``
     (an extension vsr does not write, including those it only reads, :data:`OUTPUT_EXTENSION`)."""
-    ext = _ext(path)
+    ext = extension(path)
     if ext in OUTPUT_EXTENSION:
         return None
     return "image" if ext in IMAGE_OUTPUTS else "video" if ext in VIDEO_EXTENSIONS else None
 
 
-def _ext(path) -> str:
-    return str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else ""
+def extension(path) -> str:
+    """A file name's extension, lower case, without the dot (``""`` if none; a dot in a folder's
+    name is not one)."""
+    from pathlib import Path
+
+    return Path(path).suffix.lower().lstrip(".")
 
 
 def output_name(path):
@@ -51,7 +55,7 @@ def output_name(path):
     from pathlib import Path
 
     path = Path(path)
-    ext = _ext(path)
+    ext = extension(path)
     return path.with_suffix("." + OUTPUT_EXTENSION[ext]) if ext in OUTPUT_EXTENSION else path
 
 

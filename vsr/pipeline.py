@@ -32,7 +32,7 @@ from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, Packet
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
 from vsr.files import folder_problem, partial_path, remove
-from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, output_kind
+from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, extension, output_kind
 from vsr.report import Reporter
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
 from vsr.system import available_memory
@@ -144,7 +144,7 @@ class Result:
 def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
     if not src.exists():
         raise UpscaleError(f"input {os.fspath(src)!r} does not exist")
-    ext = dst.suffix.lower().lstrip(".")
+    ext = extension(dst)
     if ext in OUTPUT_EXTENSION:
         raise UpscaleError(f"vsr reads .{ext} but does not write it; use .{OUTPUT_EXTENSION[ext]} (or another video extension)")
     if output_kind(dst) is None:
@@ -356,7 +356,7 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         out_w, out_h, out_sar = options.size.resolve(info.width, info.height, info.sample_aspect_ratio)
     _check_output_fits(out_w, out_h, options.batch_size)
     resize = None if (out_w, out_h) == (info.width * upscaler.scale, info.height * upscaler.scale) else (out_h, out_w)
-    deep = deep_picture(info) and dst.suffix.lower().lstrip(".") in DEEP_OUTPUTS
+    deep = deep_picture(info) and extension(dst) in DEEP_OUTPUTS
     source = open_input(src)
     try:
         writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar,
@@ -502,7 +502,7 @@ _FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field fi
 
 def _warn_still_limits(info: VideoInfo, dst: Path, deep: bool, warn: Callable[[str], None]) -> None:
     """What a picture loses on the way, said once."""
-    ext = dst.suffix.lower().lstrip(".")
+    ext = extension(dst)
     if info.alpha and ext not in ALPHA_OUTPUTS:
         warn(f"transparency is dropped (.{ext} has no alpha channel; use .png or .webp)")
     if info.bits > 8 and not deep:
