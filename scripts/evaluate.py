@@ -13,14 +13,24 @@ LR inputs are made as the trainer makes them (antialiased bicubic downscaling, r
 one H.264 stream (libx264, yuv420p, ``--crf``, default 28: old web video) and each image as a
 one-frame H.264 picture at the same crf.
 
+Held-out clips are few, so ``--pan-frames N`` also makes a clip of every image: a window panning
+``--pan-step`` HR pixels per frame across it (3 by default: not a multiple of the scale, so the LR
+frames sample the scene at changing sub-pixel phases, as a camera pan does); its temporal error
+shows shimmering of detail that moves.
+
+``--record`` writes the means into each evaluated weights file's metadata (``vsr.evaluation``, one
+entry per protocol, e.g. ``x4 clean``, with the file names of the set and the bicubic scores), so
+a shipped file carries its held-out scores; ``vsr models`` shows them.
+
 Usage: python scripts/evaluate.py FOLDER --weights NAME|PATH [--weights ...] [--degrade] [--crf 28]
-       [--scale 4] [--frames-per-video 3] [--clip-frames 48] [--max-side N]
+       [--scale 4] [--frames-per-video 3] [--clip-frames 48] [--pan-frames 0] [--max-side N] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -35,7 +45,7 @@ from vsr.data import downscale, find_media, load_image, sample_video_frames, shr
 from vsr.metrics import psnr_y, ssim_y  # noqa: E402
 from vsr.model import Bicubic  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
-from vsr.weights import load_generator, resolve_weights  # noqa: E402
+from vsr.weights import load_generator, record_metadata, resolve_weights  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -145,6 +155,31 @@ def to_tensor(f: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255
 
 
+def pan(image: np.ndarray, frames: int, step: int) -> list[np.ndarray]:
+    """A clip of ``frames`` windows moving ``step`` pixels right per frame across ``image``."""
+    width = image.shape[1] - step * (frames - 1)
+    if width < 16:
+        raise ValueError(f"a {image.shape[1]}-px wide image is too narrow for {frames} frames of {step}-px pan")
+    return [np.ascontiguousarray(image[:, t * step : t * step + width]) for t in range(frames)]
+
+
+def summary(rows: list[dict], clips: list[dict], methods) -> dict[str, dict[str, float]]:
+    """Per method: the means over the images (and the worst colour shift) and over the clips."""
+    out: dict[str, dict[str, float]] = {}
+    for name in methods:
+        s: dict[str, float] = {}
+        if rows:
+            vals = np.array([r[name] for r in rows])
+            s.update(psnr_y=vals[:, 0].mean(), ssim_y=vals[:, 1].mean(), colour_shift_mean=vals[:, 3].mean(),
+                     colour_shift_worst=vals[:, 3].max())
+            if not np.isnan(vals[:, 2]).all():
+                s["niqe"] = np.nanmean(vals[:, 2])
+        if clips:
+            s["temporal_error"] = np.mean([c[name] for c in clips])
+        out[name] = {k: round(float(v), 4) for k, v in s.items()}
+    return out
+
+
 # ------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,10 +190,14 @@ def main() -> None:
     ap.add_argument("--crf", type=int, default=28)
     ap.add_argument("--frames-per-video", type=int, default=3)
     ap.add_argument("--clip-frames", type=int, default=48, help="frames of each video for the temporal error (0: none)")
+    ap.add_argument("--pan-frames", type=int, default=0, help="also a panning clip of this many frames from every image")
+    ap.add_argument("--pan-step", type=int, default=3, help="HR pixels the pan moves per frame")
     ap.add_argument("--max-side", type=int, default=None, help="downscale larger images first (antialiased)")
     ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--record", action="store_true", help="write the means into each weights file's metadata")
     args = ap.parse_args()
-    models = {w: load_generator(resolve_weights(w)) for w in args.weights}
+    paths = {w: resolve_weights(w) for w in args.weights}
+    models = {w: load_generator(p) for w, p in paths.items()}
     scales = {m.config.scale for m in models.values()} | ({args.scale} if args.scale else set())
     if len(scales) > 1:
         sys.exit(f"error: the weights and --scale disagree on the scale: {sorted(scales)}")
@@ -178,6 +217,12 @@ def main() -> None:
     for path, kind in find_media(args.folder):
         if kind == "image":
             named = [(path.name, [shrink(load_image(path), args.max_side)])]
+            if args.pan_frames:
+                hr, lr = hr_and_lr(pan(named[0][1][0], args.pan_frames, args.pan_step), scale, crf)
+                clip = {"clip": f"{path.name} (pan, {args.pan_frames} frames)"}
+                for name, up in ups.items():
+                    clip[name] = temporal_error(upscale(up, lr), hr)
+                clips.append(clip)
         else:
             named = [(f"{path.name}#{i}", [shrink(f, args.max_side)])
                      for i, f in enumerate(sample_video_frames(path, args.frames_per_video))]
@@ -214,6 +259,16 @@ def main() -> None:
             print("  " + clip["clip"] + ": " + ", ".join(f"{k} {v:.3f}" for k, v in clip.items() if k != "clip"))
         for name in ups:
             print(f"  mean {name}: {np.mean([c[name] for c in clips]):.3f}")
+    scores = summary(rows, clips, ups)
+    print("\n" + json.dumps(scores))
+    if args.record:
+        protocol = f"x{scale} " + (f"H.264 crf {crf}" if crf is not None else "clean")
+        entry = {"set": sorted({r["image"].split(" (")[0] for r in rows} | {c["clip"] for c in clips}),
+                 "command": "python scripts/evaluate.py " + " ".join(sys.argv[1:]),
+                 "bicubic": scores["bicubic"]}
+        for w, p in paths.items():
+            record_metadata(p, "vsr.evaluation", {protocol: {**entry, "scores": scores[w]}})
+            print(f"recorded {protocol!r} in {p}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import av
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from conftest import SAMPLE, make_clip, tiny_generator
@@ -137,6 +139,36 @@ def test_unusable_weights(tmp_path, clip):
     result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--weights", x2, "--scale", "4")
     assert_one_line_error(result, "x2 model", "x4 was asked for", code=2)  # a usage mistake
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_held_out_scores_recorded_in_the_weights_file(tmp_path):
+    """What scripts/evaluate.py --record does: scores merged into the file's metadata per protocol,
+    tensors and training record untouched, shown by `vsr models`; a file that is not vsr's refused."""
+    from safetensors.torch import load_file, save_file
+
+    from vsr.weights import WeightsError, read_metadata, record_metadata
+
+    path = tmp_path / "m.safetensors"
+    save_generator(path, tiny_generator(batch_norm=False, global_skip="bicubic"), training={"steps": 7})
+    before = load_file(path)
+    clean = {"scores": {"psnr_y": 31.25, "niqe": 17.5}, "bicubic": {"psnr_y": 30.0, "niqe": 18.75}}
+    record_metadata(path, "vsr.evaluation", {"x4 clean": clean})
+    record_metadata(path, "vsr.evaluation", {"x4 H.264 crf 28": {"scores": {"psnr_y": 25.0}, "bicubic": {"psnr_y": 24.0}}})
+    meta = read_metadata(path)
+    assert json.loads(meta["vsr.evaluation"]) == {"x4 clean": clean, "x4 H.264 crf 28": {
+        "scores": {"psnr_y": 25.0}, "bicubic": {"psnr_y": 24.0}}}
+    assert json.loads(meta["vsr.training"]) == {"steps": 7}
+    after = load_file(path)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not list(tmp_path.glob(".*partial*"))
+    r = invoke("models", path)
+    assert r.exit_code == 0, r.output
+    assert "+1.25 dB, NIQE 17.50 (bicubic 18.75)" in r.output and "7 steps" in r.output
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(WeightsError, match="not vsr generator weights"):
+        record_metadata(other, "vsr.evaluation", {})
+    assert read_metadata(other) == {}
 
 
 def test_no_bundled_weights_points_to_the_ways_out(tmp_path, clip):

@@ -481,12 +481,13 @@ def _upscale_folder(src: Path, dst: Path, net, options, a, use_compile: bool) ->
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 def models(files):
     """List the bundled models, and any model FILES given: architecture, scale, parameters, fp16
-    support, and for vsr's own files their training steps and last validation gain over bicubic
-    (PSNR-Y on the trainer's held-out crops; weights/README.md has the full held-out scores)."""
+    support, and for vsr's own files their training steps and held-out gain over bicubic: PSNR-Y
+    (and NIQE) on whole held-out images where ``scripts/evaluate.py --record`` stored them, else the
+    trainer's last validation on held-out crops (weights/README.md has the full tables)."""
     from vsr.weights import WeightsError, bundled_weights, describe, weights_dir
 
     table = Table(title="models", show_lines=False)
-    for col in ("name", "architecture", "scale", "params", "fp16", "trained", "val. PSNR-Y"):
+    for col in ("name", "architecture", "scale", "params", "fp16", "trained", "held-out PSNR-Y gain"):
         table.add_column(col)
     failed = []
     paths = [weights_dir() / n for n in bundled_weights()] + list(files)

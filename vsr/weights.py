@@ -2,7 +2,8 @@
 
 A weights file is self-describing: its metadata holds ``vsr.format``,
 ``vsr.config`` (the :class:`GeneratorConfig` as JSON) and optionally
-``vsr.training`` (JSON: steps, losses, data summary, validation scores).
+``vsr.training`` (JSON: steps, losses, data summary, validation scores) and
+``vsr.evaluation`` (JSON: held-out scores by protocol, written by ``scripts/evaluate.py --record``).
 Nothing is ever unpickled.
 """
 
@@ -18,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vsr.errors import UsageError, VsrError
+from vsr.files import written_whole
 from vsr.model import Generator, GeneratorConfig
 
 FORMAT = "vsr-generator-1"
@@ -72,6 +74,23 @@ def save_generator(path: str | os.PathLike, model: Generator, training: dict[str
     if training is not None:
         metadata["vsr.training"] = json.dumps(training, sort_keys=True)
     save_file(state, os.fspath(path), metadata=metadata)
+
+
+def record_metadata(path: str | os.PathLike, key: str, value: dict[str, Any]) -> None:
+    """Merge ``value`` into the JSON object under metadata ``key`` of a vsr weights file (the tensors
+    are copied unchanged; the file is replaced whole or not at all)."""
+    meta = read_metadata(path)
+    if meta.get("vsr.format") != FORMAT:
+        raise WeightsError(f"{os.fspath(path)!r} is not vsr generator weights (metadata vsr.format={meta.get('vsr.format')!r})")
+    try:
+        merged = json.loads(meta.get(key, "{}"))
+    except ValueError as exc:
+        raise WeightsError(f"{os.fspath(path)!r} has unreadable metadata {key!r}: {exc}") from exc
+    merged.update(value)
+    meta[key] = json.dumps(merged, sort_keys=True)
+    state = load_file(os.fspath(path))
+    with written_whole(path, mode=0o644) as tmp:
+        save_file(state, os.fspath(tmp), metadata=meta)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -181,7 +200,12 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             row["trained"] = f"{info.get('steps', '?')} steps"
             if info.get("validation"):
                 step, scores = info["validation"][-1]
-                row["validation"] = f"{scores['psnr'] - scores['bicubic_psnr']:+.2f} dB"
+                row["validation"] = f"{scores['psnr'] - scores['bicubic_psnr']:+.2f} dB (crops)"
+        held_out = json.loads(read_metadata(path).get("vsr.evaluation", "{}")).get(f"x{cfg.scale} clean")
+        if held_out and "psnr_y" in held_out.get("scores", {}):
+            scores, bicubic = held_out["scores"], held_out["bicubic"]
+            row["validation"] = f"{scores['psnr_y'] - bicubic['psnr_y']:+.2f} dB" + (
+                f", NIQE {scores['niqe']:.2f} (bicubic {bicubic['niqe']:.2f})" if "niqe" in scores else "")
     else:
         row.update(architecture=model.architecture, fp16=model.supports_half)
     return row
