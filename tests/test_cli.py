@@ -171,6 +171,31 @@ def test_held_out_scores_recorded_in_the_weights_file(tmp_path):
     assert read_metadata(other) == {}
 
 
+def test_network_interpolation(tmp_path):
+    """scripts/interpolate_weights.py's core: weights (1-a)*A + a*B of like models, ends exact."""
+    from vsr.errors import UsageError
+    from vsr.weights import WeightsMismatch, interpolate
+
+    a, b, x2 = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "x2.safetensors"
+    save_generator(a, tiny_generator(seed=0), training={"steps": 1})
+    save_generator(b, tiny_generator(seed=1), training={"steps": 2})
+    save_generator(x2, tiny_generator(scale=2))
+    sa, sb = tiny_generator(seed=0).state_dict(), tiny_generator(seed=1).state_dict()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+    for alpha, want in ((0.0, sa), (1.0, sb)):
+        got = interpolate(a, b, alpha)[0].state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in sa)
+    model, record = interpolate(a, b, 0.25)
+    got = model.state_dict()
+    k = next(k for k in sa if sa[k].dtype.is_floating_point and not torch.equal(sa[k], sb[k]))
+    assert torch.allclose(got[k], 0.75 * sa[k] + 0.25 * sb[k], atol=1e-6)
+    assert record["interpolated"]["alpha"] == 0.25 and record["interpolated"]["b_training"] == {"steps": 2}
+    with pytest.raises(WeightsMismatch, match="different configs"):
+        interpolate(a, x2, 0.5)
+    with pytest.raises(UsageError, match="between 0 and 1"):
+        interpolate(a, b, 1.5)
+
+
 def test_no_bundled_weights_points_to_the_ways_out(tmp_path, clip):
     empty = tmp_path / "empty"
     empty.mkdir()

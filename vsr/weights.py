@@ -76,6 +76,26 @@ def save_generator(path: str | os.PathLike, model: Generator, training: dict[str
     save_file(state, os.fspath(path), metadata=metadata)
 
 
+def interpolate(a: str | os.PathLike, b: str | os.PathLike, alpha: float) -> tuple[Generator, dict[str, Any]]:
+    """ESRGAN's network interpolation: every weight ``(1 - alpha) * a + alpha * b`` of two generators
+    with the same config (e.g. a PSNR model and the adversarial model fine-tuned from it), which
+    trades fidelity for texture more smoothly than either loss weight.  Returns the model and a
+    ``vsr.training`` record naming both sources."""
+    if not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"alpha must be between 0 and 1, got {alpha}")
+    first, second = load_generator(a), load_generator(b)
+    if first.config != second.config:
+        raise WeightsMismatch(f"{os.fspath(a)!r} and {os.fspath(b)!r} have different configs "
+                              f"({first.config.to_json()} vs {second.config.to_json()}): only like models interpolate")
+    state_b = second.state_dict()
+    merged = {k: torch.lerp(v, state_b[k], alpha) if v.dtype.is_floating_point else v
+              for k, v in first.state_dict().items()}
+    first.load_state_dict(merged)
+    record = {"interpolated": {"a": Path(a).name, "b": Path(b).name, "alpha": alpha,
+                               "a_training": training_info(a), "b_training": training_info(b)}}
+    return first, record
+
+
 def record_metadata(path: str | os.PathLike, key: str, value: dict[str, Any]) -> None:
     """Merge ``value`` into the JSON object under metadata ``key`` of a vsr weights file (the tensors
     are copied unchanged; the file is replaced whole or not at all)."""
