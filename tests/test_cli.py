@@ -190,6 +190,10 @@ def test_network_interpolation(tmp_path):
     k = next(k for k in sa if sa[k].dtype.is_floating_point and not torch.equal(sa[k], sb[k]))
     assert torch.allclose(got[k], 0.75 * sa[k] + 0.25 * sb[k], atol=1e-6)
     assert record["interpolated"]["alpha"] == 0.25 and record["interpolated"]["b_training"] == {"steps": 2}
+    out = tmp_path / "mix.safetensors"
+    save_generator(out, model, training=record)
+    r = invoke("models", out)
+    assert r.exit_code == 0 and "0.75 x a.safetensors + 0.25 x b.safetensors" in " ".join(r.output.split()), r.output
     with pytest.raises(WeightsMismatch, match="different configs"):
         interpolate(a, x2, 0.5)
     with pytest.raises(UsageError, match="between 0 and 1"):

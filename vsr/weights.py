@@ -216,7 +216,10 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         cfg = model.config
         row.update(architecture=f"SRResNet {cfg.blocks}x{cfg.channels}" + (" BN" if cfg.batch_norm else ""), fp16=True)
         info = training_info(path)
-        if info:
+        if "interpolated" in info:
+            mix = info["interpolated"]
+            row["trained"] = f"{1 - mix['alpha']:g} x {mix['a']} + {mix['alpha']:g} x {mix['b']}"
+        elif info:
             row["trained"] = f"{info.get('steps', '?')} steps"
             if info.get("validation"):
                 step, scores = info["validation"][-1]
