@@ -378,6 +378,29 @@ def test_esrgan_recipe_options_train():
         TrainConfig(gan_loss="wgan")
 
 
+def test_colour_loss_pins_colour_and_leaves_texture_free():
+    """A colour cast hidden under drawn texture: the pixel L1 hardly sees it (its slope for a uniform
+    shift is the balance of the residuals' signs), the block-mean loss sees it in full; texture alone
+    costs the block-mean loss little.  With the weight set, the generator step reports it."""
+    from vsr.train import colour_loss
+
+    torch.manual_seed(0)
+    hr = torch.rand(2, 3, 32, 32)
+    texture = 0.2 * torch.randn(2, 3, 32, 32)  # large, symmetric residuals, as drawn detail makes
+    cast = torch.tensor([0.02, 0.0, -0.02]).view(1, 3, 1, 1)
+    l1 = torch.nn.functional.l1_loss
+    assert colour_loss(hr + texture, hr) < 0.1 * l1(hr + texture, hr)
+    pixel_rise = float(l1(hr + texture + cast, hr) - l1(hr + texture, hr))
+    colour_rise = float(colour_loss(hr + texture + cast, hr) - colour_loss(hr + texture, hr))
+    assert colour_rise > 0.5 * 0.04 / 3  # half the mean |cast| (block means of the texture hide a little)
+    assert pixel_rise < 0.15 * colour_rise
+    cfg = TrainConfig(steps=3, pretrain_steps=0, batch_size=2, patch_size=32, warmup_steps=1, gan_colour_weight=1.0)
+    trainer = Trainer(tiny_generator(batch_norm=False, global_skip="bicubic"), cfg, perceptual=tiny_perceptual())
+    assert "colour" in trainer.train_step(data_mod.downscale(hr, 4), hr)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TrainConfig(patch_size=40, gan_colour_weight=1.0)
+
+
 def test_features_before_the_activation_end_one_layer_earlier(tmp_path):
     from vsr.perceptual import vgg_features
 

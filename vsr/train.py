@@ -38,6 +38,9 @@ class TrainConfigError(UsageError, ValueError):
 
 CHECKPOINT_FORMAT = "vsr-checkpoint-1"
 GAN_LOSSES = ("vanilla", "ragan")
+# The colour loss compares means of blocks this many HR pixels wide: wide enough that drawn texture
+# averages out (it is left free), narrow enough that colour and brightness are pinned locally.
+COLOUR_BLOCK = 16
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class TrainConfig:
     content_scale: float = 1 / 12.75
     adv_weight: float = 1e-3
     gan_pixel_weight: float = 0.0  # optional pixel term in phase 2 (0 = the paper)
+    gan_colour_weight: float = 0.0  # optional L1 of COLOUR_BLOCK-px block means in phase 2 (0 = the paper)
     gan_loss: str = "vanilla"  # "vanilla" (the paper: real/fake BCE) or "ragan" (relativistic average, ESRGAN)
     content_before_activation: bool = False  # VGG features before the ReLU (ESRGAN) instead of after (the paper)
     d_norm: str = "batch"  # the discriminator's normalisation: "batch" (the paper) or "spectral"
@@ -66,6 +70,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.pixel_loss not in ("l1", "mse"):
             raise TrainConfigError(f"pixel loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
+        if self.gan_colour_weight and self.patch_size % COLOUR_BLOCK:
+            raise TrainConfigError(f"the colour loss needs crops a multiple of {COLOUR_BLOCK} px, got {self.patch_size}")
         if self.steps < 1 or self.pretrain_steps < 0 or self.batch_size < 1:
             raise TrainConfigError("steps and batch size must be positive, pretrain steps non-negative")
         if self.gan_loss not in GAN_LOSSES:
@@ -192,6 +198,10 @@ class Trainer:
                     pixel = self._pixel(sr.float(), hr_img)
                     loss_g = loss_g + cfg.gan_pixel_weight * pixel
                     losses["pixel"] = pixel.detach()
+                if cfg.gan_colour_weight:
+                    colour = colour_loss(sr.float(), hr_img)
+                    loss_g = loss_g + cfg.gan_colour_weight * colour
+                    losses["colour"] = colour.detach()
                 losses.update(content=content.detach(), adversarial=adversarial.detach())
         self._backward_step(loss_g, self.opt_g)
         losses["g_total"] = loss_g.detach()
@@ -260,6 +270,17 @@ class Trainer:
         if self.device.type == "cuda" and cuda_rng is not None and cuda_rng.numel():
             torch.cuda.set_rng_state(cuda_rng, self.device)
         self.step = int(state["step"])
+
+
+def colour_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """L1 between the means of COLOUR_BLOCK x COLOUR_BLOCK blocks of output and target.
+
+    A pixel L1 barely holds colours during the adversarial phase: its gradient for a uniform shift
+    is the balance of the residuals' signs, near zero while drawn texture makes the residuals large
+    and symmetric, so colour casts drift in unopposed.  Block means average the texture out, so
+    this term pins colour and brightness while leaving the texture to the content and adversarial
+    losses."""
+    return F.l1_loss(F.avg_pool2d(sr, COLOUR_BLOCK), F.avg_pool2d(hr, COLOUR_BLOCK))
 
 
 def _ragan(real: torch.Tensor, fake: torch.Tensor, real_is_real: bool) -> torch.Tensor:
