@@ -45,7 +45,7 @@ from vsr.data import downscale, find_media, load_image, sample_video_frames, shr
 from vsr.metrics import psnr_y, ssim_y  # noqa: E402
 from vsr.model import Bicubic  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
-from vsr.weights import load_generator, record_metadata, resolve_weights  # noqa: E402
+from vsr.weights import load_model, record_metadata, resolve_weights  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -197,8 +197,8 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="write the means into each weights file's metadata")
     args = ap.parse_args()
     paths = {w: resolve_weights(w) for w in args.weights}
-    models = {w: load_generator(p) for w, p in paths.items()}
-    scales = {m.config.scale for m in models.values()} | ({args.scale} if args.scale else set())
+    models = {w: load_model(p) for w, p in paths.items()}  # vsr's files and checkpoints, or community models
+    scales = {m.scale for m in models.values()} | ({args.scale} if args.scale else set())
     if len(scales) > 1:
         sys.exit(f"error: the weights and --scale disagree on the scale: {sorted(scales)}")
     scale = scales.pop() if scales else 4
