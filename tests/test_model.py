@@ -262,7 +262,7 @@ def test_freed_memory_is_reused_without_page_faults(env, keep):
         assert faults > 8 * 2 * 16384  # glibc's default: fresh mmaps, every page faulted in again
 
 
-@pytest.mark.parametrize("name, steps", [("vsr_x4_psnr", 3200), ("vsr_x4_srgan", 800), ("vsr_x2_psnr", 2000)])
+@pytest.mark.parametrize("name, steps", [("vsr_x4_psnr", 3200), ("vsr_x4_srgan", 740), ("vsr_x2_psnr", 2000)])
 def test_bundled_weights_load_and_beat_or_sharpen_bicubic(name, steps):
     """The shipped files load with their config and training record, and do what they are for on a
     natural texture they were not trained on (skimage is not a dependency: a synthetic one)."""
@@ -298,7 +298,9 @@ def test_bundled_weights_load_and_beat_or_sharpen_bicubic(name, steps):
     else:  # sharper than bicubic and than the PSNR model: more high-frequency energy
         def detail(x):
             return (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-        assert detail(sr) > 1.35 * detail(bic)  # measured 1.55x (the PSNR model: 1.25x)
+        assert detail(sr) > 1.35 * detail(bic)  # measured 1.39x (the first version 1.55x, the PSNR model 1.25x)
+        # and no colour cast (the issue's target: under 1 level per channel): measured 0.48
+        assert ((sr - hr).mean((0, 2, 3)) * 255).abs().max() < 1.0
 
 
 def test_stages_run_by_several_workers_count_per_worker():
