@@ -45,7 +45,7 @@ from vsr.data import downscale, find_media, load_image, sample_video_frames, shr
 from vsr.metrics import psnr_y, ssim_y  # noqa: E402
 from vsr.model import Bicubic  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
-from vsr.weights import load_model, record_metadata, resolve_weights  # noqa: E402
+from vsr.weights import is_vsr_weights, load_model, record_metadata, resolve_weights  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -163,6 +163,12 @@ def pan(image: np.ndarray, frames: int, step: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(image[:, t * step : t * step + width]) for t in range(frames)]
 
 
+def clip_errors(label: str, frames: list[np.ndarray], ups: dict[str, Upscaler], scale: int, crf: int | None) -> dict:
+    """The temporal error of every method on one clip (its HR frames; LR made as for the images)."""
+    hr, lr = hr_and_lr(frames, scale, crf)
+    return {"clip": label, **{name: temporal_error(upscale(up, lr), hr) for name, up in ups.items()}}
+
+
 def summary(rows: list[dict], clips: list[dict], methods) -> dict[str, dict[str, float]]:
     """Per method: the means over the images (and the worst colour shift) and over the clips."""
     out: dict[str, dict[str, float]] = {}
@@ -197,6 +203,8 @@ def main() -> None:
     ap.add_argument("--record", action="store_true", help="write the means into each weights file's metadata")
     args = ap.parse_args()
     paths = {w: resolve_weights(w) for w in args.weights}
+    if args.record and (others := [w for w, p in paths.items() if not is_vsr_weights(p)]):
+        sys.exit(f"error: --record writes into vsr's own .safetensors weights; not into {', '.join(others)}")
     models = {w: load_model(p) for w, p in paths.items()}  # vsr's files and checkpoints, or community models
     scales = {m.scale for m in models.values()} | ({args.scale} if args.scale else set())
     if len(scales) > 1:
@@ -218,11 +226,8 @@ def main() -> None:
         if kind == "image":
             named = [(path.name, [shrink(load_image(path), args.max_side)])]
             if args.pan_frames:
-                hr, lr = hr_and_lr(pan(named[0][1][0], args.pan_frames, args.pan_step), scale, crf)
-                clip = {"clip": f"{path.name} (pan, {args.pan_frames} frames)"}
-                for name, up in ups.items():
-                    clip[name] = temporal_error(upscale(up, lr), hr)
-                clips.append(clip)
+                clips.append(clip_errors(f"{path.name} (pan, {args.pan_frames} frames)",
+                                         pan(named[0][1][0], args.pan_frames, args.pan_step), ups, scale, crf))
         else:
             named = [(f"{path.name}#{i}", [shrink(f, args.max_side)])
                      for i, f in enumerate(sample_video_frames(path, args.frames_per_video))]
@@ -230,11 +235,7 @@ def main() -> None:
                 with av.open(str(path)) as c:
                     frames = [shrink(f.to_ndarray(format="rgb24"), args.max_side)
                               for _, f in zip(range(args.clip_frames), c.decode(video=0))]
-                hr, lr = hr_and_lr(frames, scale, crf)
-                clip = {"clip": f"{path.name} ({len(frames)} frames)"}
-                for name, up in ups.items():
-                    clip[name] = temporal_error(upscale(up, lr), hr)
-                clips.append(clip)
+                clips.append(clip_errors(f"{path.name} ({len(frames)} frames)", frames, ups, scale, crf))
         for label, frames in named:
             hr, lr = hr_and_lr(frames, scale, crf)
             row = {"image": f"{label} ({hr[0].shape[1]}x{hr[0].shape[0]})"}
@@ -246,20 +247,19 @@ def main() -> None:
             rows.append(row)
             print(" | ".join([row["image"]] + [f"{k}: {v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} / {v[3]:.2f}"
                                                for k, v in row.items() if k != "image"]), flush=True)
+    scores = summary(rows, clips, ups)
     if rows:
         print(f"\nmean over {len(rows)} images: PSNR-Y dB / SSIM-Y / NIQE / colour shift mean (worst)")
-        base = np.mean([r["bicubic"][0] for r in rows])
-        for name in ups:
-            vals = np.array([r[name] for r in rows])
-            print(f"  {name}: {vals[:, 0].mean():.2f} ({vals[:, 0].mean() - base:+.2f} dB) / {vals[:, 1].mean():.4f} / "
-                  f"{np.nanmean(vals[:, 2]) if niqe else float('nan'):.2f} / {vals[:, 3].mean():.2f} ({vals[:, 3].max():.2f})")
+        base = scores["bicubic"]["psnr_y"]
+        for name, m in scores.items():
+            print(f"  {name}: {m['psnr_y']:.2f} ({m['psnr_y'] - base:+.2f} dB) / {m['ssim_y']:.4f} / "
+                  f"{m.get('niqe', float('nan')):.2f} / {m['colour_shift_mean']:.2f} ({m['colour_shift_worst']:.2f})")
     if clips:
         print(f"\ntemporal error on Y over {len(clips)} clip(s) (lower = less flicker):")
         for clip in clips:
             print("  " + clip["clip"] + ": " + ", ".join(f"{k} {v:.3f}" for k, v in clip.items() if k != "clip"))
-        for name in ups:
-            print(f"  mean {name}: {np.mean([c[name] for c in clips]):.3f}")
-    scores = summary(rows, clips, ups)
+        for name, m in scores.items():
+            print(f"  mean {name}: {m['temporal_error']:.3f}")
     print("\n" + json.dumps(scores))
     if args.record:
         protocol = f"x{scale} " + (f"H.264 crf {crf}" if crf is not None else "clean")

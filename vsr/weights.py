@@ -113,6 +113,11 @@ def record_metadata(path: str | os.PathLike, key: str, value: dict[str, Any]) ->
         save_file(state, os.fspath(tmp), metadata=meta)
 
 
+def is_vsr_weights(path: str | os.PathLike) -> bool:
+    """A ``.safetensors`` file written by vsr (not a checkpoint, not a community model)."""
+    return Path(path).suffix.lower() == ".safetensors" and read_metadata(path).get("vsr.format") == FORMAT
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     from safetensors import safe_open
 
@@ -194,7 +199,7 @@ def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Mo
             raise WeightsMismatch(f"{os.fspath(path)!r} is a x{model.config.scale} model, but x{scale} was asked for")
         return model.eval()
     # a .safetensors file must at least be one; vsr's own carry their config in the metadata
-    if Path(path).suffix.lower() == ".safetensors" and read_metadata(path).get("vsr.format") == FORMAT:
+    if is_vsr_weights(path):
         return load_generator(path, scale=scale)
     from vsr.thirdparty import ThirdPartyError, load_spandrel
 
