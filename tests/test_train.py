@@ -440,10 +440,16 @@ def test_the_run_says_how_long_it_will_take_and_warns_when_long(folder, tmp_path
         info, warn = staticmethod(infos.append), staticmethod(warnings.append)
 
     monkeypatch.setattr(finetune_mod, "LONG_RUN_SECONDS", 0.0)
-    run_finetune(_opts(folder, tmp_path / "o.safetensors", train={"steps": 8}), Listening())
+    run_finetune(_opts(folder, tmp_path / "o.safetensors", train={"steps": 12, "pretrain_steps": 10}), Listening())
     (estimate,) = [m for m in infos if m.startswith("about ")]
     assert "to go on cpu" in estimate and "s/step" in estimate
+    assert "the adversarial phase is slower" in estimate  # estimated in the pixel phase, with a GAN phase ahead
     assert any("this run will take about" in w and "on the CPU" in w for w in warnings)
+
+    infos.clear()
+    run_finetune(_opts(folder, tmp_path / "p.safetensors", train={"steps": 8, "no_gan": True}), Listening())
+    (estimate,) = [m for m in infos if m.startswith("about ")]
+    assert "to go on cpu" in estimate and "adversarial" not in estimate  # no adversarial phase to warn of
 
 
 def test_frames_are_cached_in_the_users_cache_and_clear_cache_empties_it(folder, tmp_path, monkeypatch):

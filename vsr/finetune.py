@@ -242,8 +242,10 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
             left = per_step * (cfg.steps - step)
             timing["step"] = None
             if rank == 0:
+                gan_ahead = cfg.phase(step) == "pixel" and cfg.gan_steps > 0
                 cb.info(f"about {_duration(left)} to go on {device} ({cfg.steps - step} steps at "
-                           f"{per_step:.2f} s/step; the adversarial phase is slower than the pixel one)")
+                           f"{per_step:.2f} s/step" + ("; the adversarial phase is slower than the pixel one"
+                                                       if gan_ahead else "") + ")")
                 if device.type == "cpu" and left > LONG_RUN_SECONDS:
                     cb.warn(f"this run will take about {_duration(left)} on the CPU; a GPU does it in "
                                   f"minutes (--device cuda), or ask for fewer --steps")
