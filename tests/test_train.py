@@ -114,6 +114,50 @@ def test_frames_are_extracted_by_seeking_and_junk_is_skipped(tmp_path):
     assert again[0].frames == sources[0].frames
 
 
+NO_PYAV_CHILD = """
+import sys
+sys.modules["av"] = None  # importing PyAV fails, as on a machine without it
+from pathlib import Path
+import numpy as np
+from vsr import data
+from vsr.cli import main
+pics, cache = Path(sys.argv[1]), Path(sys.argv[2])
+calls = []
+def reader(path, kind, count):
+    calls.append(path.name)
+    yield np.load(path.with_suffix(".npy"))
+sources, skipped = data.extract_frames(pics, cache, 32, None, min_size=96, read=reader)
+print(len(sources), [reason.split(": ")[1] for reason in skipped])
+again, skipped = data.extract_frames(pics, cache, 32, None, min_size=32, read=reader)
+print(sorted(calls), [len(s.frames) for s in again], skipped)
+sys.argv = ["vsr", "finetune", str(pics), "--from", "scratch", "--blocks", "1", "--channels", "8", "--no-gan",
+            "--steps", "2", "--batch-size", "2", "--patch-size", "32", "--val-fraction", "0", "--cache-dir", str(cache),
+            "--device", "cpu", "--precision", "fp32", "-q", "-o", str(pics.parent / "out.safetensors")]
+main()
+"""
+
+
+def test_training_from_a_filled_cache_needs_no_pyav(tmp_path):
+    """A frame reader other than PyAV fills the cache (scripts/packed_frames.py fill does, with Pillow,
+    on the GPU machine, which has no PyAV); each file is read once, whatever crop size later runs ask
+    for, and `vsr finetune` on the same folder then trains and writes weights in a process that
+    cannot import PyAV."""
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for i in range(2):
+        (pics / f"p{i}.png").write_bytes(b"not decoded: the reader gives the frame")
+        np.save(pics / f"p{i}.npy", textured(i, 64, 64))  # .npy is no media kind: not a source
+    run = subprocess.run([sys.executable, "-c", NO_PYAV_CHILD, str(pics), str(tmp_path / "cache")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0, run.stderr
+    too_small, cached = run.stdout.splitlines()[:2]
+    assert too_small == "0 ['frames of 64x64 are smaller than a 96-px crop', 'frames of 64x64 are smaller than a 96-px crop']"
+    # read once each; a crop size that fits finds them cached (it is no part of the cache's key)
+    assert cached == "['p0.png', 'p1.png'] [1, 1] []"
+    assert load_generator(tmp_path / "out.safetensors").config.channels == 8
+    assert training_info(tmp_path / "out.safetensors")["steps"] == 2
+
+
 def test_split_holds_out_whole_files(folder, tmp_path):
     sources, _ = data_mod.extract_frames(folder, tmp_path / "cache")
     train, val = data_mod.split_sources(sources, 0.25)

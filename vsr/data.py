@@ -2,6 +2,9 @@
 
 Frames are extracted once into a cache folder of ``.npy`` files (uint8 HWC RGB) and
 read back memory-mapped, so a folder of long videos never sits decoded in RAM.
+PyAV is imported only where frames are decoded or re-encoded (:func:`read_frames`, the codec
+round trips of :func:`degrade`): training from a filled cache, or from frames another reader
+gives :func:`extract_frames`, runs where PyAV is not installed.
 Patches are sampled with a preference for texture: most random crops of real
 footage are near-flat sky, walls or blur and teach the network nothing.
 """
@@ -16,15 +19,12 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vsr.colour import frame_to_rgb
-from vsr.decode import decode_frames, open_input, probe, read_picture
 from vsr.errors import VsrError
 from vsr.media import jpeg_qscale, kind_of
 
@@ -82,6 +82,11 @@ def shrink(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
 def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
     """Up to ``count`` RGB frames spread evenly over the clip, found by seeking; opened, decoded
     and converted by :mod:`vsr.decode` as frames that are upscaled are."""
+    import av
+
+    from vsr.colour import frame_to_rgb
+    from vsr.decode import decode_frames, open_input, probe
+
     info = probe(path)
     with open_input(path) as container:
         stream = container.streams[info.stream_index]
@@ -120,7 +125,28 @@ def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
 def load_image(path: Path) -> np.ndarray:
     """A picture as RGB, read as ``vsr upscale`` reads it (:func:`vsr.decode.read_picture`: turned
     upright by its EXIF orientation)."""
+    from vsr.decode import read_picture
+
     return read_picture(path)
+
+
+# A frame reader: (path, kind "video"|"image", frames wanted of a video) -> RGB uint8 HWC frames.
+FrameReader = Callable[[Path, str, int], Iterable[np.ndarray]]
+
+
+def read_frames(path: Path, kind: str, frames_per_video: int) -> Iterator[np.ndarray]:
+    """The frames training takes from one file, decoded by PyAV as ``vsr upscale`` decodes them:
+    ``frames_per_video`` spread over a video, or the picture itself."""
+    return sample_video_frames(path, frames_per_video) if kind == "video" else iter([load_image(path)])
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a reader raises for a file it cannot read (PyAV's errors only where PyAV is installed)."""
+    try:
+        import av
+    except ImportError:
+        return (VsrError, OSError)
+    return (av.FFmpegError, VsrError, OSError)
 
 
 def extract_frames(
@@ -129,8 +155,12 @@ def extract_frames(
     frames_per_video: int = 32,
     max_side: int | None = None,
     min_size: int = 96,
+    read: FrameReader = read_frames,
 ) -> tuple[list[FrameSource], list[str]]:
-    """Fill ``cache`` with usable frames; returns the sources and what was skipped (and why)."""
+    """Fill ``cache`` with usable frames; returns the sources and what was skipped (and why).
+
+    ``read`` decodes a file not yet in the cache (:func:`read_frames`, PyAV); a file already
+    cached, under the same path, size, modification time and settings, is not read again."""
     cache.mkdir(parents=True, exist_ok=True)
     sources: list[FrameSource] = []
     skipped: list[str] = []
@@ -145,13 +175,10 @@ def extract_frames(
         else:
             sub.mkdir(parents=True, exist_ok=True)
             try:
-                frames = sample_video_frames(path, frames_per_video) if kind == "video" else iter([load_image(path)])
+                frames = read(path, kind, frames_per_video)
                 previous: np.ndarray | None = None
                 for i, rgb in enumerate(frames):
                     rgb = shrink(rgb, max_side)
-                    if min(rgb.shape[:2]) < min_size:
-                        skipped.append(f"{path}: frames of {rgb.shape[1]}x{rgb.shape[0]} are smaller than a {min_size}-px crop")
-                        break
                     if rgb.mean() < 16:
                         continue  # near-black
                     if gradient_energy(rgb[::2, ::2]) < 1.0:
@@ -163,11 +190,15 @@ def extract_frames(
                     out = sub / f"{i:05d}.npy"
                     np.save(out, np.ascontiguousarray(rgb))
                     source.frames.append(out)
-            except (av.FFmpegError, VsrError, OSError) as exc:
+            except _read_errors() as exc:
                 skipped.append(f"{path}: {exc}")
                 continue
             done.touch()
-        if source.frames:
+        # Checked on the cached frames, not while caching: the crop size is no part of the cache's key.
+        h, w = np.load(source.frames[0], mmap_mode="r").shape[:2] if source.frames else (0, 0)
+        if source.frames and min(h, w) < min_size:
+            skipped.append(f"{path}: frames of {w}x{h} are smaller than a {min_size}-px crop")
+        elif source.frames:
             sources.append(source)
         elif not any(s.startswith(f"{path}:") for s in skipped):
             skipped.append(f"{path}: no usable frames (all black, flat or duplicate)")
@@ -355,6 +386,8 @@ def degrade(lr: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def _codec_roundtrip(x: torch.Tensor, codec: str, pix_fmt: str, options: dict[str, str], even: bool) -> torch.Tensor:
     """Encode one CHW float image with an FFmpeg encoder in memory and decode it back."""
+    import av
+
     rgb = (x * 255).round().byte().permute(1, 2, 0).numpy()
     h, w = rgb.shape[:2]
     if even and (h % 2 or w % 2):
