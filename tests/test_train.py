@@ -225,6 +225,28 @@ def test_resume_continues_exactly(folder, tmp_path):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
+def test_a_fine_tuned_file_records_its_whole_history(folder, tmp_path):
+    """Weights fine-tuned from weights carry the starting file's own record (its data, steps and
+    validation), a resumed run too, and the steps in all; `vsr models` shows both counts."""
+    from vsr.weights import describe
+
+    first = tmp_path / "first.safetensors"
+    run_finetune(_opts(folder, first, train={"steps": 3}))
+    second = tmp_path / "second.safetensors"
+    run_finetune(dataclasses.replace(_opts(folder, second, train={"steps": 2, "pretrain_steps": 0}), start=str(first)))
+    third = tmp_path / "third.safetensors"
+    opts = dataclasses.replace(_opts(folder, third, train={"steps": 2, "pretrain_steps": 0, "no_gan": True}), start=str(second))
+    run_finetune(dataclasses.replace(opts, train=dataclasses.replace(opts.train, steps=1)))
+    run_finetune(dataclasses.replace(opts, resume=third.with_suffix(".ckpt")))
+    info = training_info(third)
+    assert info["steps"] == 2 and info["total_steps"] == 7
+    assert info["earlier_training"] == training_info(second)
+    assert info["earlier_training"]["earlier_training"] == training_info(first)
+    assert training_info(first)["earlier_training"] == {} and training_info(first)["total_steps"] == 3
+    assert describe(third)["trained"] == "2 steps (7 in all)"
+    assert describe(first)["trained"] == "3 steps"
+
+
 def test_starting_weights_of_another_scale_are_refused(folder, tmp_path):
     x2 = tmp_path / "x2.safetensors"
     save_generator(x2, tiny_generator(scale=2))
@@ -391,8 +413,8 @@ def test_body_only_starts_another_scale_from_trained_features(folder, tmp_path):
         run_finetune(opts)
     from vsr.finetune import _starting_generator
 
-    model, started = _starting_generator(dataclasses.replace(opts, body_only=True))
-    assert model.config.scale == 2 and "head and body" in started
+    model, started, earlier = _starting_generator(dataclasses.replace(opts, body_only=True))
+    assert model.config.scale == 2 and "head and body" in started and earlier == {}  # saved without a record
     for key, value in source.state_dict().items():
         if key.startswith(("head.", "body.", "body_tail.")):
             assert torch.equal(model.state_dict()[key], value), key

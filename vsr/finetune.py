@@ -23,7 +23,7 @@ from vsr.errors import VsrError
 from vsr.files import folder_problem, written_whole
 from vsr.model import Generator, GeneratorConfig
 from vsr.report import TrainReporter
-from vsr.weights import WeightsError, default_weights, load_generator, resolve_weights, save_generator
+from vsr.weights import WeightsError, default_weights, load_generator, resolve_weights, save_generator, total_steps, training_info
 
 
 class FinetuneError(VsrError):
@@ -84,12 +84,14 @@ def _distributed() -> tuple[bool, int, int]:
     return False, 0, 1
 
 
-def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str]:
+def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str, dict[str, Any]]:
+    """The generator to train, what it started from, and the starting file's own training record
+    (empty from scratch), so that a fine-tuned file records its whole history."""
     if opts.start == "scratch":
         config = opts.scratch_config
         if opts.scale is not None and opts.scale != config.scale:
             config = dataclasses.replace(config, scale=opts.scale)
-        return Generator(config), "scratch"
+        return Generator(config), "scratch", {}
     spec = default_weights(opts.scale) if opts.start == "bundled" else opts.start
     try:
         path = resolve_weights(spec)
@@ -98,12 +100,13 @@ def _starting_generator(opts: FinetuneOptions) -> tuple[Generator, str]:
         if opts.start == "bundled":
             raise FinetuneError(f"no bundled weights to start from ({exc}); use --from scratch or --from PATH") from exc
         raise FinetuneError(str(exc)) from exc
+    earlier = training_info(path)
     if opts.body_only:
-        return _with_fresh_upsampling(model, opts.scale or model.config.scale), f"{os.fspath(path)} (head and body)"
+        return _with_fresh_upsampling(model, opts.scale or model.config.scale), f"{os.fspath(path)} (head and body)", earlier
     if opts.scale is not None and model.config.scale != opts.scale:
         raise FinetuneError(f"{os.fspath(path)!r} is a x{model.config.scale} model, but x{opts.scale} was asked for "
                             f"(--body-only starts a model of another scale from its head and residual body)")
-    return model.train(), os.fspath(path)
+    return model.train(), os.fspath(path), earlier
 
 
 def _with_fresh_upsampling(source: Generator, scale: int) -> Generator:
@@ -158,9 +161,10 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
             raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: {exc}") from exc
         generator = train_mod.generator_from_checkpoint(resume_state)
         started_from = resume_state.get("started_from", "checkpoint")
+        earlier = resume_state.get("earlier_training", {})
         cfg = train_mod.TrainConfig(**{**resume_state["train_config"], "steps": max(cfg.steps, resume_state["train_config"]["steps"])})
     else:
-        generator, started_from = _starting_generator(opts)
+        generator, started_from, earlier = _starting_generator(opts)
     if not data_mod.find_media(opts.folder):  # before the perceptual network, which may not be here
         raise FinetuneError(f"no videos or images in {os.fspath(opts.folder)!r}")
     # The perceptual network is needed only for phase 2; fail before any work if it is missing.
@@ -265,7 +269,8 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
         train_mod.save_checkpoint(
             checkpoint_path,
             trainer,
-            {"sampler_rng": batches.state(), "history": [[s, v] for s, v in history], "started_from": started_from},
+            {"sampler_rng": batches.state(), "history": [[s, v] for s, v in history], "started_from": started_from,
+             "earlier_training": earlier},
         )
 
     cb.start(trainer.step, cfg.steps)
@@ -289,6 +294,9 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
     summary = {
         "steps": trainer.step,
         "started_from": started_from,
+        # the starting file's own record, so the history travels with the file; steps in all, its too
+        "earlier_training": earlier,
+        "total_steps": trainer.step + total_steps(earlier),
         "train_config": dataclasses.asdict(cfg),
         "final_losses": {k: round(float(v), 6) for k, v in recent.items()},
         "data": summary_data,

@@ -226,6 +226,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             row["trained"] = f"{1 - mix['alpha']:g} x {mix['a']} + {mix['alpha']:g} x {mix['b']}"
         elif info:
             row["trained"] = f"{info.get('steps', '?')} steps"
+            if total_steps(info) > int(info.get("steps", 0)):
+                row["trained"] += f" ({total_steps(info)} in all)"
             if info.get("validation"):
                 step, scores = info["validation"][-1]
                 row["validation"] = f"{scores['psnr'] - scores['bicubic_psnr']:+.2f} dB (crops)"
@@ -237,6 +239,12 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     else:
         row.update(architecture=model.architecture, fp16=model.supports_half)
     return row
+
+
+def total_steps(training: dict[str, Any]) -> int:
+    """Training steps in all behind a ``vsr.training`` record: its own and those of the file it was
+    fine-tuned from (a record older than ``total_steps`` gives its own)."""
+    return int(training.get("total_steps", training.get("steps", 0)))
 
 
 def training_info(path: str | os.PathLike) -> dict[str, Any]:
