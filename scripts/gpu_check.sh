@@ -11,6 +11,8 @@
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl av==18.1.0 spandrel==0.4.2
 # then run with carry [".whl"]. This script installs .whl/*.whl into /tmp/site first when .whl exists.
+# Training there is scripts/gpu_train.sh's, a call of its own: its frames (.pack, 27 MiB) and the av
+# wheel do not fit one call's 64 MiB together, and it needs no PyAV.
 # Usage: bash scripts/gpu_check.sh [BENCHMARK ARGS...]   e.g.  --train-seconds 30 --sizes 480x270
 set -uo pipefail
 cd "$(dirname "$0")/.."
