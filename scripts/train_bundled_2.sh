@@ -3,13 +3,7 @@
 # (on 2 CPU cores, fp32: no GPU was available to the session that made them).
 # Usage: scripts/train_bundled_2.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
 set -euo pipefail
-data=${1:?usage: $0 DATA OUT}
-out=${2:?usage: $0 DATA OUT}
-mkdir -p "$out"
-here=$(cd "$(dirname "$0")/.." && pwd)
-# These models start from the first vsr_x4_psnr: weights/ held it until scripts/train_bundled_4.sh replaced it.
-gen1="$out/vsr_x4_psnr_gen1.safetensors"
-git -C "$here" show c546bc0:weights/vsr_x4_psnr.safetensors >"$gen1"
+source "$(dirname "$0")/bundled_args.sh"   # data, out, here; gen1: the first vsr_x4_psnr, which these start from
 
 # (a) x2, PSNR-oriented: head and residual body from vsr_x4_psnr (--body-only), the x2 upsampling
 # stage new (starting as bicubic); L1, EMA, cosine schedule; 64-px HR crops (32-px LR, as x4's 96).

