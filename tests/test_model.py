@@ -151,7 +151,7 @@ def test_memory_per_pixel_comes_from_the_model_not_its_wrapper(compile):
     up = Upscaler(g, "cpu", precision="fp32", compile=compile)
     assert not isinstance(up.model, Generator)
     assert up.bytes_per_pixel == g.config.peak_bytes_per_pixel(4) == 3 * 64 * 16 * 4
-    assert Upscaler(Bicubic(2), "cpu").bytes_per_pixel == 3 * (4 + 1) * 4  # output and input, 3 channels
+    assert Upscaler(Bicubic(2), "cpu", precision="fp32").bytes_per_pixel == 3 * (4 + 1) * 4  # output and input, 3 channels
 
 
 @pytest.mark.parametrize("cfg", [
