@@ -175,7 +175,9 @@ def test_a_transformer_model_runs_through_a_clip_and_tiles(swinir_pth, tmp_path)
     model = load_model(swinir_pth)
     assert (model.architecture, model.scale, model.minimum) == ("SwinIR", 4, 16)
     up = Upscaler(model, "cpu")
-    assert up.radius is None and up.dtype == torch.float32  # attention: no known receptive field
+    from vsr.device import cpu_has_native_bf16
+
+    assert up.radius is None and up.dtype == (torch.bfloat16 if cpu_has_native_bf16() and model.supports_bfloat16 else torch.float32)  # attention: no known receptive field; bf16 where the CPU has it
     src = make_clip(tmp_path / "in.mp4", frames=3, size=(40, 24))  # smaller than nothing, but not a multiple
     result = upscale_file(src, tmp_path / "o.mp4", up, UpscaleOptions())
     assert result.frames == 3 and pyav_video_pts(tmp_path / "o.mp4") == pyav_video_pts(src)
