@@ -32,9 +32,9 @@ import torch
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"GPU {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
 PY
-# --max-side and --frames-per-video as the frames were packed with (they key the cache)
-python3 scripts/packed_frames.py fill .pack "$cache" --max-side 2048 --frames-per-video 32
-python3 -m vsr finetune .pack/train --val .pack/val --cache-dir "$cache" --max-side 2048 --frames-per-video 32 \
+sampling=(--max-side 2048 --frames-per-video 32)   # as the frames were packed with (they key the cache)
+python3 scripts/packed_frames.py fill .pack "$cache" "${sampling[@]}"
+python3 -m vsr finetune .pack/train --val .pack/val --cache-dir "$cache" "${sampling[@]}" \
   --from "$from" --steps "$steps" --val-every 1000 --checkpoint "$cache/run.ckpt" -q "$@" \
   -o "$out/$name.safetensors" 2>&1 | tee "$out/$name.log"
 echo "weights: $out/$name.safetensors"

@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vsr import data  # noqa: E402
-
-VAL_FRAMES_PER_VIDEO = 4  # what vsr.finetune.run_finetune takes of each held-out video
+from vsr.finetune import VAL_FRAMES_PER_VIDEO  # noqa: E402  (the count keys the cache: the trainer's own)
 
 
 def pack(src: Path, dest: Path, max_side: int | None, frames_per_video: int, quality: int, cache: Path | None) -> None:
@@ -43,7 +42,7 @@ def pack(src: Path, dest: Path, max_side: int | None, frames_per_video: int, qua
                 raise SystemExit(f"expected a folder {src / part}, as scripts/prepare_data_2.sh makes")
             out = dest / part
             out.mkdir(parents=True, exist_ok=True)
-            sources, skipped = data.extract_frames(src / part, cache, per_video, max_side, min_size=96)
+            sources, skipped = data.extract_frames(src / part, cache, per_video, max_side)
             for reason in skipped:
                 print(f"skipped {reason}")
             for source in sources:
@@ -71,7 +70,7 @@ def pillow_frames(path: Path, kind: str, frames_per_video: int):
 
 def fill(dest: Path, cache: Path, max_side: int | None, frames_per_video: int) -> None:
     for part, per_video in (("train", frames_per_video), ("val", VAL_FRAMES_PER_VIDEO)):
-        sources, skipped = data.extract_frames(dest / part, cache, per_video, max_side, min_size=96, read=pillow_frames)
+        sources, skipped = data.extract_frames(dest / part, cache, per_video, max_side, read=pillow_frames)
         for reason in skipped:
             print(f"skipped {reason}")
         print(f"{part}: {sum(len(s.frames) for s in sources)} frames cached in {cache}")

@@ -127,6 +127,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "vsr" / "frames"
 
 
+# Frames taken of each held-out video for validation (scripts/packed_frames.py packs as many).
+VAL_FRAMES_PER_VIDEO = 4
+
 # A run longer than this on a CPU gets a warning with the estimate (and what a GPU would take).
 LONG_RUN_SECONDS = 4 * 3600
 
@@ -195,7 +198,7 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
             raise FinetuneError(f"no videos or images in {os.fspath(opts.folder)!r}")
         raise FinetuneError(f"nothing usable in {os.fspath(opts.folder)!r}: " + "; ".join(skipped[:3]))
     if opts.val_folder is not None:
-        val_sources, _ = data_mod.extract_frames(opts.val_folder, cache, 4, opts.max_side, min_size=cfg.patch_size)
+        val_sources, _ = data_mod.extract_frames(opts.val_folder, cache, VAL_FRAMES_PER_VIDEO, opts.max_side, min_size=cfg.patch_size)
         train_sources = sources
     else:
         train_sources, val_sources = data_mod.split_sources(sources, opts.val_fraction, cfg.seed)
