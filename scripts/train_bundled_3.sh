@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands behind the remade weights/vsr_x4_srgan.safetensors (third generation), on 2 CPU
 # cores with no GPU: two recipes trained side by side, one core each, then measured with
-# scripts/evaluate.py; C was shipped: OUT/srgan_c.safetensors copied to weights/vsr_x4_srgan.safetensors,
+# scripts/evaluate.py; C was shipped (until scripts/train_bundled_7.sh's fourth generation, C plus a grid loss): OUT/srgan_c.safetensors copied to weights/vsr_x4_srgan.safetensors,
 # its held-out scores recorded by the evaluate.py --record commands given in weights/README.md.
 # Both start from the first vsr_x4_psnr (phase 2 only) and change the paper's recipe where
 # ESRGAN (Wang et al. 2018) found it makes artefacts: relativistic average GAN loss (--gan-loss ragan),

