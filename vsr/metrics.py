@@ -76,7 +76,8 @@ def periodic_pattern(x: torch.Tensor, period: int) -> torch.Tensor:
 def grid_level(sr: torch.Tensor, hr: torch.Tensor, period: int) -> float:
     """How strong a fixed ``period``-pixel grid ``sr`` has that ``hr`` lacks: the RMS over the phases of
     the periodic part of Y(SR) - Y(HR), in 8-bit levels, averaged over the batch (bicubic and PSNR
-    models score under 0.1 on natural images; a visible hatch is several tenths)."""
+    models scored 0.05-0.11 on the held-out photos, a visibly hatched model 0.6-0.9; an HR that has
+    such a pattern of its own, e.g. from its codec, scores higher for every method)."""
     y_sr, y_hr = _prepare(sr, hr, 0)
     pattern = periodic_pattern((y_sr - y_hr) * 255, period)
     return float(pattern.pow(2).mean((1, 2, 3)).sqrt().mean())
