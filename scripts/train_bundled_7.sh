@@ -6,7 +6,10 @@
 # in every adversarial model so far (0.6-0.8 levels RMS; bicubic and the PSNR models under 0.1).
 #   F: grid weight 1 (core 0)     G: grid weight 10 (core 1), side by side
 # then, G with a stronger adversarial term (G has 5e-3), to see whether it buys NIQE back:
-#   H: adversarial weight 1e-2 (core 0)     I: 2e-2 (core 1), side by side (skipped with SKIP_FG=1 / SKIP_HI=1)
+#   H: adversarial weight 1e-2 (core 0)     I: 2e-2 (core 1), side by side
+# and last, G with Real-ESRGAN's U-Net discriminator (--d-arch unet: a logit per pixel, spectrally normalised):
+#   J: with G's relativistic loss (core 0)     K: with the vanilla GAN loss, Real-ESRGAN's (core 1)
+# (each pair skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1)
 # Each was measured with scripts/evaluate.py; G was shipped: OUT/srgan_g.safetensors copied to
 # weights/vsr_x4_srgan.safetensors, its held-out scores recorded by the evaluate.py --record commands in
 # weights/README.md (which gives the results).
@@ -15,9 +18,9 @@ set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here; gen1: the first vsr_x4_psnr
 adversarial_recipe   # $adversarial_args
 
-srgan() {  # srgan NAME GRID_WEIGHT ADV_WEIGHT CORE
+srgan() {  # srgan NAME GRID_WEIGHT ADV_WEIGHT CORE [MORE VSR FINETUNE OPTIONS]
   OMP_NUM_THREADS=1 taskset -c "$4" vsr finetune "$data/train" --val "$data/val" --from "$gen1" \
-    --steps 740 --adv-weight "$3" "${adversarial_args[@]}" --gan-colour-weight 1 --gan-grid-weight "$2" \
+    --steps 740 --adv-weight "$3" "${adversarial_args[@]}" --gan-colour-weight 1 --gan-grid-weight "$2" "${@:5}" \
     --val-every 370 --checkpoint-every 50 --seed 5 --cache-dir "$out/cache" -o "$out/$1.safetensors" \
     >"$out/$1.log" 2>&1
 }
@@ -29,5 +32,10 @@ fi
 if [[ ${SKIP_HI:-} != 1 ]]; then
   srgan srgan_h 10 1e-2 0 &
   srgan srgan_i 10 2e-2 1 &
+  wait
+fi
+if [[ ${SKIP_JK:-} != 1 ]]; then
+  srgan srgan_j 10 5e-3 0 --d-arch unet &
+  srgan srgan_k 10 5e-3 1 --d-arch unet --gan-loss vanilla &
   wait
 fi

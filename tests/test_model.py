@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from conftest import tiny_generator
-from vsr.model import Bicubic, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from vsr.model import Bicubic, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, UNetDiscriminator, discriminator
 from vsr.model import model_facts
 from vsr.upscaler import Upscaler, tile_for_memory
 from vsr.weights import WeightsError, load_generator, resolve_weights, save_generator, training_info
@@ -53,6 +53,21 @@ def test_discriminator_is_the_papers():
     assert d(torch.rand(2, 3, 96, 96)).shape == (2,)
     with pytest.raises(ValueError, match="96x96"):
         d(torch.rand(1, 3, 64, 64))
+
+
+def test_unet_discriminator_is_real_esrgans_and_scores_every_pixel():
+    d = discriminator(DiscriminatorConfig(patch_size=96, norm="spectral", arch="unet"))
+    assert isinstance(d, UNetDiscriminator)
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 256, 128, 64, 64, 64, 1]
+    normalised = {name.split(".parametrizations")[0] for name, _ in d.named_parameters() if "parametrizations" in name}
+    assert len(normalised) == 8 and not any(n.startswith(("conv0", "head")) for n in normalised)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert d(torch.rand(2, 3, 48, 72)).shape == (2, 48, 72)  # any crop: the score map has the crop's size
+    with pytest.raises(ValueError, match="multiples of 8"):
+        d(torch.rand(1, 3, 48, 60))
+    with pytest.raises(ValueError, match="spectral"):
+        DiscriminatorConfig(norm="batch", arch="unet")
 
 
 def test_config_validation_and_json_roundtrip():

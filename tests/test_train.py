@@ -423,12 +423,14 @@ def test_body_only_starts_another_scale_from_trained_features(folder, tmp_path):
     assert torch.allclose(model.eval()(x), bicubic, atol=1e-6)
 
 
-def test_esrgan_recipe_options_train():
-    """Relativistic average GAN loss and a spectrally normalised discriminator: both steps run and
-    the discriminator learns to tell the (untrained) generator's output from HR."""
+@pytest.mark.parametrize(("d_arch", "gan_lr"), [("vgg", 1e-3), ("unet", 3e-4)])
+def test_esrgan_recipe_options_train(d_arch, gan_lr):
+    """Relativistic average GAN loss and a spectrally normalised discriminator (the paper's layout, or
+    Real-ESRGAN's U-Net that scores every pixel): both steps run and the discriminator learns to
+    tell the (untrained) generator's output from HR."""
     torch.manual_seed(0)
-    cfg = TrainConfig(steps=30, pretrain_steps=0, batch_size=4, patch_size=32, gan_lr=1e-3, warmup_steps=1,
-                      gan_loss="ragan", d_norm="spectral")
+    cfg = TrainConfig(steps=30, pretrain_steps=0, batch_size=4, patch_size=32, gan_lr=gan_lr, warmup_steps=1,
+                      gan_loss="ragan", d_norm="spectral", d_arch=d_arch)
     trainer = Trainer(tiny_generator(blocks=1, channels=8, batch_norm=False, global_skip="bicubic").train(), cfg,
                       perceptual=tiny_perceptual(), precision="fp32")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in trainer.discriminator.modules())
@@ -442,6 +444,8 @@ def test_esrgan_recipe_options_train():
     assert float(last["d"]) < float(first["d"])  # D separates real from fake better than at the start
     with pytest.raises(ValueError, match="gan loss"):
         TrainConfig(gan_loss="wgan")
+    with pytest.raises(ValueError, match="spectral"):
+        TrainConfig(d_arch="unet", d_norm="batch")
 
 
 def test_colour_loss_pins_colour_and_leaves_texture_free():

@@ -546,8 +546,11 @@ def models(files):
               help="Adversarial loss: the paper's, or relativistic average (ESRGAN).")
 @click.option("--content-before-activation", is_flag=True,
               help="VGG features before the ReLU (ESRGAN) instead of after it (the paper).")
-@click.option("--d-norm", type=click.Choice(["batch", "spectral"]), default="batch", show_default=True,
-              help="Discriminator normalisation: BatchNorm (the paper) or spectral normalisation.")
+@click.option("--d-norm", type=click.Choice(["batch", "spectral"]), default=None,
+              help="Discriminator normalisation: BatchNorm (the paper; the default with --d-arch vgg) or spectral "
+                   "normalisation (the only one, and the default, with --d-arch unet).")
+@click.option("--d-arch", type=click.Choice(["vgg", "unet"]), default="vgg", show_default=True,
+              help="Discriminator: the paper's (one score per crop) or Real-ESRGAN's U-Net (a score per pixel).")
 @click.option("--ema-decay", type=float, default=0.999, show_default=True)
 @click.option("--degrade", is_flag=True, help="Add blur, noise, JPEG and H.264 artefacts to the LR inputs.")
 @click.option("--val", "val_folder", type=click.Path(path_type=Path), default=None, help="Folder of held-out media for validation.")
@@ -567,7 +570,7 @@ def models(files):
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def finetune(folder, output, start, scale, body_only, blocks, channels, batch_norm, global_skip, steps, pretrain_steps, batch_size,
              patch_size, lr, gan_lr, pixel_loss, no_gan, content_layer, vgg_weights, adv_weight, gan_pixel_weight,
-             gan_colour_weight, gan_grid_weight, gan_loss, content_before_activation, d_norm,
+             gan_colour_weight, gan_grid_weight, gan_loss, content_before_activation, d_norm, d_arch,
              ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
              frames_per_video, max_side, seed, device, precision, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
@@ -582,7 +585,7 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
             steps=steps, pretrain_steps=min(pretrain_steps, steps), batch_size=batch_size, patch_size=patch_size, lr=lr,
             gan_lr=gan_lr, pixel_loss=pixel_loss, no_gan=no_gan, content_layer=content_layer, adv_weight=adv_weight,
             gan_pixel_weight=gan_pixel_weight, gan_colour_weight=gan_colour_weight, gan_grid_weight=gan_grid_weight, gan_loss=gan_loss, content_before_activation=content_before_activation,
-            d_norm=d_norm, ema_decay=ema_decay, degrade=degrade, seed=seed,
+            d_norm=d_norm or ("spectral" if d_arch == "unet" else "batch"), d_arch=d_arch, ema_decay=ema_decay, degrade=degrade, seed=seed,
         )
         scratch = GeneratorConfig(scale=int(scale or 4), blocks=blocks, channels=channels, batch_norm=batch_norm, global_skip=global_skip)
     except ValueError as exc:

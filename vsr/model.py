@@ -19,6 +19,7 @@ with no arguments is the paper's network.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -207,6 +208,7 @@ class Bicubic(nn.Module):
 
 
 DISCRIMINATOR_NORMS = ("batch", "spectral")
+DISCRIMINATOR_ARCHS = ("vgg", "unet")
 
 
 @dataclass(frozen=True)
@@ -214,12 +216,23 @@ class DiscriminatorConfig:
     patch_size: int = 96
     channels: int = 64
     norm: str = "batch"  # the paper's BatchNorm, or spectral normalisation of every layer (no BN)
+    arch: str = "vgg"  # the paper's (one logit per crop) or "unet" (Real-ESRGAN's: one logit per pixel)
 
     def __post_init__(self) -> None:
         if self.patch_size % 16:
             raise ValueError(f"discriminator patch_size must be a multiple of 16, got {self.patch_size}")
         if self.norm not in DISCRIMINATOR_NORMS:
             raise ValueError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {self.norm!r}")
+        if self.arch not in DISCRIMINATOR_ARCHS:
+            raise ValueError(f"discriminator architecture must be one of {DISCRIMINATOR_ARCHS}, got {self.arch!r}")
+        if self.arch == "unet" and self.norm != "spectral":
+            raise ValueError("the U-Net discriminator is spectrally normalised (Real-ESRGAN's); "
+                             f"norm must be 'spectral', got {self.norm!r}")
+
+
+def discriminator(config: DiscriminatorConfig) -> nn.Module:
+    """The discriminator ``config`` describes: :class:`Discriminator` or :class:`UNetDiscriminator`."""
+    return UNetDiscriminator(config) if config.arch == "unet" else Discriminator(config)
 
 
 class Discriminator(nn.Module):
@@ -260,3 +273,40 @@ class Discriminator(nn.Module):
                 f"got {tuple(x.shape[-2:])}"
             )
         return self.classifier(self.features(x)).squeeze(1)
+
+
+class UNetDiscriminator(nn.Module):
+    """Real-ESRGAN's U-Net discriminator (Wang et al. 2021, after Schonfeld et al. 2020): three
+    stride-2 4x4 convs down (64->128->256->512), three bilinear x2 + conv3x3 up with skip sums,
+    two more conv3x3 and a conv3x3 to one channel; LeakyReLU 0.2; every conv but the first and
+    the last spectrally normalised.  It returns a logit per pixel (N, H, W): where a crop looks
+    fake, not only whether, so the generator's adversarial gradient is local.  Any crop whose
+    sides are multiples of 8 works."""
+
+    def __init__(self, config: DiscriminatorConfig = DiscriminatorConfig(norm="spectral", arch="unet")) -> None:
+        super().__init__()
+        self.config = config
+        c = config.channels
+        sn = nn.utils.parametrizations.spectral_norm
+        self.conv0 = nn.Conv2d(3, c, 3, padding=1)
+        self.down = nn.ModuleList(sn(nn.Conv2d(c * 2**i, c * 2 ** (i + 1), 4, stride=2, padding=1, bias=False))
+                                  for i in range(3))
+        self.up = nn.ModuleList(sn(nn.Conv2d(c * 2 ** (3 - i), c * 2 ** (2 - i), 3, padding=1, bias=False))
+                                for i in range(3))
+        self.extra = nn.ModuleList(sn(nn.Conv2d(c, c, 3, padding=1, bias=False)) for _ in range(2))
+        self.head = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % 8 or x.shape[-1] % 8:
+            raise ValueError(f"the U-Net discriminator expects sides that are multiples of 8, got {tuple(x.shape[-2:])}")
+        act = functools.partial(F.leaky_relu, negative_slope=0.2)
+        skips = [act(self.conv0(x))]
+        for conv in self.down:
+            skips.append(act(conv(skips[-1])))
+        y = skips.pop()
+        for conv in self.up:
+            y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+            y = act(conv(y)) + skips.pop()
+        for conv in self.extra:
+            y = act(conv(y))
+        return self.head(y).squeeze(1)

@@ -25,7 +25,7 @@ from vsr.device import resolve_precision
 from vsr.errors import UsageError, VsrError
 from vsr.files import written_whole
 from vsr.metrics import periodic_pattern, psnr_y, ssim_y
-from vsr.model import DISCRIMINATOR_NORMS, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from vsr.model import DISCRIMINATOR_ARCHS, DISCRIMINATOR_NORMS, DiscriminatorConfig, Generator, GeneratorConfig, discriminator
 
 
 class CheckpointError(VsrError, ValueError):
@@ -64,6 +64,7 @@ class TrainConfig:
     gan_loss: str = "vanilla"  # "vanilla" (the paper: real/fake BCE) or "ragan" (relativistic average, ESRGAN)
     content_before_activation: bool = False  # VGG features before the ReLU (ESRGAN) instead of after (the paper)
     d_norm: str = "batch"  # the discriminator's normalisation: "batch" (the paper) or "spectral"
+    d_arch: str = "vgg"  # the paper's discriminator, or "unet" (Real-ESRGAN's, a logit per pixel; spectral only)
     ema_decay: float = 0.999
     degrade: bool = False
     seed: int = 0
@@ -79,6 +80,10 @@ class TrainConfig:
             raise TrainConfigError(f"gan loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
         if self.d_norm not in DISCRIMINATOR_NORMS:
             raise TrainConfigError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {self.d_norm!r}")
+        if self.d_arch not in DISCRIMINATOR_ARCHS:
+            raise TrainConfigError(f"discriminator must be one of {DISCRIMINATOR_ARCHS}, got {self.d_arch!r}")
+        if self.d_arch == "unet" and self.d_norm != "spectral":
+            raise TrainConfigError(f"the U-Net discriminator is spectrally normalised: it needs d_norm 'spectral', got {self.d_norm!r}")
 
     @property
     def gan_steps(self) -> int:
@@ -139,7 +144,7 @@ class Trainer:
         if cfg.gan_steps > 0:
             if perceptual is None:
                 raise TrainConfigError("the adversarial phase needs a perceptual network (or no_gan=True)")
-            self.discriminator = Discriminator(DiscriminatorConfig(cfg.patch_size, norm=cfg.d_norm)).to(
+            self.discriminator = discriminator(DiscriminatorConfig(cfg.patch_size, norm=cfg.d_norm, arch=cfg.d_arch)).to(
                 self.device, memory_format=self.memory_format).train()
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.gan_lr, betas=(0.9, 0.999))
         if distributed:
