@@ -9,7 +9,9 @@
 #   H: adversarial weight 1e-2 (core 0)     I: 2e-2 (core 1), side by side
 # and last, G with Real-ESRGAN's U-Net discriminator (--d-arch unet: a logit per pixel, spectrally normalised):
 #   J: with G's relativistic loss (core 0)     K: with the vanilla GAN loss, Real-ESRGAN's (core 1)
-# (each pair skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1)
+# then J with a stronger adversarial term, and J with a shallower content layer:
+#   L: adversarial weight 1e-2 (core 0)     M: VGG16 conv4_3 instead of conv5_3 (core 1)
+# (each pair skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1 / SKIP_LM=1)
 # Each was measured with scripts/evaluate.py; G was shipped: OUT/srgan_g.safetensors copied to
 # weights/vsr_x4_srgan.safetensors, its held-out scores recorded by the evaluate.py --record commands in
 # weights/README.md (which gives the results).
@@ -37,5 +39,10 @@ fi
 if [[ ${SKIP_JK:-} != 1 ]]; then
   srgan srgan_j 10 5e-3 0 --d-arch unet &
   srgan srgan_k 10 5e-3 1 --d-arch unet --gan-loss vanilla &
+  wait
+fi
+if [[ ${SKIP_LM:-} != 1 ]]; then
+  srgan srgan_l 10 1e-2 0 --d-arch unet &
+  srgan srgan_m 10 5e-3 1 --d-arch unet --content-layer vgg16:conv4_3 &
   wait
 fi

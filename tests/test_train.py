@@ -305,6 +305,24 @@ def test_cli_finetune_bad_input(tmp_path, case, monkeypatch):
     assert not out.exists()
 
 
+def test_cli_finetune_unet_discriminator_options(folder, tmp_path, monkeypatch):
+    """--d-arch unet defaults to spectral norm and trains through both phases; asking it for
+    BatchNorm is a usage error that writes nothing."""
+    import vsr.perceptual
+
+    monkeypatch.setattr(vsr.perceptual, "load_perceptual", lambda *a, **k: tiny_perceptual())
+    out = tmp_path / "u.safetensors"
+    common = [folder, "--from", "scratch", "--blocks", "1", "--channels", "4", "--steps", "3", "--pretrain-steps", "1",
+              "--patch-size", "32", "--batch-size", "2", "--cache-dir", tmp_path / "c", "-q", "--d-arch", "unet"]
+    r = invoke(*common, "-o", out, "--d-norm", "batch")
+    assert r.exit_code == 2 and "--d-norm" in r.output and "spectral" in r.output, r.output
+    assert not out.exists()
+    r = invoke(*common, "-o", out)
+    assert r.exit_code == 0, r.output
+    info = training_info(out)
+    assert info["train_config"]["d_arch"] == "unet" and info["train_config"]["d_norm"] == "spectral"
+
+
 def test_keras_h5_vgg16_backbone_loads(tmp_path):
     h5py = pytest.importorskip("h5py")
     path = tmp_path / "vgg16.weights.h5"

@@ -83,7 +83,8 @@ class TrainConfig:
         if self.d_arch not in DISCRIMINATOR_ARCHS:
             raise TrainConfigError(f"discriminator must be one of {DISCRIMINATOR_ARCHS}, got {self.d_arch!r}")
         if self.d_arch == "unet" and self.d_norm != "spectral":
-            raise TrainConfigError(f"the U-Net discriminator is spectrally normalised: it needs d_norm 'spectral', got {self.d_norm!r}")
+            raise TrainConfigError("the U-Net discriminator is spectrally normalised only: "
+                                   f"it takes d_norm (--d-norm) 'spectral', got {self.d_norm!r}")
 
     @property
     def gan_steps(self) -> int:
