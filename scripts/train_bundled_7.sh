@@ -11,7 +11,9 @@
 #   J: with G's relativistic loss (core 0)     K: with the vanilla GAN loss, Real-ESRGAN's (core 1)
 # then J with a stronger adversarial term, and J with a shallower content layer:
 #   L: adversarial weight 1e-2 (core 0)     M: VGG16 conv4_3 instead of conv5_3 (core 1)
-# (each pair skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1 / SKIP_LM=1)
+# and last, J twice more: for twice the steps, and with another seed (how far apart two runs of one recipe land):
+#   N: 1480 steps (core 0)     O: seed 6 (core 1)
+# (each pair skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1 / SKIP_LM=1 / SKIP_NO=1; later options win)
 # Each was measured with scripts/evaluate.py; G was shipped: OUT/srgan_g.safetensors copied to
 # weights/vsr_x4_srgan.safetensors, its held-out scores recorded by the evaluate.py --record commands in
 # weights/README.md (which gives the results).
@@ -44,5 +46,10 @@ fi
 if [[ ${SKIP_LM:-} != 1 ]]; then
   srgan srgan_l 10 1e-2 0 --d-arch unet &
   srgan srgan_m 10 5e-3 1 --d-arch unet --content-layer vgg16:conv4_3 &
+  wait
+fi
+if [[ ${SKIP_NO:-} != 1 ]]; then
+  srgan srgan_n 10 5e-3 0 --d-arch unet --steps 1480 &
+  srgan srgan_o 10 5e-3 1 --d-arch unet --seed 6 &
   wait
 fi
