@@ -210,6 +210,21 @@ def test_finetune_writes_ema_weights_that_upscale_takes(folder, tmp_path):
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # the user's umask, not safetensors' 0600
 
 
+def test_the_seed_makes_a_run_repeatable(folder, tmp_path):
+    """Same seed, same weights, bit for bit, whatever torch's global generator held before (the
+    discriminator's initial weights come from it); another seed, other weights."""
+    runs = {}
+    for name, seed, noise in (("a", 3, 0), ("b", 3, 1000), ("c", 4, 0)):
+        out = tmp_path / name / "w.safetensors"
+        out.parent.mkdir()
+        opts = _opts(folder, out, train={"steps": 3, "pretrain_steps": 1, "seed": seed})
+        torch.rand(noise)  # consume some of the global generator, as other code in the process might
+        run_finetune(opts)
+        runs[name] = load_generator(out).state_dict()
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
+
+
 def test_resume_continues_exactly(folder, tmp_path):
     whole = tmp_path / "a" / "w.safetensors"
     whole.parent.mkdir()

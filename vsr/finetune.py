@@ -156,6 +156,10 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
     distributed, rank, world = _distributed()
     device = resolve_device(opts.device, rank=rank if distributed else None)
 
+    # --seed makes a run repeatable: the sampler has its own generator; this seeds the initial weights
+    # (a new generator's, the discriminator's, spectral norm's vectors) and whatever else draws from
+    # torch's global generator. A resumed run restores that generator's state from the checkpoint.
+    torch.manual_seed(cfg.seed)
     resume_state = None
     if opts.resume is not None:
         try:
