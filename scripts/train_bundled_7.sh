@@ -7,13 +7,18 @@
 #   F: grid weight 1 (core 0)     G: grid weight 10 (core 1), side by side
 # then, G with a stronger adversarial term (G has 5e-3), to see whether it buys NIQE back:
 #   H: adversarial weight 1e-2 (core 0)     I: 2e-2 (core 1), side by side
-# and last, G with Real-ESRGAN's U-Net discriminator (--d-arch unet: a logit per pixel, spectrally normalised):
+# then, G with Real-ESRGAN's U-Net discriminator (--d-arch unet: a logit per pixel, spectrally normalised):
 #   J: with G's relativistic loss (core 0)     K: with the vanilla GAN loss, Real-ESRGAN's (core 1)
 # then J with a stronger adversarial term, and J with a shallower content layer:
 #   L: adversarial weight 1e-2 (core 0)     M: VGG16 conv4_3 instead of conv5_3 (core 1)
-# and last, J twice more: for twice the steps, and with another seed (how far apart two runs of one recipe land):
+# then J twice more: for twice the steps, and with another seed (how far apart two runs of one recipe land):
 #   N: 1480 steps (core 0)     O: seed 6 (core 1)
-# (each pair skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1 / SKIP_LM=1 / SKIP_NO=1; later options win)
+#   As measured, O ran with seed 5: this function put its own --seed 5 after the extra options then, and the
+#   later one wins. So O was J's exact command, and differed from J only by the discriminator's initial
+#   weights, which --seed did not fix before commit 8d76e8f. No run here before that commit repeats bit for bit.
+# and last, G with seed 6 (P, core 1; it was run by hand with this command while N finished)
+# (each stage skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1 / SKIP_LM=1 / SKIP_NO=1 / SKIP_P=1; later options win)
+# G stays shipped: the U-Net runs J and O, one recipe with two seeds, landed further apart than J and G.
 # Each was measured with scripts/evaluate.py; G was shipped: OUT/srgan_g.safetensors copied to
 # weights/vsr_x4_srgan.safetensors, its held-out scores recorded by the evaluate.py --record commands in
 # weights/README.md (which gives the results).
@@ -24,8 +29,8 @@ adversarial_recipe   # $adversarial_args
 
 srgan() {  # srgan NAME GRID_WEIGHT ADV_WEIGHT CORE [MORE VSR FINETUNE OPTIONS]
   OMP_NUM_THREADS=1 taskset -c "$4" vsr finetune "$data/train" --val "$data/val" --from "$gen1" \
-    --steps 740 --adv-weight "$3" "${adversarial_args[@]}" --gan-colour-weight 1 --gan-grid-weight "$2" "${@:5}" \
-    --val-every 370 --checkpoint-every 50 --seed 5 --cache-dir "$out/cache" -o "$out/$1.safetensors" \
+    --steps 740 --adv-weight "$3" "${adversarial_args[@]}" --gan-colour-weight 1 --gan-grid-weight "$2" \
+    --val-every 370 --checkpoint-every 50 --seed 5 --cache-dir "$out/cache" "${@:5}" -o "$out/$1.safetensors" \
     >"$out/$1.log" 2>&1
 }
 if [[ ${SKIP_FG:-} != 1 ]]; then
@@ -52,4 +57,7 @@ if [[ ${SKIP_NO:-} != 1 ]]; then
   srgan srgan_n 10 5e-3 0 --d-arch unet --steps 1480 &
   srgan srgan_o 10 5e-3 1 --d-arch unet --seed 6 &
   wait
+fi
+if [[ ${SKIP_P:-} != 1 ]]; then
+  srgan srgan_p 10 5e-3 1 --seed 6
 fi
