@@ -363,8 +363,13 @@ def test_keras_h5_vgg16_backbone_loads(tmp_path):
 
 def test_torchrun_ddp_on_cpu_with_gloo(folder, tmp_path):
     out = tmp_path / "ddp.safetensors"
+    import socket
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "vsr",
+    with socket.socket() as s:  # a port nothing else holds (a fixed one can be taken on a shared machine)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "vsr",
            "finetune", str(folder), "-o", str(out), "--from", "scratch", "--blocks", "1", "--channels", "4",
            "--steps", "2", "--no-gan", "--patch-size", "32", "--batch-size", "2", "--device", "cpu",
            "--cache-dir", str(tmp_path / "c"), "-q"]
