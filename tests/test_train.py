@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -363,8 +364,6 @@ def test_keras_h5_vgg16_backbone_loads(tmp_path):
 
 def test_torchrun_ddp_on_cpu_with_gloo(folder, tmp_path):
     out = tmp_path / "ddp.safetensors"
-    import socket
-
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with socket.socket() as s:  # a port nothing else holds (a fixed one can be taken on a shared machine)
         s.bind(("127.0.0.1", 0))

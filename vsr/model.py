@@ -226,8 +226,8 @@ class DiscriminatorConfig:
         if self.arch not in DISCRIMINATOR_ARCHS:
             raise ValueError(f"discriminator architecture must be one of {DISCRIMINATOR_ARCHS}, got {self.arch!r}")
         if self.arch == "unet" and self.norm != "spectral":
-            raise ValueError("the U-Net discriminator is spectrally normalised (Real-ESRGAN's); "
-                             f"norm must be 'spectral', got {self.norm!r}")
+            raise ValueError("the U-Net discriminator is spectrally normalised only (Real-ESRGAN's): "
+                             f"its norm (vsr finetune's --d-norm) must be 'spectral', got {self.norm!r}")
 
 
 def discriminator(config: DiscriminatorConfig) -> nn.Module:

@@ -25,7 +25,7 @@ from vsr.device import resolve_precision
 from vsr.errors import UsageError, VsrError
 from vsr.files import written_whole
 from vsr.metrics import periodic_pattern, psnr_y, ssim_y
-from vsr.model import DISCRIMINATOR_ARCHS, DISCRIMINATOR_NORMS, DiscriminatorConfig, Generator, GeneratorConfig, discriminator
+from vsr.model import DiscriminatorConfig, Generator, GeneratorConfig, discriminator
 
 
 class CheckpointError(VsrError, ValueError):
@@ -78,13 +78,10 @@ class TrainConfig:
             raise TrainConfigError("steps and batch size must be positive, pretrain steps non-negative")
         if self.gan_loss not in GAN_LOSSES:
             raise TrainConfigError(f"gan loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
-        if self.d_norm not in DISCRIMINATOR_NORMS:
-            raise TrainConfigError(f"discriminator norm must be one of {DISCRIMINATOR_NORMS}, got {self.d_norm!r}")
-        if self.d_arch not in DISCRIMINATOR_ARCHS:
-            raise TrainConfigError(f"discriminator must be one of {DISCRIMINATOR_ARCHS}, got {self.d_arch!r}")
-        if self.d_arch == "unet" and self.d_norm != "spectral":
-            raise TrainConfigError("the U-Net discriminator is spectrally normalised only: "
-                                   f"it takes d_norm (--d-norm) 'spectral', got {self.d_norm!r}")
+        try:  # the discriminator's own checks (its norm and architecture), in one place
+            DiscriminatorConfig(norm=self.d_norm, arch=self.d_arch)
+        except ValueError as exc:
+            raise TrainConfigError(str(exc)) from exc
 
     @property
     def gan_steps(self) -> int:
