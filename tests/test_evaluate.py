@@ -23,6 +23,11 @@ def evaluate(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
+def scores_of(r: subprocess.CompletedProcess) -> dict:
+    """The JSON line of means the script prints after its tables."""
+    return json.loads(next(line for line in r.stdout.splitlines() if line.startswith("{")))
+
+
 @pytest.fixture
 def held_out(tmp_path) -> Path:
     """Two frames of the real sample stacked into one 320x360 picture (NIQE needs > 192 px a side),
@@ -41,7 +46,7 @@ def test_scores_every_method_and_records_them(held_out, tiny_weights):
                  "--pan-frames", 4, "--record")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    scores = json.loads(next(line for line in lines if line.startswith("{")))
+    scores = scores_of(r)
     w = str(tiny_weights)
     assert {"bicubic", w} <= scores.keys()
     for name in ("bicubic", w):
@@ -67,7 +72,7 @@ def test_degraded_inputs_score_lower(held_out):
     clean = evaluate(held_out, "--clip-frames", 0, "--frames-per-video", 1)
     crf = evaluate(held_out, "--clip-frames", 0, "--frames-per-video", 1, "--degrade", "--crf", 40)
     assert clean.returncode == 0 and crf.returncode == 0, clean.stderr + crf.stderr
-    psnr = [json.loads(next(x for x in r.stdout.splitlines() if x.startswith("{")))["bicubic"]["psnr_y"] for r in (clean, crf)]
+    psnr = [scores_of(r)["bicubic"]["psnr_y"] for r in (clean, crf)]
     assert psnr[1] < psnr[0] - 1, psnr
     assert "LR H.264 crf 40" in crf.stdout
 
