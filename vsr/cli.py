@@ -599,8 +599,10 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
     )
     progress = TrainProgress(err, quiet=quiet)
     start_distributed(device)
+    finished = False
     try:
         summary = run_finetune(opts, progress)
+        finished = True
     except VsrError:
         progress.finish()
         raise
@@ -609,7 +611,7 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         err.print(f"interrupted; checkpoint saved to {checkpoint or output.with_suffix('.ckpt')} (continue with --resume)")
         sys.exit(EXIT_INTERRUPTED)
     finally:
-        stop_distributed()
+        stop_distributed(ok=finished)
     progress.finish()
     if summary["validation"]:
         table = Table(title="validation (held-out, PSNR-Y dB / SSIM-Y)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import queue
 import threading
 import time
@@ -188,7 +189,12 @@ def extract_frames(
                         continue  # duplicate of the previous sample
                     previous = small
                     out = sub / f"{i:05d}.npy"
-                    np.save(out, np.ascontiguousarray(rgb))
+                    # whole or not at all, and safe when two runs fill one cache at once: this process's own
+                    # temporary file, renamed over the frame (the same frame, whichever run wins)
+                    tmp = sub / f".{out.name}.{os.getpid()}.tmp"
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, np.ascontiguousarray(rgb))
+                    os.replace(tmp, out)
                     source.frames.append(out)
             except _read_errors() as exc:
                 skipped.append(f"{path}: {exc}")

@@ -67,12 +67,23 @@ def start_distributed(device: str) -> None:
         dist.init_process_group(backend="nccl" if gpu else "gloo")
 
 
-def stop_distributed() -> None:
+def stop_distributed(ok: bool = True) -> None:
+    """End the process group. ``ok``: this rank finished its run, so it waits for the others first.
+    A rank that failed must not wait: the others are in some other collective (DDP's set-up, a
+    gradient all-reduce) and both would wait for ever; it leaves, exits non-zero, and torchrun ends
+    the rest."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 def _distributed() -> tuple[bool, int, int]:
@@ -192,6 +203,10 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
     cache = opts.cache_dir or default_cache_dir()
     if rank == 0:
         cb.info(f"reading frames from {opts.folder} (cache {cache})")
+    # Under torchrun the first rank fills the cache, then the others read it (not all of them decoding the
+    # same files into the same folder at once).
+    if distributed and rank != 0:
+        _barrier()
     sources, skipped = data_mod.extract_frames(opts.folder, cache, opts.frames_per_video, opts.max_side, min_size=cfg.patch_size)
     for reason in skipped:
         if rank == 0:
@@ -206,6 +221,8 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
         train_sources = sources
     else:
         train_sources, val_sources = data_mod.split_sources(sources, opts.val_fraction, cfg.seed)
+    if distributed and rank == 0:
+        _barrier()  # the cache is filled: the other ranks go on
     train_frames = [f for s in train_sources for f in s.frames]
     sampler = data_mod.PatchSampler(train_frames, cfg.patch_size, scale, degrade=cfg.degrade, seed=cfg.seed + 1000 * rank)
     val_images = data_mod.validation_images(val_sources, scale=scale)
@@ -320,7 +337,5 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
         with written_whole(opts.output, mode=0o666) as tmp:
             save_generator(tmp, trainer.ema, training=summary)
     if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()  # rank 0 has written the weights
+        _barrier()  # rank 0 has written the weights
     return summary
