@@ -114,6 +114,26 @@ def test_frames_are_extracted_by_seeking_and_junk_is_skipped(tmp_path):
     assert again[0].frames == sources[0].frames
 
 
+def test_a_cache_frame_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A frame appears in the cache only complete (another rank or run reading the cache at the same
+    time must never map a half-written .npy); a write cut short leaves neither it nor its temporary file."""
+    (tmp_path / "in").mkdir()
+    av.VideoFrame.from_ndarray(textured(0), format="rgb24").save(str(tmp_path / "in" / "a.png"))
+    real_save = np.save
+
+    def cut_short(fh, arr):
+        fh.write(b"\x93NUMPY partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(data_mod.np, "save", cut_short)
+    sources, skipped = data_mod.extract_frames(tmp_path / "in", tmp_path / "cache", min_size=32)
+    assert sources == [] and "disk full" in skipped[0]
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(data_mod.np, "save", real_save)
+    sources, _ = data_mod.extract_frames(tmp_path / "in", tmp_path / "cache", min_size=32)
+    assert np.array_equal(np.load(sources[0].frames[0]), textured(0))
+
+
 NO_PYAV_CHILD = """
 import sys
 sys.modules["av"] = None  # importing PyAV fails, as on a machine without it

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.errors import VsrError
+from vsr.files import remove
 from vsr.media import jpeg_qscale, kind_of
 
 
@@ -192,9 +193,12 @@ def extract_frames(
                     # whole or not at all, and safe when two runs fill one cache at once: this process's own
                     # temporary file, renamed over the frame (the same frame, whichever run wins)
                     tmp = sub / f".{out.name}.{os.getpid()}.tmp"
-                    with open(tmp, "wb") as fh:
-                        np.save(fh, np.ascontiguousarray(rgb))
-                    os.replace(tmp, out)
+                    try:
+                        with open(tmp, "wb") as fh:
+                            np.save(fh, np.ascontiguousarray(rgb))
+                        os.replace(tmp, out)
+                    finally:
+                        remove(tmp)
                     source.frames.append(out)
             except _read_errors() as exc:
                 skipped.append(f"{path}: {exc}")
