@@ -18,7 +18,7 @@
 #   weights, which --seed did not fix before commit 8d76e8f. No run here before that commit repeats bit for bit.
 # and last, G with seed 6 (P, core 1; it was run by hand with this command while N finished)
 # (each stage skipped with SKIP_FG=1 / SKIP_HI=1 / SKIP_JK=1 / SKIP_LM=1 / SKIP_NO=1 / SKIP_P=1; later options win)
-# G stays shipped: the U-Net runs J and O, one recipe with two seeds, landed further apart than J and G.
+# G stayed shipped (until scripts/train_bundled_9.sh's fifth generation): the U-Net runs J and O, one recipe with two seeds, landed further apart than J and G.
 # Each was measured with scripts/evaluate.py; G was shipped: OUT/srgan_g.safetensors copied to
 # weights/vsr_x4_srgan.safetensors, its held-out scores recorded by the evaluate.py --record commands in
 # weights/README.md (which gives the results).
