@@ -11,7 +11,9 @@
 #   U (seed 5, core 0)     U6 (seed 6, core 1)
 # then a 100x anchor (--gan-pixel-weight 1), two seeds:
 #   V (seed 5, core 0)     V6 (seed 6, core 1)
-# (stages skipped with SKIP_ST=1 / SKIP_ST6=1 / SKIP_U=1 / SKIP_V=1)
+# then U with two more seeds, to see whether U's lead over G holds beyond two seeds:
+#   U7 (seed 7, core 0)     U8 (seed 8, core 1)
+# (stages skipped with SKIP_ST=1 / SKIP_ST6=1 / SKIP_U=1 / SKIP_V=1 / SKIP_U78=1)
 # U (seed 5) was shipped as the fifth generation: OUT/srgan_u.safetensors copied to weights/vsr_x4_srgan.safetensors,
 # its held-out scores recorded by the evaluate.py --record commands in weights/README.md (which gives the results).
 # Usage: scripts/train_bundled_9.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
@@ -45,5 +47,10 @@ fi
 if [[ ${SKIP_V:-} != 1 ]]; then
   srgan srgan_v 5 0 --gan-pixel-weight 1 &
   srgan srgan_v6 6 1 --gan-pixel-weight 1 &
+  wait
+fi
+if [[ ${SKIP_U78:-} != 1 ]]; then
+  srgan srgan_u7 7 0 --gan-pixel-weight 0.1 &
+  srgan srgan_u8 8 1 --gan-pixel-weight 0.1 &
   wait
 fi
