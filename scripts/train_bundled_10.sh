@@ -4,6 +4,7 @@
 # before the ReLU, colour loss x1, grid loss x10, pixel weight 0.1, 740 steps) with the paper's batch of 16
 # instead of 8: twice the crops per step, so a steadier adversarial gradient, at twice the cost.
 #   W (seed 5, core 0)     W6 (seed 6, core 1)
+# Neither was shipped (no better than U, and the seeds land 3 NIQE apart): weights/README.md gives the results.
 # Usage: scripts/train_bundled_10.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
 set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here
