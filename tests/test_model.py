@@ -493,7 +493,10 @@ def test_cuda_runner_retries_out_of_memory_with_smaller_tiles(cuda_stand_ins, mo
     batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 60, 70, 3), dtype=np.uint8))
     (out,) = list(runner.stream([batch]))
     assert tiles == [200, 100, 50, 32]
-    assert torch.equal(out, Upscaler(tiny_generator(blocks=1, batch_norm=False, global_skip="bicubic"), "cpu").upscale(batch))
+    whole = Upscaler(tiny_generator(blocks=1, batch_norm=False, global_skip="bicubic"), "cpu").upscale(batch)
+    # tiled as untiled, to the rounding of one level: the convolutions' kernels differ with the input size on some
+    # CPUs (an AMX Xeon rounds a few pixels the other way), as test_tiles_match_untiled allows
+    assert (out.int() - whole.int()).abs().max() <= 1
     up.tile = 32
     monkeypatch.setattr(up, "forward", lambda x: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("out of memory")))
     with pytest.raises(torch.cuda.OutOfMemoryError):

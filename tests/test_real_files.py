@@ -503,7 +503,7 @@ def test_cpu_tiles_by_itself_when_a_frame_would_not_fit(monkeypatch):
     monkeypatch.setattr(tight, "_run", lambda x: calls.append(tuple(x.shape)) or run_once(x))
     got = tight.upscale(frames)
     assert len(calls) > 1 and all(h * w < 64 * 80 for *_nc, h, w in calls)
-    assert torch.equal(got, expected)
+    assert (got.int() - expected.int()).abs().max() <= 1  # tiled as whole, to one level's rounding (test_tiles_match_untiled)
 
 
 def test_an_output_too_large_is_refused_before_any_work(tmp_path, monkeypatch):
