@@ -595,6 +595,38 @@ def test_grid_loss_sees_a_faint_fixed_checker_under_texture_and_spares_texture()
     assert "grid" in trainer.train_step(data_mod.downscale(small, 4), small)
 
 
+def test_artifact_loss_is_ldls_map_and_weighs_noise_not_detail_the_ema_shares():
+    """LDL's artefact loss: the map equals the reference formulation (unfolded 7x7 variance, crop
+    variance to the 1/5, zero where SR beats the EMA output); noise drawn on a flat area weighs far
+    more than the same error spread evenly, and nothing counts where the EMA model is no better."""
+    import torch.nn.functional as F
+
+    from vsr.train import artifact_loss, artifact_map
+
+    torch.manual_seed(0)
+    hr = torch.rand(2, 3, 32, 32) * 0.2 + 0.4
+    sr = hr + 0.05 * torch.randn_like(hr)
+    ema = hr + 0.02 * torch.randn_like(hr)
+
+    def reference(gt, out, out_ema, k=7):  # LDL's get_refined_artifact_map (csjliang/LDL, basicsr/losses/LDL_loss.py)
+        res_ema = (gt - out_ema).abs().sum(1, keepdim=True)
+        res = (gt - out).abs().sum(1, keepdim=True)
+        patch = res.var(dim=(-1, -2, -3), keepdim=True) ** (1 / 5)
+        unfolded = F.pad(res, [k // 2] * 4, mode="reflect").unfold(2, k, 1).unfold(3, k, 1)
+        w = patch * unfolded.var(dim=(-1, -2), unbiased=True)
+        w[res < res_ema] = 0
+        return w
+
+    assert torch.allclose(artifact_map(sr, hr, ema), reference(hr, sr, ema), atol=1e-7, rtol=1e-4)
+    assert float(artifact_loss(sr, hr, hr + 2 * (sr - hr))) == 0.0  # the EMA output worse everywhere: nothing counts
+    assert float(artifact_loss(sr, hr, hr)) > 0.0
+    even = hr + 0.05  # the same size of error everywhere: no local variance, no artefact
+    assert float(artifact_loss(even, hr, hr)) < 1e-6 * float(artifact_loss(sr, hr, hr))
+    cfg = TrainConfig(steps=2, pretrain_steps=0, batch_size=2, patch_size=32, warmup_steps=1, gan_artifact_weight=1.0)
+    trainer = Trainer(tiny_generator(batch_norm=False, global_skip="bicubic"), cfg, perceptual=tiny_perceptual())
+    assert "artifact" in trainer.train_step(data_mod.downscale(hr, 4), hr)
+
+
 def test_features_before_the_activation_end_one_layer_earlier(tmp_path):
     from vsr.perceptual import vgg_features
 

@@ -542,6 +542,9 @@ def models(files):
 @click.option("--gan-grid-weight", type=float, default=0.0, show_default=True,
               help="Phase 2: weight of an L1 loss on the part of the error that repeats every SCALE pixels, "
                    "against the upsampler's checker/hatch pattern (0 = paper).")
+@click.option("--gan-artifact-weight", type=float, default=0.0, show_default=True,
+              help="Phase 2: weight of LDL's artefact loss (Liang et al. 2022: an L1 weighted where the error is "
+                   "locally uneven and the EMA generator does better), against noise-like GAN texture (0 = paper; LDL uses 1).")
 @click.option("--gan-loss", type=click.Choice(["vanilla", "ragan"]), default="vanilla", show_default=True,
               help="Adversarial loss: the paper's, or relativistic average (ESRGAN).")
 @click.option("--content-before-activation", is_flag=True,
@@ -570,7 +573,7 @@ def models(files):
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 def finetune(folder, output, start, scale, body_only, blocks, channels, batch_norm, global_skip, steps, pretrain_steps, batch_size,
              patch_size, lr, gan_lr, pixel_loss, no_gan, content_layer, vgg_weights, adv_weight, gan_pixel_weight,
-             gan_colour_weight, gan_grid_weight, gan_loss, content_before_activation, d_norm, d_arch,
+             gan_colour_weight, gan_grid_weight, gan_artifact_weight, gan_loss, content_before_activation, d_norm, d_arch,
              ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
              frames_per_video, max_side, seed, device, precision, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
@@ -584,7 +587,8 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         cfg = TrainConfig(
             steps=steps, pretrain_steps=min(pretrain_steps, steps), batch_size=batch_size, patch_size=patch_size, lr=lr,
             gan_lr=gan_lr, pixel_loss=pixel_loss, no_gan=no_gan, content_layer=content_layer, adv_weight=adv_weight,
-            gan_pixel_weight=gan_pixel_weight, gan_colour_weight=gan_colour_weight, gan_grid_weight=gan_grid_weight, gan_loss=gan_loss, content_before_activation=content_before_activation,
+            gan_pixel_weight=gan_pixel_weight, gan_colour_weight=gan_colour_weight, gan_grid_weight=gan_grid_weight,
+            gan_artifact_weight=gan_artifact_weight, gan_loss=gan_loss, content_before_activation=content_before_activation,
             d_norm=d_norm or ("spectral" if d_arch == "unet" else "batch"), d_arch=d_arch, ema_decay=ema_decay, degrade=degrade, seed=seed,
         )
         scratch = GeneratorConfig(scale=int(scale or 4), blocks=blocks, channels=channels, batch_norm=batch_norm, global_skip=global_skip)

@@ -61,6 +61,7 @@ class TrainConfig:
     gan_pixel_weight: float = 0.0  # optional pixel term in phase 2 (0 = the paper)
     gan_colour_weight: float = 0.0  # optional L1 of COLOUR_BLOCK-px block means in phase 2 (0 = the paper)
     gan_grid_weight: float = 0.0  # optional L1 of the scale-periodic part of SR - HR in phase 2 (0 = the paper)
+    gan_artifact_weight: float = 0.0  # optional LDL artefact loss in phase 2 (Liang et al. 2022; 0 = the paper)
     gan_loss: str = "vanilla"  # "vanilla" (the paper: real/fake BCE) or "ragan" (relativistic average, ESRGAN)
     content_before_activation: bool = False  # VGG features before the ReLU (ESRGAN) instead of after (the paper)
     d_norm: str = "batch"  # the discriminator's normalisation: "batch" (the paper) or "spectral"
@@ -210,6 +211,12 @@ class Trainer:
                     grid = grid_loss(sr.float(), hr_img, hr_img.shape[-1] // lr_img.shape[-1])
                     loss_g = loss_g + cfg.gan_grid_weight * grid
                     losses["grid"] = grid.detach()
+                if cfg.gan_artifact_weight:
+                    with torch.no_grad():
+                        sr_ema = self.ema(lr_img).float()
+                    artifact = artifact_loss(sr.float(), hr_img, sr_ema)
+                    loss_g = loss_g + cfg.gan_artifact_weight * artifact
+                    losses["artifact"] = artifact.detach()
                 losses.update(content=content.detach(), adversarial=adversarial.detach())
         self._backward_step(loss_g, self.opt_g)
         losses["g_total"] = loss_g.detach()
@@ -300,6 +307,33 @@ def grid_loss(sr: torch.Tensor, hr: torch.Tensor, period: int) -> torch.Tensor:
     model and bicubic); a pixel loss hardly sees so faint a pattern under the drawn texture, while a
     phase mean over the whole crop averages the texture out and leaves the grid."""
     return periodic_pattern(sr - hr, period).abs().mean()
+
+
+ARTIFACT_WINDOW = 7  # LDL's local window, in HR pixels
+
+
+def artifact_map(sr: torch.Tensor, hr: torch.Tensor, sr_ema: torch.Tensor) -> torch.Tensor:
+    """LDL's refined artefact map (Liang et al., CVPR 2022, "Details or Artifacts"), N1HW: where SR's error
+    is locally uneven (the variance of |SR - HR| over a 7x7 window, times the crop's variance of it to
+    the 1/5) it is more likely a GAN artefact than detail, and only where the EMA generator, steadier,
+    does better (its error there is smaller) is it counted.  Detached: a weight, not a path for gradients."""
+    with torch.no_grad():
+        residual = (hr - sr).abs().sum(1, keepdim=True)
+        residual_ema = (hr - sr_ema).abs().sum(1, keepdim=True)
+        patch = residual.var(dim=(1, 2, 3), unbiased=True, keepdim=True) ** 0.2
+        pad, n = ARTIFACT_WINDOW // 2, ARTIFACT_WINDOW**2
+        padded = F.pad(residual, (pad, pad, pad, pad), mode="reflect")
+        mean = F.avg_pool2d(padded, ARTIFACT_WINDOW, stride=1)
+        local = (F.avg_pool2d(padded * padded, ARTIFACT_WINDOW, stride=1) - mean * mean).clamp_min(0) * n / (n - 1)
+        return torch.where(residual < residual_ema, torch.zeros_like(local), patch * local)
+
+
+def artifact_loss(sr: torch.Tensor, hr: torch.Tensor, sr_ema: torch.Tensor) -> torch.Tensor:
+    """L1 of the error weighted by :func:`artifact_map` (LDL's loss, weight 1 in its recipe): pushes the
+    generator back toward HR where it draws noise-like texture the EMA model does not, and leaves the
+    detail both draw alone."""
+    weight = artifact_map(sr, hr, sr_ema)
+    return F.l1_loss(weight * sr, weight * hr)
 
 
 def _ragan(real: torch.Tensor, fake: torch.Tensor, real_is_real: bool) -> torch.Tensor:
