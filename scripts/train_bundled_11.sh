@@ -11,6 +11,7 @@
 # then the better of the two (on the selection set) with seeds 6 and 7 (stage skipped with SKIP_XY=1; WEIGHT2
 # names its weight):
 #   srgan_wWEIGHT2_6 (seed 6, core 0)     srgan_wWEIGHT2_7 (seed 7, core 1)
+# Only X and Y were run: neither beat U (weights/README.md gives the scores), so the second stage was not.
 # Usage: scripts/train_bundled_11.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
 set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here
