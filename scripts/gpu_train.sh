@@ -25,6 +25,9 @@
 #     --content-before-activation --content-layer vgg16:conv5_3 --vgg-weights .pack/vgg16_hed_fp16.safetensors \
 #     --adv-weight 5e-3 --gan-colour-weight 1 --gan-grid-weight 10 --batch-size 8 --patch-size 96 --ema-decay 0.999 --seed 5
 # (recipe U of scripts/train_bundled_9.sh; MAX_SIDE and FRAMES_PER_VIDEO must be what the frames were packed with).
+# On the CPU, 3x U's 740 steps (scripts/train_bundled_12.sh) lost 0.3 dB and flickered as bicubic does. The trainer
+# keeps only its last checkpoint (here in a scratch folder), so try several step counts as runs of their own
+# (e.g. 2000, 5000, 20000: each schedule ends at its own step count) rather than one long run.
 # Usage: bash scripts/gpu_train.sh NAME FROM STEPS [vsr finetune options...]
 #   writes $OUT/NAME.safetensors (the EMA generator, with its training record) and $OUT/NAME.log
 set -euo pipefail

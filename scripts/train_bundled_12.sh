@@ -6,6 +6,7 @@
 # whether more steps help this recipe at all is what this measures (recipe C's longer runs, train_bundled_5.sh,
 # lost PSNR and naturalness).
 #   Z (seed 5, core 0)     Z6 (seed 6, core 1)
+# Result: both lost ~0.3 dB and flicker against U, with no steady NIQE gain; not shipped (weights/README.md).
 # Usage: scripts/train_bundled_12.sh DATA OUT   (DATA as made by scripts/prepare_data_2.sh)
 set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here
