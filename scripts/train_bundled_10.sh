@@ -9,14 +9,10 @@
 set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here
 adversarial_recipe   # $adversarial_args
-degraded="$out/vsr_x4_degraded.safetensors"
-git -C "$here" show 5f1e5af:weights/vsr_x4_degraded.safetensors >"$degraded"
+degraded_start   # $degraded
 
-srgan() {  # srgan NAME SEED CORE [MORE VSR FINETUNE OPTIONS]
-  OMP_NUM_THREADS=1 taskset -c "$3" vsr finetune "$data/train" --val "$data/val" --from "$degraded" \
-    --steps 740 --adv-weight 5e-3 "${adversarial_args[@]}" --gan-colour-weight 1 --gan-grid-weight 10 \
-    --gan-pixel-weight 0.1 --val-every 370 --checkpoint-every 50 --cache-dir "$out/cache" "${@:4}" --seed "$2" \
-    -o "$out/$1.safetensors" >"$out/$1.log" 2>&1
+srgan() {  # srgan NAME SEED CORE [MORE VSR FINETUNE OPTIONS]: recipe U
+  degraded_srgan "$1" "$2" "$3" 740 370 --gan-pixel-weight 0.1 "${@:4}"
 }
 srgan srgan_w 5 0 --batch-size 16 &
 srgan srgan_w6 6 1 --batch-size 16 &

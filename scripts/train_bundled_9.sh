@@ -20,14 +20,10 @@
 set -euo pipefail
 source "$(dirname "$0")/bundled_args.sh"   # data, out, here
 adversarial_recipe   # $adversarial_args
-degraded="$out/vsr_x4_degraded.safetensors"
-git -C "$here" show 5f1e5af:weights/vsr_x4_degraded.safetensors >"$degraded"
+degraded_start   # $degraded
 
 srgan() {  # srgan NAME SEED CORE [MORE VSR FINETUNE OPTIONS]
-  OMP_NUM_THREADS=1 taskset -c "$3" vsr finetune "$data/train" --val "$data/val" --from "$degraded" \
-    --steps 740 --adv-weight 5e-3 "${adversarial_args[@]}" --gan-colour-weight 1 --gan-grid-weight 10 \
-    --val-every 370 --checkpoint-every 50 --cache-dir "$out/cache" "${@:4}" --seed "$2" -o "$out/$1.safetensors" \
-    >"$out/$1.log" 2>&1
+  degraded_srgan "$1" "$2" "$3" 740 370 "${@:4}"
 }
 if [[ ${SKIP_ST:-} != 1 ]]; then
   srgan srgan_s 5 0 &
