@@ -134,7 +134,7 @@ def test_unusable_weights(tmp_path, clip):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 100)
     result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--weights", junk)
-    assert_one_line_error(result, "not a safetensors weights file")
+    assert_one_line_error(result, "is not a weights file: expected safetensors or a PyTorch state dict")
     x2 = tmp_path / "x2.safetensors"
     save_generator(x2, tiny_generator(scale=2))
     result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--weights", x2, "--scale", "4")

@@ -246,9 +246,13 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
         raise FinetuneError(str(exc)) from exc
     history: list[tuple[int, dict[str, float]]] = []
     if resume_state is not None:
-        trainer.load_state_dict(resume_state)
-        sampler.generator.set_state(resume_state["sampler_rng"])
-        history = [(int(s), dict(v)) for s, v in resume_state.get("history", [])]
+        try:  # the generator and its config were checked on loading; the optimisers' and RNGs' state here
+            trainer.load_state_dict(resume_state)
+            sampler.generator.set_state(resume_state["sampler_rng"])
+            history = [(int(s), dict(v)) for s, v in resume_state.get("history", [])]
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: its training state does not fit "
+                                f"this run ({type(exc).__name__}: {exc})") from None
     checkpoint_path = opts.checkpoint or opts.output.with_suffix(".ckpt")
     recent: dict[str, Any] = {}
     if rank == 0:

@@ -31,6 +31,7 @@ from torch import nn
 
 SCALES = (2, 4)
 GLOBAL_SKIPS = ("none", "bicubic")
+MAX_BLOCKS, MAX_CHANNELS = 256, 1024  # far past any SRResNet trained (the paper's: 16 x 64); a file asking more is refused
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,12 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
-        if not (isinstance(self.blocks, int) and self.blocks >= 1):
-            raise ValueError(f"blocks must be a positive integer, got {self.blocks!r}")
-        if not (isinstance(self.channels, int) and self.channels >= 1):
-            raise ValueError(f"channels must be a positive integer, got {self.channels!r}")
+        if not (type(self.blocks) is int and 1 <= self.blocks <= MAX_BLOCKS):
+            raise ValueError(f"blocks must be an integer from 1 to {MAX_BLOCKS}, got {self.blocks!r}")
+        if not (type(self.channels) is int and 1 <= self.channels <= MAX_CHANNELS):
+            raise ValueError(f"channels must be an integer from 1 to {MAX_CHANNELS}, got {self.channels!r}")
+        if type(self.batch_norm) is not bool:
+            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
         if self.global_skip not in GLOBAL_SKIPS:
             raise ValueError(f"global_skip must be one of {GLOBAL_SKIPS}, got {self.global_skip!r}")
 
@@ -59,11 +62,20 @@ class GeneratorConfig:
     @classmethod
     def from_json(cls, text: str) -> "GeneratorConfig":
         data: dict[str, Any] = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown generator config keys {unknown}; this vsr knows {sorted(known)}")
         return cls(**data)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor a generator of this config holds, worked out without
+        allocating any (the module is built on the meta device): what a weights file's tensors are
+        checked against before a real module is built."""
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in Generator(self).state_dict().items()}
 
     def flops_per_pixel(self) -> float:
         """Multiply-adds x2 per *input* pixel (convolutions only)."""

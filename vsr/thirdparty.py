@@ -1,18 +1,15 @@
 """Community weights (Real-ESRGAN, SwinIR, SPAN, HAT, OmniSR, ...) through spandrel.
 
 spandrel (the library chaiNNer and ComfyUI use) recognises ~40 architectures from a state dict,
-including the wrappers their authors ship (Real-ESRGAN's ``params``/``params_ema``), and reads
-``.pth``/``.pt`` files with a restricted unpickler: nothing but tensors and plain containers is
-ever unpickled.  :func:`load_spandrel` turns what it finds into a module vsr's upscaler runs like
+including the wrappers their authors ship (Real-ESRGAN's ``params``/``params_ema``).  vsr reads the
+file itself (:func:`vsr.weights.load_model`: safetensors, or ``torch.load(weights_only=True)`` after
+refusing TorchScript) and hands spandrel only the tensors.  :func:`load_spandrel` turns what it finds into a module vsr's upscaler runs like
 its own (it pads inputs to the sizes the architecture needs and crops the output), and refuses,
 in one line each, what vsr cannot use: unknown architectures, models that are not image
 super-resolution or restoration, and grayscale or RGBA models.
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -68,24 +65,22 @@ class SpandrelModel(nn.Module):
         return y[..., : h * self.scale, : w * self.scale]
 
 
-def load_spandrel(path: str | os.PathLike) -> SpandrelModel:
-    """The model in ``path`` (``.pth``, ``.pt``, ``.ckpt``, ``.safetensors``), or :class:`ThirdPartyError`."""
-    import pickle
-
+def load_spandrel(state_dict: dict[str, torch.Tensor], name: str) -> SpandrelModel:
+    """The model spandrel recognises in ``state_dict`` (read from the file ``name`` by
+    :func:`vsr.weights.load_model`, as data), or :class:`ThirdPartyError`.  Only the state dict
+    reaches spandrel, never the file: spandrel's own file loading hands ``.pt`` files to
+    ``torch.jit.load``, which runs the code a TorchScript archive carries."""
     try:
         from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
     except ImportError as exc:  # pragma: no cover - spandrel is a dependency
-        raise ThirdPartyError(f"reading {Path(path).name} needs spandrel: pip install spandrel") from exc
-    name = Path(path).name
+        raise ThirdPartyError(f"reading {name} needs spandrel: pip install spandrel") from exc
     try:
-        descriptor = ModelLoader(device=torch.device("cpu")).load_from_file(os.fspath(path))
+        descriptor = ModelLoader(device=torch.device("cpu")).load_from_state_dict(state_dict)
     except UnsupportedModelError:
         raise ThirdPartyError(f"{name}: not an architecture spandrel knows (neither vsr weights nor any of the "
                               f"~40 community architectures it recognises from their tensors)") from None
-    except pickle.UnpicklingError as exc:
-        raise ThirdPartyError(f"{name}: refused to unpickle it ({exc}); only tensors and plain containers are read") from None
-    except Exception as exc:  # noqa: BLE001 - torch, safetensors and spandrel raise many kinds; one line for all
-        raise ThirdPartyError(f"{name}: cannot read it as model weights ({type(exc).__name__}: "
+    except Exception as exc:  # noqa: BLE001 - a crafted state dict makes spandrel raise many kinds; one line for all
+        raise ThirdPartyError(f"{name}: cannot build a model from its tensors ({type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from None
     if not isinstance(descriptor, ImageModelDescriptor):
         raise ThirdPartyError(f"{name}: a {descriptor.architecture.name} {descriptor.purpose} model that does not map "
@@ -97,4 +92,4 @@ def load_spandrel(path: str | os.PathLike) -> SpandrelModel:
         kind = {1: "grayscale", 4: "RGBA"}.get(descriptor.input_channels, f"{descriptor.input_channels}-channel")
         raise ThirdPartyError(f"{name}: a {kind} model ({descriptor.input_channels} channels in, "
                               f"{descriptor.output_channels} out); vsr upscales RGB (3 channels)")
-    return SpandrelModel(descriptor, os.fspath(path)).eval()
+    return SpandrelModel(descriptor, name).eval()

@@ -356,13 +356,49 @@ def save_checkpoint(path: str | os.PathLike, trainer: Trainer, extra: dict[str, 
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{os.fspath(path)!r} is not a vsr training checkpoint")
+    """A ``vsr finetune`` checkpoint, read as data (:func:`vsr.weights.read_torch_file`) and checked
+    whole (:func:`check_checkpoint`) before anything is built from it."""
+    from vsr.weights import WeightsError, read_torch_file
+
+    name = os.fspath(path)
+    try:
+        state = read_torch_file(name)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+    check_checkpoint(state, name)
     return state
 
 
+def check_checkpoint(state: Any, name: str) -> GeneratorConfig:
+    """The generator config of a checkpoint whose every part vsr reads is there and fits:
+    :class:`CheckpointError` with one line otherwise.  The tensors' shapes are checked against the
+    config before any module is built, so a crafted config costs no memory."""
+    from vsr.weights import config_mismatch
+
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{name!r} is not a vsr training checkpoint")
+    try:
+        config = GeneratorConfig(**state["generator_config"])
+        TrainConfig(**state["train_config"])
+        step = state["step"]
+    except KeyError as exc:
+        raise CheckpointError(f"{name!r} is a damaged vsr checkpoint: it has no {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{name!r} is a damaged vsr checkpoint: {exc}") from None
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{name!r} is a damaged vsr checkpoint: step {step!r} is not a count")
+    for key in ("generator", "ema"):
+        tensors = state.get(key)
+        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+            raise CheckpointError(f"{name!r} is a damaged vsr checkpoint: no {key!r} tensors")
+        problem = config_mismatch(config, {k: tuple(v.shape) for k, v in tensors.items()})
+        if problem:
+            raise CheckpointError(f"{name!r} is a damaged vsr checkpoint: its {key!r} does not match {config}: {problem}")
+    return config
+
+
 def generator_from_checkpoint(state: dict[str, Any]) -> Generator:
+    """The generator (untrained) a checked checkpoint describes."""
     return Generator(GeneratorConfig(**state["generator_config"]))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,19 @@ def bundled_weights() -> list[str]:
 
 
 def resolve_weights(spec: str) -> Path:
-    """A path, or the name (with or without ``.safetensors``) of a bundled file."""
+    """The bundled file a bare name (with or without ``.safetensors``) names, else a path.
+
+    A bundled name always means the bundled file, whatever lies in the current folder: a local file
+    of that name is ``./NAME`` (any spec with a folder in it is a path)."""
+    folder = weights_dir()
+    bare = os.sep not in spec and not (os.altsep and os.altsep in spec) and not spec.startswith("~")
+    if bare and spec not in ("", ".", ".."):
+        for candidate in (folder / spec, folder / f"{spec}.safetensors"):
+            if candidate.is_file():
+                return candidate
     path = Path(spec).expanduser()
     if path.exists():
         return path
-    folder = weights_dir()
-    for candidate in (folder / spec, folder / f"{spec}.safetensors"):
-        if candidate.is_file():
-            return candidate
     names = ", ".join(bundled_weights()) or "none"
     raise WeightsError(f"weights {spec!r} not found: expected a file path or a bundled name (bundled: {names})")
 
@@ -113,9 +119,25 @@ def record_metadata(path: str | os.PathLike, key: str, value: dict[str, Any]) ->
         save_file(state, os.fspath(tmp), metadata=meta)
 
 
+def file_kind(path: str | os.PathLike) -> str:
+    """What a weights file is, by its bytes, not its name: ``"safetensors"``, ``"torch-zip"``
+    (``torch.save``'s zip format; TorchScript archives are zips too, told apart by
+    :func:`read_torch_file`), ``"torch-legacy"`` (the pickle ``torch.save`` wrote before 1.6), or
+    ``"unknown"``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if head[:1] == b"\x80":  # a pickle's PROTO opcode
+        return "torch-legacy"
+    return "unknown"
+
+
 def is_vsr_weights(path: str | os.PathLike) -> bool:
-    """A ``.safetensors`` file written by vsr (not a checkpoint, not a community model)."""
-    return Path(path).suffix.lower() == ".safetensors" and read_metadata(path).get("vsr.format") == FORMAT
+    """A safetensors file written by vsr (not a checkpoint, not a community model)."""
+    return file_kind(path) == "safetensors" and read_metadata(path).get("vsr.format") == FORMAT
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -128,8 +150,36 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise WeightsError(f"{os.fspath(path)!r} is not a safetensors weights file ({exc})") from exc
 
 
+def _header_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a safetensors file, from its header alone (no tensor is read)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path!r} could not be read: {exc}") from exc
+
+
+def config_mismatch(config: GeneratorConfig, shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """Why tensors of these shapes are not a generator of ``config`` (None when they are), found
+    before any module is built, so that a config asking for a huge network costs nothing."""
+    expected = config.tensor_shapes()
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        return (f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for key, shape in expected.items():
+        if tuple(shapes[key]) != shape:
+            return f"tensor {key!r} has shape {tuple(shapes[key])}, expected {shape}"
+    return None
+
+
 def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generator:
-    """Build the generator described by the file and load its tensors, checking everything."""
+    """Build the generator described by the file and load its tensors, checking everything: the
+    config's values, then every tensor's name and shape (from the file's header) against the
+    config, before anything is allocated."""
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise WeightsError(f"weights file {name!r} does not exist")
@@ -145,70 +195,116 @@ def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generat
         raise WeightsError(f"{name!r} has an unusable config: {exc}") from exc
     if scale is not None and config.scale != scale:
         raise WeightsMismatch(f"{name!r} is a x{config.scale} model, but x{scale} was asked for")
+    problem = config_mismatch(config, _header_shapes(name))
+    if problem:
+        raise WeightsError(f"{name!r} does not match its config {config}: {problem}")
     try:
         state = load_file(name)
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{name!r} could not be read: {exc}") from exc
     model = Generator(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(
-            f"{name!r} does not match its config {config}: "
-            f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise WeightsError(
-                f"{name!r}: tensor {key!r} has shape {tuple(state[key].shape)}, "
-                f"expected {tuple(tensor.shape)} for {config}"
-            )
     model.load_state_dict(state)
     model.eval()
     return model
 
 
-def _training_checkpoint(path: str | os.PathLike) -> dict | None:
-    """A ``vsr finetune`` checkpoint (a torch zip file, read with ``weights_only``: nothing but
-    tensors and plain values is unpickled), or None for any other file."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
-            return None
-    from vsr.train import load_checkpoint
+# Entries that only a TorchScript archive (code and constants for torch.jit) holds; torch.save's
+# zips hold data.pkl, data/N, byteorder, version.
+_TORCHSCRIPT_ENTRIES = ("constants.pkl", "bytecode.pkl", ".debug_pkl")
 
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """What a ``torch.save`` file (``.pth``/``.pt``/``.ckpt``/``.bin``) holds, read as data only.
+
+    A TorchScript archive is refused by its contents (whatever its name): loading one runs the code
+    inside.  Everything else goes through ``torch.load(weights_only=True)``, whose unpickler builds
+    nothing but tensors and plain containers (memory-mapped for the zip format, so tensors are read
+    as they are used).  :class:`WeightsError` with one line otherwise."""
+    import zipfile
+
+    name = os.fspath(path)
+    kind = file_kind(name)
+    if kind == "torch-zip":
+        try:
+            with zipfile.ZipFile(name) as archive:
+                entries = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise WeightsError(f"{name!r} is a damaged zip file ({exc})") from None
+        if any(e.endswith(_TORCHSCRIPT_ENTRIES) or "/code/" in e for e in entries):
+            raise WeightsError(f"{name!r} is a TorchScript archive (a program, not just tensors): vsr does not load "
+                               f"code from a weights file; save the model's state_dict with torch.save instead")
+    elif kind != "torch-legacy":
+        raise WeightsError(f"{name!r} is not a weights file: expected safetensors or a PyTorch state dict "
+                           f"(.pth/.pt/.ckpt/.bin written by torch.save)")
     try:
-        return load_checkpoint(path)
-    except Exception:  # noqa: BLE001 - not ours (e.g. a pickle weights_only refuses): spandrel's loader says why
-        return None
+        return torch.load(name, map_location="cpu", weights_only=True, mmap=kind == "torch-zip")
+    except Exception as exc:  # noqa: BLE001 - a hostile file makes torch raise many kinds; one line for all
+        text = str(exc)
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        if found or "Weights only load failed" in text:
+            what = found.group(1) if found else "Python objects"
+            raise WeightsError(f"{name!r}: refused to unpickle it: it holds {what}, not only tensors and plain "
+                               f"containers (the only things vsr reads from a weights file)") from None
+        detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise WeightsError(f"{name!r} could not be read as tensors: {detail}") from None
+
+
+def _community_state_dict(path: str, kind: str, loaded: Any = None) -> dict[str, torch.Tensor]:
+    """A community model's tensors: the file's state dict, unwrapped from the containers their
+    authors use (``params_ema``, ``params``, ``state_dict``, ``model``, a ``module.`` prefix...)."""
+    from spandrel import canonicalize_state_dict
+
+    if kind == "safetensors":
+        try:
+            loaded = load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path!r} could not be read: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"{path!r} holds a {type(loaded).__name__}, not a state dict (names -> tensors)")
+    state = canonicalize_state_dict(loaded)
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"{path!r} holds no tensors: expected a model's state dict")
+    return tensors
 
 
 def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Module:
-    """vsr's own weights (:func:`load_generator`), or any community model spandrel recognises
-    (:func:`vsr.thirdparty.load_spandrel`); :class:`WeightsError` with one line otherwise."""
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file {os.fspath(path)!r} does not exist")
-    checkpoint = _training_checkpoint(path)
-    if checkpoint is not None:  # `vsr finetune`'s checkpoint: its EMA generator, as the weights file gets
-        from vsr.train import generator_from_checkpoint
+    """vsr's own weights (:func:`load_generator`), a ``vsr finetune`` checkpoint (its EMA
+    generator), or any community model spandrel recognises from its tensors
+    (:func:`vsr.thirdparty.load_spandrel`); :class:`WeightsError` with one line otherwise.
 
-        model = generator_from_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["ema"])
-        if scale is not None and model.config.scale != scale:
-            raise WeightsMismatch(f"{os.fspath(path)!r} is a x{model.config.scale} model, but x{scale} was asked for")
-        return model.eval()
-    # a .safetensors file must at least be one; vsr's own carry their config in the metadata
-    if is_vsr_weights(path):
-        return load_generator(path, scale=scale)
+    Every file is read here as data (safetensors, or :func:`read_torch_file`): nothing reaches
+    ``torch.jit.load`` or an unpickler that builds more than tensors and plain containers."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise WeightsError(f"weights file {name!r} does not exist")
+    kind = file_kind(name)
+    loaded = None
+    if kind == "safetensors":
+        if read_metadata(name).get("vsr.format") == FORMAT:
+            return load_generator(name, scale=scale)
+    else:
+        loaded = read_torch_file(name)
+        from vsr.train import CHECKPOINT_FORMAT, CheckpointError, check_checkpoint
+
+        if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
+            try:  # `vsr finetune`'s checkpoint: its EMA generator, as the weights file gets
+                config = check_checkpoint(loaded, name)
+            except CheckpointError as exc:
+                raise WeightsError(str(exc)) from None
+            if scale is not None and config.scale != scale:
+                raise WeightsMismatch(f"{name!r} is a x{config.scale} model, but x{scale} was asked for")
+            model = Generator(config)
+            model.load_state_dict(loaded["ema"])
+            return model.eval()
     from vsr.thirdparty import ThirdPartyError, load_spandrel
 
     try:
-        model = load_spandrel(path)
+        model = load_spandrel(_community_state_dict(name, kind, loaded), Path(name).name)
     except ThirdPartyError as exc:
         raise WeightsError(str(exc)) from None
     if scale is not None and model.scale != scale:
-        raise WeightsMismatch(f"{os.fspath(path)!r} is a x{model.scale} model ({model.architecture}), but x{scale} was asked for")
+        raise WeightsMismatch(f"{name!r} is a x{model.scale} model ({model.architecture}), but x{scale} was asked for")
     return model
 
 
@@ -220,24 +316,35 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(model, Generator):
         cfg = model.config
         row.update(architecture=f"SRResNet {cfg.blocks}x{cfg.channels}" + (" BN" if cfg.batch_norm else ""), fp16=True)
-        info = training_info(path)
-        if "interpolated" in info:
-            mix = info["interpolated"]
-            row["trained"] = f"{1 - mix['alpha']:g} x {mix['a']} + {mix['alpha']:g} x {mix['b']}"
-        elif info:
-            row["trained"] = f"{info.get('steps', '?')} steps"
-            if total_steps(info) > int(info.get("steps", 0)):
-                row["trained"] += f" ({total_steps(info)} in all)"
-            if info.get("validation"):
-                step, scores = info["validation"][-1]
-                row["validation"] = f"{scores['psnr'] - scores['bicubic_psnr']:+.2f} dB (crops)"
-        held_out = json.loads(read_metadata(path).get("vsr.evaluation", "{}")).get(f"x{cfg.scale} clean")
-        if held_out and "psnr_y" in held_out.get("scores", {}):
-            scores, bicubic = held_out["scores"], held_out["bicubic"]
-            row["validation"] = f"{scores['psnr_y'] - bicubic['psnr_y']:+.2f} dB" + (
-                f", NIQE {scores['niqe']:.2f} (bicubic {bicubic['niqe']:.2f})" if "niqe" in scores else "")
+        if is_vsr_weights(path):  # a checkpoint has no records
+            try:
+                row.update(_records(path, cfg.scale))
+            except (WeightsError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+                row["trained"] = "(unreadable training record)"  # informational: the model itself loaded
     else:
         row.update(architecture=model.architecture, fp16=model.supports_half)
+    return row
+
+
+def _records(path: str | os.PathLike, scale: int) -> dict[str, str]:
+    """The ``trained`` and ``validation`` columns from a vsr weights file's records."""
+    row = {}
+    info = training_info(path)
+    if "interpolated" in info:
+        mix = info["interpolated"]
+        row["trained"] = f"{1 - mix['alpha']:g} x {mix['a']} + {mix['alpha']:g} x {mix['b']}"
+    elif info:
+        row["trained"] = f"{info.get('steps', '?')} steps"
+        if total_steps(info) > int(info.get("steps", 0)):
+            row["trained"] += f" ({total_steps(info)} in all)"
+        if info.get("validation"):
+            step, scores = info["validation"][-1]
+            row["validation"] = f"{scores['psnr'] - scores['bicubic_psnr']:+.2f} dB (crops)"
+    held_out = json.loads(read_metadata(path).get("vsr.evaluation", "{}")).get(f"x{scale} clean")
+    if held_out and "psnr_y" in held_out.get("scores", {}):
+        scores, bicubic = held_out["scores"], held_out["bicubic"]
+        row["validation"] = f"{scores['psnr_y'] - bicubic['psnr_y']:+.2f} dB" + (
+            f", NIQE {scores['niqe']:.2f} (bicubic {bicubic['niqe']:.2f})" if "niqe" in scores else "")
     return row
 
 
@@ -248,5 +355,14 @@ def total_steps(training: dict[str, Any]) -> int:
 
 
 def training_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``vsr.training`` record of a vsr weights file ({} when it has none)."""
     meta = read_metadata(path)
-    return json.loads(meta["vsr.training"]) if "vsr.training" in meta else {}
+    if "vsr.training" not in meta:
+        return {}
+    try:
+        info = json.loads(meta["vsr.training"])
+    except ValueError as exc:
+        raise WeightsError(f"{os.fspath(path)!r} has an unreadable vsr.training record: {exc}") from None
+    if not isinstance(info, dict):
+        raise WeightsError(f"{os.fspath(path)!r} has a vsr.training record that is not a JSON object")
+    return info
