@@ -241,7 +241,7 @@ def test_ctrl_c_exits_130_and_leaves_nothing(tmp_path):
     import time
 
     deadline = time.time() + 60
-    while time.time() < deadline and not any(p.name.startswith(".o.vsr-partial") for p in tmp_path.iterdir()):
+    while time.time() < deadline and not any(p.name.startswith(".o.") and ".vsr-partial" in p.name for p in tmp_path.iterdir()):
         time.sleep(0.05)
     time.sleep(0.5)
     assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the signal was sent: {sorted(tmp_path.iterdir())}"

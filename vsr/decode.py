@@ -20,7 +20,7 @@ import numpy as np
 
 from vsr.colour import PLANE_FORMATS, ColourTags, PlaneFormat, frame_planes, frame_to_rgb, planes_to_frame
 from vsr.errors import VsrError
-from vsr.stills import StillInfo, orient, read_still, too_large_for_ffmpeg, upright_size
+from vsr.stills import MetadataTooLarge, StillInfo, orient, read_still, too_large_for_ffmpeg, upright_size
 from vsr.timing import Timings
 
 
@@ -115,6 +115,7 @@ class VideoInfo:
     field_order: int = 0  # AVFieldOrder of the stream (0 unknown, 1 progressive, 2 top first, 3 bottom first...)
     still: StillInfo | None = None  # a picture's ICC profile, EXIF and orientation (PNG, JPEG, WebP)
     alpha: bool = False  # a picture with transparency (kept: see vsr.stills and Writer)
+    frame_size: tuple[int, int] | None = None  # (width, height) of the first frame as decoded (a picture: before EXIF orientation)
 
 
 def _sar(stream) -> Fraction | None:
@@ -174,7 +175,10 @@ def decode_frames(container: av.container.InputContainer, stream: av.stream.Stre
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Describe the first video stream; decodes the first frame for its colour tags and rotation."""
     name = os.fspath(path)
-    still = read_still(name) if os.path.isfile(name) else StillInfo()
+    try:
+        still = read_still(name) if os.path.isfile(name) else StillInfo()
+    except MetadataTooLarge as exc:
+        raise InputError(f"{name!r}: {exc}") from exc
     if still.animated and still.kind == "webp":
         raise InputError(f"{name!r}: animated WebP is not supported (FFmpeg cannot decode it); "
                          f"convert it to a video first (e.g. with libwebp's anim_dump or ImageMagick)")
@@ -188,7 +192,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             kinds = ", ".join(s.type for s in container.streams) or "no streams"
             raise InputError(f"expected a file with a video stream, got {name!r} ({kinds})")
         stream = videos[0]
-        stream.thread_type = "AUTO"
+        # One frame in flight: frame threads would decode a frame per thread ahead of the first,
+        # of sizes nothing has checked yet (read limits them to the first frame's).
+        stream.thread_type = "SLICE"
         first = None
         try:
             for frame in decode_frames(container, stream):
@@ -249,6 +255,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             field_order=int(stream.codec_context.field_order or 0),
             still=still if is_image else None,
             alpha=is_image and alpha_of(first) is not None,
+            frame_size=(first.width, first.height),
         )
 
 
@@ -522,6 +529,9 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
     with (nullcontext(container) if container is not None else open_input(info.path)) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
+        planned = info.frame_size
+        if planned is not None:
+            limit_frame_size(stream, *planned)
         wanted = [stream] + [s for s in container.streams if s.index in copy_streams]
         clock = FrameClock(dts_only=container.format.name in DTS_ONLY_FORMATS)
         filtered = Deinterlacer(stream) if deinterlace else None
@@ -586,6 +596,8 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                     if where > 0:
                         past_end = True
                         break
+                    if planned is not None and (frame.width, frame.height) != planned:
+                        raise DecodeError(_size_change(info, index, (frame.width, frame.height)))
                     if span is not None:
                         pts = shifted(pts, tb)
                     if pts is not None:
@@ -595,6 +607,9 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                     yield item
                     index += 1
         except av.FFmpegError as exc:
+            ctx = stream.codec_context  # the size the decoder refused to allocate (limit_frame_size)
+            if planned is not None and ctx.width * ctx.height > _frame_limit(*planned):
+                raise DecodeError(_size_change(info, index, (ctx.width, ctx.height))) from exc
             raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc
     if span is not None:
         if index == 0:
@@ -607,6 +622,30 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
             f"{info.path!r}: decoding failed at frame {index}: the file says it has {info.frames} frames "
             f"(truncated or corrupt file?)"
         )
+
+
+def _frame_limit(width: int, height: int) -> int:
+    """Pixels the decoder may allocate for a frame of ``width`` x ``height``: its own alignment
+    (strides, coded sizes in whole macroblocks) included."""
+    return (width + 128) * (height + 128)
+
+
+def limit_frame_size(stream: av.video.stream.VideoStream, width: int, height: int) -> None:
+    """Make the decoder of ``stream`` (not yet opened) refuse, before allocating it, a frame much
+    larger than ``width`` x ``height`` (FFmpeg's ``max_pixels``): a stream that switches from
+    320x240 to 8192x8192 part-way stops at the switch, where its frames would otherwise be decoded
+    and queued at 100 MB each.  Frames a little larger or smaller pass; :func:`read` names them."""
+    limit = _frame_limit(width, height)
+    ctx = stream.codec_context
+    if ctx.width * ctx.height > limit:  # the demuxer saw a later, larger frame: open as the first one is
+        ctx.width, ctx.height = width, height
+    ctx.options = {**(ctx.options or {}), "max_pixels": str(limit)}
+
+
+def _size_change(info: VideoInfo, index: int, size: tuple[int, int]) -> str:
+    (w, h), (new_w, new_h) = info.frame_size, size
+    return (f"{info.path!r}: the picture size changes at frame {index} ({w}x{h} -> {new_w}x{new_h}); "
+            f"a video must keep the size of its first frame")
 
 
 def _ends_early(info: VideoInfo, last_time: float | None) -> bool:

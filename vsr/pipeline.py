@@ -31,7 +31,7 @@ from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, Packet
                         deep_picture, open_input, probe, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
-from vsr.files import folder_problem, partial_path, remove
+from vsr.files import PartialFileError, finish, folder_problem, new_partial, remove
 from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, extension, output_kind
 from vsr.report import Reporter
 from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
@@ -347,22 +347,26 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         info = probe(src)
     except InputError as exc:
         raise UpscaleError(str(exc)) from exc
-    tmp = partial_path(dst)
     image_out = output_kind(dst) == "image"
     if image_out and not info.is_image:
         raise UpscaleError(f"{src.name} is a video but {dst.name!r} is an image name; use a video extension (.mp4, .mkv, ...)")
     out_w, out_h, out_sar = info.width * upscaler.scale, info.height * upscaler.scale, info.sample_aspect_ratio
     if options.size is not None:
         out_w, out_h, out_sar = options.size.resolve(info.width, info.height, info.sample_aspect_ratio)
-    _check_output_fits(out_w, out_h, options.batch_size)
     resize = None if (out_w, out_h) == (info.width * upscaler.scale, info.height * upscaler.scale) else (out_h, out_w)
+    # On the CPU the model's whole output is in this process's memory before it is resized (tiles
+    # are stitched at full scale); on a GPU it is resized there and only the final size comes back.
+    model_out = (info.width * upscaler.scale, info.height * upscaler.scale) if resize and upscaler.device.type == "cpu" else None
+    _check_output_fits(out_w, out_h, options.batch_size, model_out)
     deep = deep_picture(info) and extension(dst) in DEEP_OUTPUTS
     source = open_input(src)
+    tmp = None
     try:
+        tmp = new_partial(dst)  # vsr's own file, made exclusively: never a planted link, never the input
         writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar,
                         field_order=info.field_order if info.interlaced and not options.deinterlace else 0,
                         span=options.span, source=source, deep=deep)
-    except EncodeError as exc:
+    except (EncodeError, PartialFileError) as exc:
         source.close()
         remove(tmp)
         raise UpscaleError(str(exc)) from exc
@@ -456,10 +460,14 @@ def upscale_file(
     seconds = time.perf_counter() - began
     stages.merge(upscaler.timings)
     stages.merge(writer.timings)
-    if plan.image_out and info.still is not None:
-        exif = info.still.exif
-        write_metadata(plan.tmp, info.still.icc, exif_upright(exif) if exif else None, plan.out_size)
-    os.replace(plan.tmp, dst)
+    try:
+        if plan.image_out and info.still is not None:
+            exif = info.still.exif
+            write_metadata(plan.tmp, info.still.icc, exif_upright(exif) if exif else None, plan.out_size)
+    except BaseException:
+        remove(plan.tmp)
+        raise
+    finish(plan.tmp, dst)
     if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.gaps and not options.span:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
@@ -481,16 +489,29 @@ def _judge_damage(report: DecodeReport, options: UpscaleOptions, name: str, warn
 # Memory per output pixel and frame that no tiling removes: the float RGB result, its uint8 copy,
 # the encoder's frame.
 OUTPUT_BYTES_PER_PIXEL = 3 * 4 + 3 + 3
+# ... and per pixel of the model's own output when that is resized afterwards (--outscale, --width,
+# --height): the stitched float RGB result and the blending weights of overlapping tiles.
+MODEL_OUTPUT_BYTES_PER_PIXEL = 3 * 4 + 4
 
 
-def _check_output_fits(width: int, height: int, batch: int) -> None:
-    """Refuse, before any work, an output FFmpeg cannot encode or this process cannot hold."""
+def _check_output_fits(width: int, height: int, batch: int, model_out: tuple[int, int] | None = None) -> None:
+    """Refuse, before any work, an output FFmpeg cannot encode or this process cannot hold.
+    ``model_out``: (width, height) of the model's output where it is held whole before being
+    resized to ``width`` x ``height``."""
     if too_large_for_ffmpeg(width, height):
         raise UpscaleError(f"output size {width}x{height} is larger than FFmpeg's encoders accept "
                            f"((width + 128) x (height + 128) must stay under {2**31 // 8} pixels); "
                            f"make it smaller with --outscale, --width or --height")
     free = available_memory()
     need = OUTPUT_BYTES_PER_PIXEL * width * height * max(1, batch)
+    if model_out is not None:
+        need += MODEL_OUTPUT_BYTES_PER_PIXEL * model_out[0] * model_out[1] * max(1, batch)
+    if free is not None and need > free and model_out is not None:
+        # Tiles (--tile) do not help: they are stitched into the whole output before it is resized.
+        raise UpscaleError(f"the model's output is {model_out[0]}x{model_out[1]} before it is resized to {width}x{height} "
+                           f"and needs about {need / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB is available "
+                           f"(--tile does not lower this); use a model of a smaller scale or a smaller input"
+                           + (", or a smaller --batch-size" if batch > 1 else ""))
     if free is not None and need > free:
         raise UpscaleError(f"output size {width}x{height} needs about {need / 2**30:.1f} GiB of memory, "
                            f"{free / 2**30:.1f} GiB is available; make it smaller with --outscale, --width or "
@@ -503,6 +524,8 @@ _FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field fi
 def _warn_still_limits(info: VideoInfo, dst: Path, deep: bool, warn: Callable[[str], None]) -> None:
     """What a picture loses on the way, said once."""
     ext = extension(dst)
+    for line in info.still.dropped if info.still is not None else ():
+        warn(line)
     if info.alpha and ext not in ALPHA_OUTPUTS:
         warn(f"transparency is dropped (.{ext} has no alpha channel; use .png or .webp)")
     if info.bits > 8 and not deep:

@@ -17,12 +17,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vsr.errors import VsrError
+
 # FFmpeg's largest picture (av_image_check_size2): (w + 128) * (h + 128) < INT_MAX / 8.
 FFMPEG_MAX_PIXELS = (2**31 - 1) // 8
 
 
 def too_large_for_ffmpeg(width: int, height: int) -> bool:
     return (width + 128) * (height + 128) >= FFMPEG_MAX_PIXELS
+
+
+# How large a picture's metadata may be.  An ICC profile is kilobytes to a few MB; the cap is the
+# most a JPEG can carry (255 APP2 segments), so a profile that is read can be written to any output.
+# EXIF is made for one 64 KiB APP1 segment; PNG and WebP may carry more, up to 1 MiB is taken.
+_ICC_TAG, _EXIF_TAG = b"ICC_PROFILE\0", b"Exif\0\0"
+_ICC_PART = 0xFFFF - 2 - len(_ICC_TAG) - 2  # profile bytes in one APP2 segment
+MAX_ICC_BYTES = 255 * _ICC_PART
+MAX_EXIF_BYTES = 1 << 20
+# What a PNG's compressed metadata (iCCP, zTXt) may inflate to, all chunks together.  FFmpeg's
+# PNG decoder inflates each of them whole, with no limit, before the first pixel (measured: a 1 GiB
+# iCCP took 3.1 GB), so such a file is refused before FFmpeg sees it, not merely stripped.
+MAX_INFLATED_BYTES = 32 << 20
+
+
+class MetadataTooLarge(VsrError):
+    """A picture's compressed metadata inflates beyond :data:`MAX_INFLATED_BYTES` (or the profile
+    beyond :data:`MAX_ICC_BYTES`): a decompression bomb, not decoded."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -35,6 +59,7 @@ class StillInfo:
     exif: bytes | None = None  # the TIFF structure (from "II*\0" / "MM\0*")
     animated: bool = False
     bits: int = 8  # per channel
+    dropped: tuple[str, ...] = ()  # metadata left out, each as a line for the user (too large, cut short)
 
     @property
     def orientation(self) -> int:
@@ -43,15 +68,22 @@ class StillInfo:
 
 
 def read_still(path: str | os.PathLike) -> StillInfo:
-    """The header facts of a PNG, JPEG or WebP file (by its signature, not its name)."""
+    """The header facts of a PNG, JPEG or WebP file (by its signature, not its name).
+
+    Raises :class:`MetadataTooLarge` for a PNG whose compressed metadata inflates beyond
+    :data:`MAX_INFLATED_BYTES` (FFmpeg would inflate it all); an ICC profile or EXIF that is merely
+    too large to carry is left out and said in ``dropped``."""
     with open(path, "rb") as f:
         head = f.read(12)
         if not (head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
             return StillInfo()  # not a picture vsr reads metadata from (a video, say): nothing more is read
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):  # every chunk to IEND: FFmpeg reads text chunks after IDAT too
+            try:
+                return _read_png(f)
+            except (struct.error, IndexError, ValueError):
+                return StillInfo()  # a damaged header: the decoder will say what is wrong
         data = head + f.read((16 << 20) - len(head))  # metadata lives in the first segments; 16 MiB is ample
     try:
-        if data.startswith(b"\x89PNG\r\n\x1a\n"):
-            return _read_png(data)
         if data.startswith(b"\xff\xd8"):
             return _read_jpeg(data)
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
@@ -72,22 +104,110 @@ def _png_chunks(data: bytes):
             return
 
 
-def _read_png(data: bytes) -> StillInfo:
-    size, icc, exif, animated, bits = None, None, None, False, 8
-    for kind, body, _start, _end in _png_chunks(data):
-        if kind == b"IHDR":
-            w, h, bits = struct.unpack(">IIB", body[:9])
+class _Inflater:
+    """Inflates a PNG's compressed chunks straight from the file, in pieces, never more than the
+    budget of :data:`MAX_INFLATED_BYTES` for all of them together."""
+
+    PIECE = 1 << 20
+    REFUSED = "not decoded (FFmpeg would inflate all of it first)"
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.left = MAX_INFLATED_BYTES
+
+    def __call__(self, length: int, what: str, keep_up_to: int = 0) -> bytes | None:
+        """Inflate the next ``length`` bytes of the file (a zlib stream); the result when it is at
+        most ``keep_up_to`` bytes, else None; None too for a damaged stream."""
+        d = zlib.decompressobj()
+        kept: list[bytes] = []
+        total = 0
+        try:
+            while length > 0 and not d.eof:
+                piece = self.f.read(min(length, self.PIECE))
+                if not piece:
+                    break
+                length -= len(piece)
+                while True:  # (output held back by max_length comes out with the next call)
+                    out = d.decompress(piece, self.PIECE)
+                    piece = d.unconsumed_tail
+                    total += len(out)
+                    if keep_up_to and total > keep_up_to:
+                        raise MetadataTooLarge(f"its {what} inflates to more than {_mib(keep_up_to)}, where real "
+                                               f"profiles are kilobytes to a few MB; {self.REFUSED}")
+                    if total > self.left:
+                        raise MetadataTooLarge(f"its compressed metadata inflates to more than "
+                                               f"{_mib(MAX_INFLATED_BYTES)} in all (the last: a {what}); {self.REFUSED}")
+                    if total <= keep_up_to:
+                        kept.append(out)
+                    if d.eof or (not piece and len(out) < self.PIECE):
+                        break
+        except zlib.error:
+            kept = []
+        self.f.seek(length, 1)
+        self.left -= total
+        return b"".join(kept) if kept and d.eof else None
+
+
+def _read_png(f) -> StillInfo:
+    """The chunks of the PNG open in ``f``, read one by one to IEND: only those vsr uses,
+    others skipped."""
+    size, icc, exif, animated, bits, dropped = None, None, None, False, 8, []
+    inflate = _Inflater(f)
+    f.seek(8)
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            break
+        length, kind = struct.unpack(">I4s", head)
+        end = f.tell() + length + 4  # after the CRC
+        # A damaged chunk is skipped, never the rest: a bomb may come after it.
+        if kind == b"IHDR" and length >= 13:
+            w, h, bits = struct.unpack(">IIB", f.read(9))
             size = (w, h)
         elif kind == b"iCCP":
-            name_end = body.index(b"\0")
-            icc = zlib.decompress(body[name_end + 2:])
+            header = f.read(min(length, 81))  # a name of 1-79 bytes, NUL, the method byte (FFmpeg's limit: 80)
+            if b"\0" in header:
+                start = header.index(b"\0") + 2
+                f.seek(start - len(header), 1)
+                profile = inflate(length - start, "ICC colour profile (iCCP chunk)", keep_up_to=MAX_ICC_BYTES)
+                if icc is None:
+                    icc = profile
+        elif kind == b"zTXt":  # FFmpeg inflates its text into the frame's metadata (iTXt it leaves alone)
+            start = _past_nul(f, length)  # the keyword ends at the first NUL, wherever it is (as FFmpeg finds it)
+            if start is not None and start < length:
+                f.seek(1, 1)  # the compression method
+                inflate(length - start - 1, "zTXt text chunk")
         elif kind == b"eXIf":
-            exif = body
+            if length <= MAX_EXIF_BYTES:
+                exif = f.read(length)
+            else:
+                dropped.append(_too_large("EXIF", length, MAX_EXIF_BYTES))
         elif kind == b"acTL":
             animated = True
-        elif kind == b"IDAT":
+        elif kind == b"IEND":
             break
-    return StillInfo("png", size, icc, exif, animated, bits)
+        f.seek(end)
+    return StillInfo("png", size, icc, exif, animated, bits, tuple(dropped))
+
+
+def _past_nul(f, length: int) -> int | None:
+    """Bytes read from ``f`` up to and including the first NUL in the next ``length``; None if none."""
+    done = 0
+    while done < length:
+        piece = f.read(min(length - done, 1 << 16))
+        if not piece:
+            return None
+        if b"\0" in piece:
+            at = done + piece.index(b"\0") + 1
+            f.seek(at - done - len(piece), 1)
+            return at
+        done += len(piece)
+    return None
+
+
+def _too_large(what: str, length: int, limit: int) -> str:
+    return f"{what} of {length:,} bytes is not copied (vsr takes at most {limit:,})" + \
+        ("; its orientation is not applied" if what == "EXIF" else "")
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -112,7 +232,6 @@ def _write_png(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
 
 # -- JPEG --------------------------------------------------------------------------------------
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_ICC_TAG, _EXIF_TAG = b"ICC_PROFILE\0", b"Exif\0\0"
 
 
 def _jpeg_segments(data: bytes):
@@ -143,8 +262,14 @@ def _read_jpeg(data: bytes) -> StillInfo:
             exif = body[len(_EXIF_TAG):]
         elif marker == 0xE2 and body.startswith(_ICC_TAG):
             icc_parts[body[len(_ICC_TAG)]] = body[len(_ICC_TAG) + 2:]
-    icc = b"".join(icc_parts[k] for k in sorted(icc_parts)) if icc_parts else None
-    return StillInfo("jpeg", size, icc, exif, False, bits)
+    icc, dropped = None, ()
+    if icc_parts:  # at most 256 segments of 64 KiB: bounded, but may still be more than a JPEG can carry
+        length = sum(len(p) for p in icc_parts.values())
+        if length <= MAX_ICC_BYTES:
+            icc = b"".join(icc_parts[k] for k in sorted(icc_parts))
+        else:
+            dropped = (_too_large("ICC colour profile", length, MAX_ICC_BYTES),)
+    return StillInfo("jpeg", size, icc, exif, False, bits, dropped)
 
 
 def _write_jpeg(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
@@ -161,9 +286,8 @@ def _write_jpeg(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
         body = _EXIF_TAG + exif
         if len(body) + 2 <= 0xFFFF:
             added.append(b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body)
-    if icc is not None:
-        chunk = 0xFFFF - 2 - len(_ICC_TAG) - 2
-        parts = [icc[i:i + chunk] for i in range(0, len(icc), chunk)] or [b""]
+    if icc is not None and len(icc) <= MAX_ICC_BYTES:  # (read_still takes no larger one)
+        parts = [icc[i:i + _ICC_PART] for i in range(0, len(icc), _ICC_PART)] or [b""]
         for n, part in enumerate(parts, 1):
             body = _ICC_TAG + bytes([n, len(parts)]) + part
             added.append(b"\xff\xe2" + struct.pack(">H", len(body) + 2) + body)
@@ -181,17 +305,28 @@ def _write_jpeg(data: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
 
 
 # -- WebP --------------------------------------------------------------------------------------
-def _webp_chunks(data: bytes):
+def _webp_chunks(data: bytes, lengths: bool = False):
+    """(kind, body) of each chunk; with ``lengths``, (kind, body, the length the chunk declares),
+    which is more than ``len(body)`` where the chunk goes on past what was read."""
     pos = 12
     while pos + 8 <= len(data):
         kind, length = struct.unpack("<4sI", data[pos:pos + 8])
-        yield kind, data[pos + 8:pos + 8 + length]
+        body = data[pos + 8:pos + 8 + length]
+        yield (kind, body, length) if lengths else (kind, body)
         pos += 8 + length + (length & 1)
 
 
 def _read_webp(data: bytes) -> StillInfo:
-    size, icc, exif, animated = None, None, None, False
-    for kind, body in _webp_chunks(data):
+    size, icc, exif, animated, dropped = None, None, None, False, []
+    for kind, body, length in _webp_chunks(data, lengths=True):
+        if kind in (b"ICCP", b"EXIF"):
+            what, limit = ("ICC colour profile", MAX_ICC_BYTES) if kind == b"ICCP" else ("EXIF", MAX_EXIF_BYTES)
+            if length > limit:
+                dropped.append(_too_large(what, length, limit))
+                continue
+            if len(body) < length:
+                dropped.append(f"{what} is cut short; not copied")
+                continue
         if kind == b"VP8X":
             flags = body[0]
             animated = bool(flags & 0x02)
@@ -210,7 +345,7 @@ def _read_webp(data: bytes) -> StillInfo:
             exif = body[len(_EXIF_TAG):] if body.startswith(_EXIF_TAG) else body
         elif kind in (b"ANIM", b"ANMF"):
             animated = True
-    return StillInfo("webp", size, icc, exif, animated, 8)
+    return StillInfo("webp", size, icc, exif, animated, 8, tuple(dropped))
 
 
 def _riff_chunk(kind: bytes, body: bytes) -> bytes:
