@@ -1,13 +1,16 @@
 """The ``vsr`` command: parse options, call the library, report.  Nothing else lives here.
 
 Exit codes (one place): 0 success, 1 failure (bad input, some files failed),
-2 usage error, 130 interrupted.
+2 usage error, 130 interrupted (Ctrl-C), 128 + N stopped by signal N (143 SIGTERM, 129 SIGHUP:
+:func:`interrupted`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -82,10 +85,54 @@ def _device(ctx, param, value):
     return value
 
 
+# ---------------------------------------------------------------------------- signals
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises KeyboardInterrupt: every stage
+    winds down and removes its temporary files the one way it does for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_stopped_by: list[int] = []  # the signals received by this command (the library may re-raise a plain KeyboardInterrupt)
+
+
+def _raise_stopped(signum, frame) -> NoReturn:
+    _stopped_by.append(signum)
+    raise Stopped(signum)
+
+
+def stop_on_signals(ctx: click.Context) -> None:
+    """SIGTERM (``kill``, systemd, schedulers) and SIGHUP (the terminal closed) end a command as Ctrl-C
+    does, for as long as it runs (the caller's handlers come back when it ends).  A signal the caller
+    ignores (``nohup``) stays ignored; under torchrun SIGTERM stays torchrun's way of ending a rank at
+    once (a rank waiting in a collective would not see Python's handler)."""
+    _stopped_by.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return
+    wanted = [signal.SIGHUP] if int(os.environ.get("WORLD_SIZE", "1")) > 1 else [signal.SIGTERM, signal.SIGHUP]
+    for sig in wanted:
+        previous = signal.getsignal(sig)
+        if previous is signal.SIG_IGN or previous is None:  # ignored, or a handler set outside Python: theirs
+            continue
+        signal.signal(sig, _raise_stopped)
+        ctx.call_on_close(lambda sig=sig, previous=previous: signal.signal(sig, previous))
+
+
+def interrupted(exc: KeyboardInterrupt, what: str) -> NoReturn:
+    """A run stopped by Ctrl-C (exit 130) or by a signal (128 + its number): one line naming it and
+    saying ``what`` became of the work."""
+    signum = getattr(exc, "signum", None) or (_stopped_by[0] if _stopped_by else signal.SIGINT)
+    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+    err.print(f"interrupted{by}; {what}", soft_wrap=True)
+    sys.exit(128 + signum)
+
+
 class _Commands(click.Group):
     """Every command's errors end here: a :class:`vsr.errors.VsrError` becomes one line on stderr
-    and its ``exit_code`` (1, or 2 for a :class:`vsr.errors.UsageError`); anything else is a bug
-    and keeps its traceback."""
+    and its ``exit_code`` (1, or 2 for a :class:`vsr.errors.UsageError`); a Ctrl-C or signal that
+    the command did not report itself, its exit code; anything else is a bug and keeps its traceback."""
 
     def invoke(self, ctx):
         from vsr.errors import VsrError
@@ -94,6 +141,8 @@ class _Commands(click.Group):
             return super().invoke(ctx)
         except VsrError as exc:
             fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt as exc:
+            interrupted(exc, "stopped before it finished")
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,11 +150,13 @@ class _Commands(click.Group):
 def main() -> None:
     """vsr: video super-resolution with SRGAN."""
     # The process-wide settings, made here and nowhere else: glibc keeps freed memory for reuse
-    # (vsr.system.keep_freed_memory; VSR_KEEP_FREED_MEMORY=0 turns it off).  Under torchrun,
-    # `vsr finetune` also starts the process group (vsr.finetune.start_distributed).
+    # (vsr.system.keep_freed_memory; VSR_KEEP_FREED_MEMORY=0 turns it off); SIGTERM and SIGHUP end
+    # a command as Ctrl-C does (stop_on_signals).  Under torchrun, `vsr finetune` also starts the
+    # process group (vsr.finetune.start_distributed).
     from vsr.system import keep_freed_memory
 
     keep_freed_memory()  # before any thread starts: large CPU tensors reuse the heap
+    stop_on_signals(click.get_current_context())
 
 
 # ---------------------------------------------------------------------------- upscale
@@ -275,9 +326,8 @@ def upscale(input, **kw):
         if a.as_json:
             print_json([file_record(input, output, None, "failed", str(exc))])
         raise
-    except KeyboardInterrupt:
-        err.print("interrupted; no output written")
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        interrupted(exc, "no output written")
     if a.as_json:
         print_json([file_record(input, output, result, "damaged" if result.gaps else "done")])
     else:
@@ -447,10 +497,9 @@ def _upscale_folder(src: Path, dst: Path, net, options, a, use_compile: bool) ->
     progress = BatchProgress(err, total_files=len(todo), total_frames=total, quiet=a.quiet)
     try:
         batch.run(jobs, upscalers, options, progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         progress.finish()
-        err.print("interrupted; finished files are kept, the current one was not written (re-run to resume)")
-        sys.exit(EXIT_INTERRUPTED)
+        interrupted(exc, "finished files are kept, the current one was not written (re-run to resume)")
     progress.finish()
     failed = [j for j in jobs if j.status == "failed"]
     damaged = [j for j in jobs if j.status == "damaged"]
@@ -610,10 +659,9 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
     except VsrError:
         progress.finish()
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         progress.finish()
-        err.print(f"interrupted; checkpoint saved to {checkpoint or output.with_suffix('.ckpt')} (continue with --resume)")
-        sys.exit(EXIT_INTERRUPTED)
+        interrupted(exc, _checkpoint_left(exc, checkpoint or output.with_suffix(".ckpt")))
     finally:
         stop_distributed(ok=finished)
     progress.finish()
@@ -628,6 +676,14 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
     out.print(f"wrote {output} ({summary['steps']} steps; {summary['steps_per_second']} steps/s in "
               f"{summary['precision']}, {100 * (summary['data_wait_fraction'] or 0):.1f}% of the time waiting for data)")
 
+
+
+def _checkpoint_left(exc: KeyboardInterrupt, path: Path) -> str:
+    """What an interrupted finetune left: the checkpoint it wrote whole (``exc`` is a
+    :class:`vsr.finetune.FinetuneInterrupted`), or none, and then the file at ``path`` is untouched."""
+    if getattr(exc, "checkpoint", None):
+        return f"checkpoint of step {exc.step} saved to {exc.checkpoint} (continue with --resume)"
+    return "no checkpoint written" + (f"; {path} is as it was" if path.exists() else "")
 
 
 @main.command("clear-cache")

@@ -1,7 +1,9 @@
 """Training data: frames taken from the user's videos and images, and LR/HR patch pairs.
 
 Frames are extracted once into a cache folder of ``.npy`` files (uint8 HWC RGB) and
-read back memory-mapped, so a folder of long videos never sits decoded in RAM.
+read back memory-mapped, so a folder of long videos never sits decoded in RAM.  The cache is
+not trusted: each entry's record lists the frames vsr wrote with their SHA-256, and an entry
+that does not match it is extracted again (:func:`extract_frames`).
 PyAV is imported only where frames are decoded or re-encoded (:func:`read_frames`, the codec
 round trips of :func:`degrade`): training from a filled cache, or from frames another reader
 gives :func:`extract_frames`, runs where PyAV is not installed.
@@ -12,9 +14,12 @@ footage are near-flat sky, walls or blur and teach the network nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import queue
+import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -151,6 +156,124 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return (av.FFmpegError, VsrError, OSError)
 
 
+# -- the frame cache: one folder per source file and setting, named by _cache_key; in it the frames
+# (00000.npy, ...) and, written last, the record "done" (JSON: each frame's name, shape, size, SHA-256).
+CACHE_FORMAT = "vsr-frames-1"
+_FRAME_NAME = re.compile(r"[0-9]{5,}\.npy")
+_RECORD_LIMIT = 16 << 20  # bytes: a record of 100000 frames
+
+
+class CacheMismatch(Exception):
+    """A cache entry that is not what vsr wrote; the message says how."""
+
+
+def _cache_key(path: Path, frames_per_video: int, max_side: int | None) -> str:
+    """The cache folder of one source file and setting: its path, size and modification time, and
+    the SHA-256 of its first and last MiB (a file changed with its time kept is not taken for the
+    one cached; 2 MiB read, however long the file)."""
+    st = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{frames_per_video}:{max_side}".encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(1 << 20))
+        if st.st_size > 2 << 20:
+            fh.seek(-(1 << 20), os.SEEK_END)
+        digest.update(fh.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _write_new(tmp: Path, write: Callable) -> None:
+    """``write(fh)`` into ``tmp``, a file this process creates (never one already there, nor
+    through a link planted in its place)."""
+    remove(tmp)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as fh:
+        write(fh)
+
+
+def _cache_frame(sub: Path, name: str, rgb: np.ndarray) -> dict:
+    """Write one frame whole (safe when two runs fill one cache at once: this process's own
+    temporary file, renamed over the frame, the same frame whichever run wins); its record."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise DataError(f"expected uint8 HxWx3 RGB frames from the reader, got {rgb.dtype} {rgb.shape}")
+    out = sub / name
+    tmp = sub / f".{name}.{os.getpid()}.tmp"
+    try:
+        _write_new(tmp, lambda fh: np.save(fh, rgb))
+        size, digest = tmp.stat().st_size, _sha256(tmp)
+        os.replace(tmp, out)
+    finally:
+        remove(tmp)
+    return {"name": name, "shape": list(rgb.shape), "bytes": size, "sha256": digest}
+
+
+def _write_record(sub: Path, frames: list[dict]) -> None:
+    tmp = sub / f".done.{os.getpid()}.tmp"
+    try:
+        _write_new(tmp, lambda fh: fh.write(json.dumps({"format": CACHE_FORMAT, "frames": frames}).encode()))
+        os.replace(tmp, sub / "done")
+    finally:
+        remove(tmp)
+
+
+def _cached_frames(sub: Path) -> list[Path] | None:
+    """The frames of a complete cache entry, each checked against the record (plain file, size,
+    SHA-256, then a uint8 HxWx3 array of the recorded shape, read without pickle); None where the
+    entry is not complete (no record yet); :class:`CacheMismatch` where it is not what vsr wrote."""
+    done = sub / "done"
+    if not os.path.lexists(done):
+        return None
+    try:
+        if sub.is_symlink() or done.is_symlink() or not done.is_file():
+            raise CacheMismatch("a link or no plain file where vsr writes its own")
+        if done.stat().st_size > _RECORD_LIMIT:
+            raise CacheMismatch("its record is too large")
+        record = json.loads(done.read_bytes())
+        if not isinstance(record, dict) or record.get("format") != CACHE_FORMAT or not isinstance(record.get("frames"), list):
+            raise CacheMismatch("its record is not vsr's")
+        frames = []
+        for entry in record["frames"]:
+            name, shape, size, digest = entry["name"], entry["shape"], entry["bytes"], entry["sha256"]
+            if not (isinstance(name, str) and _FRAME_NAME.fullmatch(name) and isinstance(shape, list) and len(shape) == 3
+                    and shape[2] == 3 and all(isinstance(n, int) and n > 0 for n in shape) and isinstance(size, int)):
+                raise CacheMismatch("its record is not vsr's")
+            path = sub / name
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                raise CacheMismatch(f"{name} is not a plain file")
+            if st.st_size != size:
+                raise CacheMismatch(f"{name} has {st.st_size} bytes, vsr wrote {size}")
+            if _sha256(path) != digest:
+                raise CacheMismatch(f"{name} is not the frame vsr wrote (its SHA-256 differs)")
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if array.dtype != np.uint8 or list(array.shape) != shape:
+                raise CacheMismatch(f"{name} holds {array.dtype} {tuple(array.shape)}, not uint8 {tuple(shape)}")
+            frames.append(path)
+        strays = sorted(set(p.name for p in sub.glob("*.npy")) - {p.name for p in frames})
+        if strays:
+            raise CacheMismatch(f"{strays[0]} is no frame vsr wrote")
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable, not JSON, not a .npy, an object array
+        raise CacheMismatch(f"{type(exc).__name__}: {exc}") from exc
+    return frames
+
+
+def _own_folder(sub: Path) -> None:
+    """``sub`` as a folder to fill: a link or file in its place is removed, never followed."""
+    if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+        sub.unlink()
+    sub.mkdir(parents=True, exist_ok=True)
+
+
+def _discard(sub: Path) -> None:
+    """An entry that is not what vsr wrote: its record and frames go (links unfollowed)."""
+    _own_folder(sub)
+    for p in [sub / "done", *sub.glob("*.npy")]:
+        remove(p)
+
+
 def extract_frames(
     folder: Path,
     cache: Path,
@@ -158,25 +281,36 @@ def extract_frames(
     max_side: int | None = None,
     min_size: int = 96,
     read: FrameReader = read_frames,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[list[FrameSource], list[str]]:
     """Fill ``cache`` with usable frames; returns the sources and what was skipped (and why).
 
     ``read`` decodes a file not yet in the cache (:func:`read_frames`, PyAV); a file already
-    cached, under the same path, size, modification time and settings, is not read again."""
+    cached, under the same path, size, modification time, first and last MiB and settings, is not
+    read again, if every frame is the one vsr wrote (:func:`_cached_frames`); an entry that is not
+    is extracted again, and ``warn`` is told."""
     cache.mkdir(parents=True, exist_ok=True)
     sources: list[FrameSource] = []
     skipped: list[str] = []
     for path, kind in find_media(folder):
-        key = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}:"
-                           f"{frames_per_video}:{max_side}".encode()).hexdigest()[:16]
-        sub = cache / key
-        done = sub / "done"
         source = FrameSource(path, kind)
-        if done.exists():
-            source.frames = sorted(sub.glob("*.npy"))
+        mismatch = None
+        try:
+            sub = cache / _cache_key(path, frames_per_video, max_side)
+            cached = _cached_frames(sub)
+        except OSError as exc:
+            skipped.append(f"{path}: {exc}")
+            continue
+        except CacheMismatch as exc:
+            if warn is not None:
+                warn(f"{path}: the cached frames in {sub} are not what vsr wrote ({exc}); extracting them again")
+            cached, mismatch = None, exc
+        if cached is not None:
+            source.frames = cached
         else:
-            sub.mkdir(parents=True, exist_ok=True)
+            written: list[dict] = []
             try:
+                (_discard if mismatch else _own_folder)(sub)
                 frames = read(path, kind, frames_per_video)
                 previous: np.ndarray | None = None
                 for i, rgb in enumerate(frames):
@@ -189,23 +323,14 @@ def extract_frames(
                     if previous is not None and previous.shape == small.shape and np.abs(small - previous).mean() < 1.5:
                         continue  # duplicate of the previous sample
                     previous = small
-                    out = sub / f"{i:05d}.npy"
-                    # whole or not at all, and safe when two runs fill one cache at once: this process's own
-                    # temporary file, renamed over the frame (the same frame, whichever run wins)
-                    tmp = sub / f".{out.name}.{os.getpid()}.tmp"
-                    try:
-                        with open(tmp, "wb") as fh:
-                            np.save(fh, np.ascontiguousarray(rgb))
-                        os.replace(tmp, out)
-                    finally:
-                        remove(tmp)
-                    source.frames.append(out)
+                    written.append(_cache_frame(sub, f"{i:05d}.npy", np.ascontiguousarray(rgb)))
+                    source.frames.append(sub / written[-1]["name"])
             except _read_errors() as exc:
                 skipped.append(f"{path}: {exc}")
                 continue
-            done.touch()
+            _write_record(sub, written)
         # Checked on the cached frames, not while caching: the crop size is no part of the cache's key.
-        h, w = np.load(source.frames[0], mmap_mode="r").shape[:2] if source.frames else (0, 0)
+        h, w = np.load(source.frames[0], mmap_mode="r", allow_pickle=False).shape[:2] if source.frames else (0, 0)
         if source.frames and min(h, w) < min_size:
             skipped.append(f"{path}: frames of {w}x{h} are smaller than a {min_size}-px crop")
         elif source.frames:
@@ -257,7 +382,7 @@ class PatchSampler:
         self.flat_keep = flat_keep
         self.tries = tries
         self.generator = torch.Generator().manual_seed(seed)
-        self._arrays = [np.load(p, mmap_mode="r") for p in self.frames]
+        self._arrays = [np.load(p, mmap_mode="r", allow_pickle=False) for p in self.frames]
         usable = [i for i, a in enumerate(self._arrays) if min(a.shape[:2]) >= patch_size]
         if not usable:
             raise DataError(f"every frame is smaller than a {patch_size}-px crop")
@@ -435,7 +560,7 @@ def validation_images(sources: Sequence[FrameSource], per_source: int = 2, crop:
         frames = source.frames
         picks = [frames[round(i * (len(frames) - 1) / max(1, per_source - 1))] for i in range(min(per_source, len(frames)))]
         for path in dict.fromkeys(picks):
-            rgb = np.load(path, mmap_mode="r")
+            rgb = np.load(path, mmap_mode="r", allow_pickle=False)
             h, w = rgb.shape[:2]
             ch, cw = min(crop, h) // scale * scale, min(crop, w) // scale * scale
             y, x = (h - ch) // 2, (w - cw) // 2

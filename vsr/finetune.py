@@ -30,6 +30,16 @@ class FinetuneError(VsrError):
     """Something the user must fix; the message says what."""
 
 
+class FinetuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM/SIGHUP) stopped a run.  ``checkpoint``: the file this run last wrote whole,
+    holding step ``step``; None when it wrote none (stopped while reading frames, before the first
+    step, or while writing the first checkpoint): a file at that path is then as it was."""
+
+    def __init__(self, checkpoint: Path | None, step: int | None) -> None:
+        super().__init__("interrupted")
+        self.checkpoint, self.step = checkpoint, step
+
+
 @dataclass
 class FinetuneOptions:
     folder: Path
@@ -158,8 +168,16 @@ def _duration(seconds: float) -> str:
 
 def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict[str, Any]:
     """Train and write ``opts.output``; returns the training summary stored in the file.  What
-    happens is told to ``cb`` (:class:`vsr.report.TrainReporter`)."""
-    cb = cb or TrainReporter()
+    happens is told to ``cb`` (:class:`vsr.report.TrainReporter`).  Interrupted, it raises
+    :class:`FinetuneInterrupted`, which names the checkpoint written, if any."""
+    saved: list[tuple[Path, int]] = []  # (checkpoint, step) each time one was written whole
+    try:
+        return _finetune(opts, cb or TrainReporter(), saved)
+    except KeyboardInterrupt as exc:
+        raise FinetuneInterrupted(*(saved[-1] if saved else (None, None))) from exc
+
+
+def _finetune(opts: FinetuneOptions, cb: TrainReporter, saved: list[tuple[Path, int]]) -> dict[str, Any]:
     cfg = opts.train
     if not opts.folder.is_dir():
         raise FinetuneError(f"expected a folder of videos and images, got {os.fspath(opts.folder)!r}")
@@ -207,7 +225,9 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
     # same files into the same folder at once).
     if distributed and rank != 0:
         _barrier()
-    sources, skipped = data_mod.extract_frames(opts.folder, cache, opts.frames_per_video, opts.max_side, min_size=cfg.patch_size)
+    warn = cb.warn if rank == 0 else None
+    sources, skipped = data_mod.extract_frames(opts.folder, cache, opts.frames_per_video, opts.max_side, min_size=cfg.patch_size,
+                                               warn=warn)
     for reason in skipped:
         if rank == 0:
             cb.warn(f"skipped {reason}")
@@ -217,7 +237,8 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
             raise FinetuneError(f"no videos or images in {os.fspath(opts.folder)!r}")
         raise FinetuneError(f"nothing usable in {os.fspath(opts.folder)!r}: " + "; ".join(skipped[:3]))
     if opts.val_folder is not None:
-        val_sources, _ = data_mod.extract_frames(opts.val_folder, cache, VAL_FRAMES_PER_VIDEO, opts.max_side, min_size=cfg.patch_size)
+        val_sources, _ = data_mod.extract_frames(opts.val_folder, cache, VAL_FRAMES_PER_VIDEO, opts.max_side, min_size=cfg.patch_size,
+                                                 warn=warn)
         train_sources = sources
     else:
         train_sources, val_sources = data_mod.split_sources(sources, opts.val_fraction, cfg.seed)
@@ -300,6 +321,7 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
             {"sampler_rng": batches.state(), "history": [[s, v] for s, v in history], "started_from": started_from,
              "earlier_training": earlier},
         )
+        saved.append((checkpoint_path, trainer.step))
 
     cb.start(trainer.step, cfg.steps)
     began = time.monotonic()

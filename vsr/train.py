@@ -440,10 +440,13 @@ def run(
     """The loop: steps until ``cfg.steps``, validating (scores go to ``on_validate``) and
     checkpointing along the way.
 
-    On KeyboardInterrupt a checkpoint is written before the exception goes on.
+    On KeyboardInterrupt a checkpoint is written before the exception goes on, if a step was taken
+    since the last one (stopped before the first step, nothing is written: a file at that path from
+    an earlier run is not replaced by an untrained state).
     """
     cfg = trainer.cfg
     scale = trainer.ema.config.scale
+    saved_step = trainer.step
     try:
         while trainer.step < cfg.steps:
             lr_img, hr_img = sample(cfg.batch_size)
@@ -457,7 +460,8 @@ def run(
                     on_validate(done, scores)
             if is_main and checkpoint is not None and (done % checkpoint_every == 0 or done == cfg.steps):
                 checkpoint()
+                saved_step = done
     except KeyboardInterrupt:
-        if is_main and checkpoint is not None:
+        if is_main and checkpoint is not None and trainer.step > saved_step:
             checkpoint()
         raise
