@@ -188,13 +188,27 @@ system.PROC_CGROUP, system.CGROUP_ROOT = {cgroup!r}, {root!r}
 
 
 def test_a_model_output_far_larger_than_the_size_asked_for_is_refused_in_bounded_memory(tmp_path):
-    """4000x3000 -> --width 640 with a x4 model: the model's 16000x12000 float output (2.9 GiB)
-    comes before the resize; with 1 GiB available it is refused (before: 4.7 GB RSS, 43 s)."""
-    Image.fromarray(np.full((3000, 4000, 3), 90, np.uint8)).save(tmp_path / "big.png")
+    """The review's 6000x6000 PNG with --width 640 and a x4 model: the model's 24000x24000 float
+    output (8.6 GiB) comes before the resize (before: 8.2 GB peak). Refused whatever memory is free."""
+    Image.fromarray(np.full((6000, 6000, 3), 90, np.uint8)).save(tmp_path / "big.png")
+    code, stderr, rss = run_cli(tmp_path, "upscale", "--model", "bicubic", "--device", "cpu", str(tmp_path / "big.png"),
+                                "--width", "640", "-o", str(tmp_path / "out.png"))
+    line = one_error_line(stderr)
+    assert code == 1
+    assert "the model's output is 24000x24000 before it is resized to 640x640: 8.6 GiB held whole" in line, line
+    assert "--scale 2" in line
+    assert rss < PEAK_LIMIT, f"peak RSS {rss / GiB:.2f} GiB"
+    assert not (tmp_path / "out.png").exists() and not any(".vsr-partial" in p.name for p in tmp_path.iterdir())
+
+
+def test_a_model_output_that_does_not_fit_the_memory_free_is_refused_in_bounded_memory(tmp_path):
+    """1600x1200 -> --width 640 with a x4 model: 6400x4800 before the resize (0.5 GiB, under the
+    cap); with 256 MiB available it is refused before any work (before: it ran, 4.7 GB RSS for 4000x3000)."""
+    Image.fromarray(np.full((1200, 1600, 3), 90, np.uint8)).save(tmp_path / "big.png")
     cgroup = tmp_path / "cgroup"
     cgroup.mkdir()
     (cgroup / "self").write_text("0::/\n")
-    (cgroup / "memory.max").write_text(str(GiB))
+    (cgroup / "memory.max").write_text(str(256 * MiB))
     (cgroup / "memory.current").write_text("0")
     (cgroup / "memory.stat").write_text("inactive_file 0\n")
     code, stderr, rss = run_cli(tmp_path, "upscale", "--model", "bicubic", "--device", "cpu", str(tmp_path / "big.png"),
@@ -202,8 +216,8 @@ def test_a_model_output_far_larger_than_the_size_asked_for_is_refused_in_bounded
                                 prelude=FAKE_CGROUP.format(cgroup=str(cgroup / "self"), root=str(cgroup)))
     line = one_error_line(stderr)
     assert code == 1
-    assert "the model's output is 16000x12000 before it is resized to 640x480" in line and "--tile" in line
-    assert re.search(r"needs about 2\.9 GiB of memory, (1\.0|0\.\d) GiB is available", line)  # the limit, or less
+    assert "the model's output is 6400x4800 before it is resized to 640x480" in line and "--tile" in line
+    assert re.search(r"needs about 0\.5 GiB of memory, 0\.\d+ GiB is available", line), line
     assert rss < PEAK_LIMIT, f"peak RSS {rss / GiB:.2f} GiB"
     assert not (tmp_path / "out.png").exists() and not any(".vsr-partial" in p.name for p in tmp_path.iterdir())
 

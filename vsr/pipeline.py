@@ -492,6 +492,10 @@ OUTPUT_BYTES_PER_PIXEL = 3 * 4 + 3 + 3
 # ... and per pixel of the model's own output when that is resized afterwards (--outscale, --width,
 # --height): the stitched float RGB result and the blending weights of overlapping tiles.
 MODEL_OUTPUT_BYTES_PER_PIXEL = 3 * 4 + 4
+# The most of that vsr holds for one resize, whatever memory is free: 1080p through a x4 model
+# (33 Mpx, 0.5 GiB) fits; a 4K frame through a x4 model, or a huge picture asked to come out small,
+# does not (a model of the smaller scale does the same job in a quarter of the memory).
+MAX_RESIZED_MODEL_OUTPUT = 2**30
 
 
 def _check_output_fits(width: int, height: int, batch: int, model_out: tuple[int, int] | None = None) -> None:
@@ -502,6 +506,11 @@ def _check_output_fits(width: int, height: int, batch: int, model_out: tuple[int
         raise UpscaleError(f"output size {width}x{height} is larger than FFmpeg's encoders accept "
                            f"((width + 128) x (height + 128) must stay under {2**31 // 8} pixels); "
                            f"make it smaller with --outscale, --width or --height")
+    if model_out is not None and MODEL_OUTPUT_BYTES_PER_PIXEL * model_out[0] * model_out[1] > MAX_RESIZED_MODEL_OUTPUT:
+        held = MODEL_OUTPUT_BYTES_PER_PIXEL * model_out[0] * model_out[1]
+        raise UpscaleError(f"the model's output is {model_out[0]}x{model_out[1]} before it is resized to {width}x{height}: "
+                           f"{held / 2**30:.1f} GiB held whole, more than the {MAX_RESIZED_MODEL_OUTPUT / 2**30:g} GiB vsr "
+                           f"holds for a resize; use a model of a smaller scale (--scale 2) or a smaller input")
     free = available_memory()
     need = OUTPUT_BYTES_PER_PIXEL * width * height * max(1, batch)
     if model_out is not None:
