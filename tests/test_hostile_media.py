@@ -275,3 +275,17 @@ def test_a_stream_that_grows_part_way_is_refused_in_bounded_memory(tmp_path, gro
     # stream-info probe decodes a few frames, ~300 MB here), not a frame of vsr's.
     assert rss - baseline_rss < 500 * MiB, f"{(rss - baseline_rss) / MiB:.0f} MiB over a plain run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child.err", "child.py"]
+
+
+def test_frames_for_training_stop_where_a_stream_grows(growing_h264, tmp_path):
+    """`vsr finetune` reads frames through the same size limit: the grown frames are never decoded."""
+    from vsr import data
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "grows.h264").write_bytes(growing_h264.read_bytes())
+    sources, skipped = data.extract_frames(folder, tmp_path / "cache", 8, None, min_size=32)
+    assert not sources and len(skipped) == 1 and "grows.h264" in skipped[0], (sources, skipped)
+    # refused by the decoder at the switch (without the limit the grown frames were decoded, then
+    # dropped only as flat pictures)
+    assert "no usable frames" not in skipped[0], skipped

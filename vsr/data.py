@@ -92,12 +92,13 @@ def sample_video_frames(path: Path, count: int) -> Iterator[np.ndarray]:
     import av
 
     from vsr.colour import frame_to_rgb
-    from vsr.decode import decode_frames, open_input, probe
+    from vsr.decode import decode_frames, limit_frame_size, open_input, probe
 
     info = probe(path)
     with open_input(path) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
+        limit_frame_size(stream, *info.frame_size)  # a stream that grows part-way stops there, as for upscaling
         duration = None
         if stream.duration is not None and stream.time_base is not None:
             duration = stream.duration
