@@ -272,3 +272,80 @@ def test_a_bundled_name_always_means_the_bundled_file(tmp_path, monkeypatch):
         assert model_id == f"vsr_x4_psnr.safetensors sha256:{file_digest(bundled)}", (weights, model_id)
     _, model_id = cli_load_model("srgan", "./vsr_x4_psnr.safetensors", None)
     assert model_id == f"vsr_x4_psnr.safetensors sha256:{file_digest(local)}"
+
+
+# ------------------------------------------------------------------- what the attack review found next
+def strided_zero(shape) -> torch.Tensor:
+    """A tensor of ``shape`` over one float: a few bytes in a file, ``prod(shape)`` in a model."""
+    return torch.zeros(1).as_strided(tuple(shape), [0] * len(shape))
+
+
+def test_tensors_claiming_more_data_than_the_file_holds_cost_no_memory(tmp_path):
+    """A 40x1024 checkpoint whose tensors are stride-0 views of one float (33 KB: 3.7 GB and exit 0
+    before), and a 2 KB Real-ESRGAN Compact state dict claiming 8192 channels (3.1 GB)."""
+    from vsr.model import GeneratorConfig
+
+    config = GeneratorConfig(scale=4, blocks=40, channels=1024, batch_norm=False, global_skip="bicubic")
+    fake = {k: strided_zero(shape) for k, shape in config.tensor_shapes().items()}
+    ckpt = checkpoint_of(tmp_path / "x.ckpt", generator_config=json.loads(config.to_json()), generator=fake, ema=fake)
+    from test_thirdparty import compact_state
+
+    community = tmp_path / "c.pth"
+    torch.save({"params_ema": {k: strided_zero(v.shape) for k, v in compact_state(nf=2048).items()}}, community)
+    assert ckpt.stat().st_size < 200_000 and community.stat().st_size < 20_000
+    result, peak_mib = run_measured(tmp_path, "models", ckpt, community)
+    assert result.returncode == 1, result.stderr
+    refused = [line for line in result.stderr.splitlines() if "a crafted file, not weights" in line]
+    assert len(refused) == 2 and "Traceback" not in result.stderr, result.stderr
+    assert peak_mib < 2048, f"peak RSS {peak_mib:.0f} MiB"
+
+
+def test_resume_with_crafted_optimiser_tensors_is_one_line(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    make_clip(folder / "a.mp4", frames=2, size=(48, 48))
+    from vsr.train import TrainConfig, Trainer
+
+    trainer = Trainer(tiny_generator(batch_norm=False, global_skip="bicubic"), TrainConfig(steps=2, no_gan=True, patch_size=32,
+                                                                                          batch_size=1), "cpu")
+    opt = trainer.opt_g.state_dict()
+    opt["state"] = {i: {"step": torch.tensor(1.0), "exp_avg": strided_zero(p.shape), "exp_avg_sq": strided_zero(p.shape)}
+                    for i, p in enumerate(trainer.generator.parameters())}
+    path = checkpoint_of(tmp_path / "opt.ckpt", opt_g=opt)
+    r = CliRunner().invoke(main, ["finetune", str(folder), "-o", str(tmp_path / "ft.safetensors"), "--steps", "3", "--no-gan",
+                                  "--resume", str(path), "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 1, r.output
+    assert "a crafted file, not weights" in one_error_line(r.output)
+
+
+def test_weights_of_the_wrong_kind_of_numbers_are_one_line(tmp_path):
+    """int8, complex, bool or NaN weights ran (exit 0, garbage frames) before."""
+    model = tiny_generator(batch_norm=False, global_skip="bicubic")
+    good = model.state_dict()
+    cases = {"int8": ({k: v.to(torch.int8) for k, v in good.items()}, "is int8, expected floating point"),
+             "complex": ({k: v.to(torch.complex64) for k, v in good.items()}, "is complex64, expected floating point"),
+             "bool": ({k: v.bool() for k, v in good.items()}, "is bool, expected floating point"),
+             "nan": ({k: torch.full_like(v, float("nan")) for k, v in good.items()}, "holds NaN or infinite values")}
+    paths = {kind: checkpoint_of(tmp_path / f"{kind}.ckpt", ema=state) for kind, (state, _) in cases.items()}
+    nan_safetensors = tmp_path / "nan.safetensors"
+    save_file(cases["nan"][0], nan_safetensors, metadata={"vsr.format": FORMAT, "vsr.config": model.config.to_json()})
+    for kind, (_, fragment) in cases.items():
+        with pytest.raises(WeightsError, match=fragment):
+            load_model(paths[kind])
+    with pytest.raises(WeightsError, match="holds NaN or infinite values"):
+        load_model(nan_safetensors)
+
+
+def test_paths_that_are_not_weights_files_are_one_line(tmp_path):
+    huge_header = tmp_path / "header.safetensors"
+    length = 17 * 2**20
+    huge_header.write_bytes(length.to_bytes(8, "little") + b"{" + b" " * length)
+    folder = tmp_path / "folder.pth"
+    folder.mkdir()
+    r = CliRunner().invoke(main, ["models", "/proc/self/mem", str(folder), str(huge_header)])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    errors = [" ".join(line.split()) for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, r.output
+    assert "cannot read '/proc/self/mem'" in errors[0]
+    assert "is not a regular file" in errors[1]
+    assert "its safetensors header is 17 MiB" in errors[2]

@@ -373,7 +373,7 @@ def check_checkpoint(state: Any, name: str) -> GeneratorConfig:
     """The generator config of a checkpoint whose every part vsr reads is there and fits:
     :class:`CheckpointError` with one line otherwise.  The tensors' shapes are checked against the
     config before any module is built, so a crafted config costs no memory."""
-    from vsr.weights import config_mismatch
+    from vsr.weights import WeightsError, check_values, config_mismatch
 
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{name!r} is not a vsr training checkpoint")
@@ -394,6 +394,10 @@ def check_checkpoint(state: Any, name: str) -> GeneratorConfig:
         problem = config_mismatch(config, {k: tuple(v.shape) for k, v in tensors.items()})
         if problem:
             raise CheckpointError(f"{name!r} is a damaged vsr checkpoint: its {key!r} does not match {config}: {problem}")
+        try:
+            check_values(name, tensors, floats_only=True)
+        except WeightsError as exc:
+            raise CheckpointError(f"{exc} (its {key!r})") from None
     return config
 
 

@@ -24,6 +24,8 @@ from vsr.files import written_whole
 from vsr.model import Generator, GeneratorConfig
 
 FORMAT = "vsr-generator-1"
+MAX_HEADER = 16 * 2**20  # bytes of a safetensors header vsr parses (a 16x64 generator's is 6 KB)
+MAX_ENTRIES = 1_000_000  # values in a torch.save file (a finetune checkpoint of the bundled model has ~1000)
 DEFAULT_WEIGHTS = {4: "vsr_x4_psnr.safetensors", 2: "vsr_x2_psnr.safetensors"}  # per scale; x4 when none is asked
 
 
@@ -124,15 +126,54 @@ def file_kind(path: str | os.PathLike) -> str:
     (``torch.save``'s zip format; TorchScript archives are zips too, told apart by
     :func:`read_torch_file`), ``"torch-legacy"`` (the pickle ``torch.save`` wrote before 1.6), or
     ``"unknown"``."""
-    with open(path, "rb") as f:
-        head = f.read(9)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise WeightsError(f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from None
     if head[:4] == b"PK\x03\x04":
         return "torch-zip"
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8:
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        if int.from_bytes(head[:8], "little") > MAX_HEADER:
+            raise WeightsError(f"{os.fspath(path)!r}: its safetensors header is {int.from_bytes(head[:8], 'little') / 2**20:.0f} MiB; "
+                               f"a model's is kilobytes (vsr reads up to {MAX_HEADER // 2**20} MiB)")
         return "safetensors"  # an 8-byte header length, then the JSON header
     if head[:1] == b"\x80":  # a pickle's PROTO opcode
         return "torch-legacy"
     return "unknown"
+
+
+def check_tensors(name: str, found: Any) -> None:
+    """Every tensor in ``found`` (nested dicts, lists and tuples) is backed by as much data as it
+    claims: a crafted file can describe a huge tensor over a one-element storage (stride 0), which
+    loads in no memory but becomes gigabytes in the model built from its shape."""
+    stack, seen = [("", found)], 0
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+                raise WeightsError(f"{name!r}: tensor {key or 'at the top'!r} claims shape {tuple(value.shape)} over "
+                                   f"{value.untyped_storage().nbytes()} bytes of data: a crafted file, not weights")
+        elif isinstance(value, dict):
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+        seen += 1
+        if seen > MAX_ENTRIES:
+            raise WeightsError(f"{name!r} holds more than {MAX_ENTRIES} values; a model's weights are thousands")
+
+
+def check_values(name: str, state: dict[str, torch.Tensor], floats_only: bool) -> None:
+    """A model's tensors hold numbers it can run with: real floating point (``floats_only``: every
+    tensor, as vsr's generator has; else integer buffers are allowed, as some architectures keep
+    index tables), and finite."""
+    for key, value in state.items():
+        if value.is_complex() or (floats_only and not value.is_floating_point()):
+            raise WeightsError(f"{name!r}: tensor {key!r} is {str(value.dtype).removeprefix('torch.')}, "
+                               f"expected floating point weights")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"{name!r}: tensor {key!r} holds NaN or infinite values")
 
 
 def is_vsr_weights(path: str | os.PathLike) -> bool:
@@ -176,13 +217,19 @@ def config_mismatch(config: GeneratorConfig, shapes: dict[str, tuple[int, ...]])
     return None
 
 
+def _check_regular(name: str) -> None:
+    if not os.path.isfile(name):
+        if os.path.exists(name):
+            raise WeightsError(f"{name!r} is not a regular file (a folder, a device or a pipe): expected a weights file")
+        raise WeightsError(f"weights file {name!r} does not exist")
+
+
 def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generator:
     """Build the generator described by the file and load its tensors, checking everything: the
     config's values, then every tensor's name and shape (from the file's header) against the
     config, before anything is allocated."""
     name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise WeightsError(f"weights file {name!r} does not exist")
+    _check_regular(name)
     meta = read_metadata(name)
     if meta.get("vsr.format") != FORMAT or "vsr.config" not in meta:
         raise WeightsError(
@@ -202,6 +249,7 @@ def load_generator(path: str | os.PathLike, scale: int | None = None) -> Generat
         state = load_file(name)
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{name!r} could not be read: {exc}") from exc
+    check_values(name, state, floats_only=True)
     model = Generator(config)
     model.load_state_dict(state)
     model.eval()
@@ -237,7 +285,7 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise WeightsError(f"{name!r} is not a weights file: expected safetensors or a PyTorch state dict "
                            f"(.pth/.pt/.ckpt/.bin written by torch.save)")
     try:
-        return torch.load(name, map_location="cpu", weights_only=True, mmap=kind == "torch-zip")
+        loaded = torch.load(name, map_location="cpu", weights_only=True, mmap=kind == "torch-zip")
     except Exception as exc:  # noqa: BLE001 - a hostile file makes torch raise many kinds; one line for all
         text = str(exc)
         found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
@@ -247,6 +295,8 @@ def read_torch_file(path: str | os.PathLike) -> Any:
                                f"containers (the only things vsr reads from a weights file)") from None
         detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise WeightsError(f"{name!r} could not be read as tensors: {detail}") from None
+    check_tensors(name, loaded)
+    return loaded
 
 
 def _community_state_dict(path: str, kind: str, loaded: Any = None) -> dict[str, torch.Tensor]:
@@ -265,6 +315,7 @@ def _community_state_dict(path: str, kind: str, loaded: Any = None) -> dict[str,
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise WeightsError(f"{path!r} holds no tensors: expected a model's state dict")
+    check_values(path, tensors, floats_only=False)
     return tensors
 
 
@@ -276,8 +327,7 @@ def load_model(path: str | os.PathLike, scale: int | None = None) -> torch.nn.Mo
     Every file is read here as data (safetensors, or :func:`read_torch_file`): nothing reaches
     ``torch.jit.load`` or an unpickler that builds more than tensors and plain containers."""
     name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise WeightsError(f"weights file {name!r} does not exist")
+    _check_regular(name)
     kind = file_kind(name)
     loaded = None
     if kind == "safetensors":
