@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # interrupted: 128 + the signal (130 for Ctrl-C), see interrupted()
 PRECISION_CHOICES = ["auto", "fp32", "bf16", "fp16"]  # vsr.device.PRECISIONS (kept here: no torch import to parse)
 COLOUR_CHOICES = ["auto", "cpu", "device"]  # vsr.pipeline.COLOUR_MODES
 
