@@ -178,46 +178,87 @@ def run_finetune(opts: FinetuneOptions, cb: TrainReporter | None = None) -> dict
 
 
 def _finetune(opts: FinetuneOptions, cb: TrainReporter, saved: list[tuple[Path, int]]) -> dict[str, Any]:
-    cfg = opts.train
+    """The run, as its steps: check, start, perceptual network, data, trainer, train, save."""
     if not opts.folder.is_dir():
         raise FinetuneError(f"expected a folder of videos and images, got {os.fspath(opts.folder)!r}")
     _check_writable(opts.output)
     distributed, rank, world = _distributed()
     device = resolve_device(opts.device, rank=rank if distributed else None)
-
     # --seed makes a run repeatable: the sampler has its own generator; this seeds the initial weights
     # (a new generator's, the discriminator's, spectral norm's vectors) and whatever else draws from
     # torch's global generator. A resumed run restores that generator's state from the checkpoint.
-    torch.manual_seed(cfg.seed)
-    resume_state = None
-    if opts.resume is not None:
-        try:
-            resume_state = train_mod.load_checkpoint(opts.resume)
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: {exc}") from exc
-        generator = train_mod.generator_from_checkpoint(resume_state)
-        started_from = resume_state.get("started_from", "checkpoint")
-        earlier = resume_state.get("earlier_training", {})
-        cfg = train_mod.TrainConfig(**{**resume_state["train_config"], "steps": max(cfg.steps, resume_state["train_config"]["steps"])})
-    else:
-        generator, started_from, earlier = _starting_generator(opts)
+    torch.manual_seed(opts.train.seed)
+    start = _start(opts)
     if not data_mod.find_media(opts.folder):  # before the perceptual network, which may not be here
         raise FinetuneError(f"no videos or images in {os.fspath(opts.folder)!r}")
-    # The perceptual network is needed only for phase 2; fail before any work if it is missing.
-    perceptual = opts.perceptual
-    if cfg.gan_steps > 0 and perceptual is None:
-        from vsr.perceptual import PerceptualError, load_perceptual
+    perceptual = _perceptual(opts, start.cfg)
+    data = _data(opts, start.cfg, start.generator.config.scale, cb, distributed, rank)
+    trainer, history = _trainer(opts, start, data.sampler, device, perceptual, distributed)
+    if rank == 0:
+        cb.info(f"training on {device} in {precision_name(trainer.amp_dtype)}"
+                + (" (fp16 with loss scaling)" if trainer.scaler.is_enabled() else ""))
+    summary = _train(opts, start, trainer, data, history, cb, saved, device, rank)
+    summary.update(precision=precision_name(trainer.amp_dtype), world_size=world)
+    if rank == 0:
+        # safetensors writes 0600; a weights file is for sharing, like any output: the user's umask
+        with written_whole(opts.output, mode=0o666) as tmp:
+            save_generator(tmp, trainer.ema, training=summary)
+    if distributed:
+        _barrier()  # rank 0 has written the weights
+    return summary
 
-        try:
-            perceptual = load_perceptual(cfg.content_layer, opts.vgg_weights, cfg.content_before_activation)
-        except PerceptualError as exc:
-            raise FinetuneError(str(exc)) from exc
 
-    scale = generator.config.scale
+@dataclass
+class _Start:
+    """What a run starts from: the generator, the training config (a resumed run's own), where the
+    weights came from and their training record, and the checkpoint's state when resuming."""
+
+    generator: Generator
+    cfg: train_mod.TrainConfig
+    started_from: str
+    earlier: dict[str, Any]
+    resume_state: dict[str, Any] | None = None
+
+
+def _start(opts: FinetuneOptions) -> _Start:
+    if opts.resume is None:
+        generator, started_from, earlier = _starting_generator(opts)
+        return _Start(generator, opts.train, started_from, earlier)
+    try:
+        state = train_mod.load_checkpoint(opts.resume)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: {exc}") from exc
+    saved_cfg = state["train_config"]
+    cfg = train_mod.TrainConfig(**{**saved_cfg, "steps": max(opts.train.steps, saved_cfg["steps"])})
+    return _Start(train_mod.generator_from_checkpoint(state), cfg, state.get("started_from", "checkpoint"),
+                  state.get("earlier_training", {}), state)
+
+
+def _perceptual(opts: FinetuneOptions, cfg: train_mod.TrainConfig):
+    """The perceptual network, needed only for the adversarial phase: loaded before any work, so a
+    missing one fails at once."""
+    if cfg.gan_steps <= 0 or opts.perceptual is not None:
+        return opts.perceptual
+    from vsr.perceptual import PerceptualError, load_perceptual
+
+    try:
+        return load_perceptual(cfg.content_layer, opts.vgg_weights, cfg.content_before_activation)
+    except PerceptualError as exc:
+        raise FinetuneError(str(exc)) from exc
+
+
+@dataclass
+class _Data:
+    sampler: data_mod.PatchSampler
+    val_images: list
+    summary: dict[str, Any]  # what the weights file records of the data
+
+
+def _data(opts: FinetuneOptions, cfg: train_mod.TrainConfig, scale: int, cb: TrainReporter, distributed: bool,
+          rank: int) -> _Data:
+    """Frames cached on disk (sampled memory-mapped), split into training and validation."""
     if cfg.patch_size % scale or cfg.patch_size % 16:
         raise FinetuneError(f"--patch-size must be a multiple of 16 and of the scale {scale}, got {cfg.patch_size}")
-
-    # Data: frames cached on disk, sampled memory-mapped.
     cache = opts.cache_dir or default_cache_dir()
     if rank == 0:
         cb.info(f"reading frames from {opts.folder} (cache {cache})")
@@ -232,8 +273,7 @@ def _finetune(opts: FinetuneOptions, cb: TrainReporter, saved: list[tuple[Path, 
         if rank == 0:
             cb.warn(f"skipped {reason}")
     if not sources:
-        found = data_mod.find_media(opts.folder)
-        if not found:
+        if not data_mod.find_media(opts.folder):
             raise FinetuneError(f"no videos or images in {os.fspath(opts.folder)!r}")
         raise FinetuneError(f"nothing usable in {os.fspath(opts.folder)!r}: " + "; ".join(skipped[:3]))
     if opts.val_folder is not None:
@@ -247,79 +287,100 @@ def _finetune(opts: FinetuneOptions, cb: TrainReporter, saved: list[tuple[Path, 
     train_frames = [f for s in train_sources for f in s.frames]
     sampler = data_mod.PatchSampler(train_frames, cfg.patch_size, scale, degrade=cfg.degrade, seed=cfg.seed + 1000 * rank)
     val_images = data_mod.validation_images(val_sources, scale=scale)
-    summary_data = {
+    if rank == 0:
+        cb.info(f"{len(train_frames)} frames from {len(train_sources)} files for training, "
+                f"{len(val_images)} crops from {len(val_sources)} held-out files for validation")
+    return _Data(sampler, val_images, {
         "train_sources": len(train_sources),
         "train_frames": len(train_frames),
         "val_sources": len(val_sources),
         "val_images": len(val_images),
         "sources": [os.fspath(s.path.relative_to(opts.folder)) for s in train_sources][:200],
-    }
-    if rank == 0:
-        cb.info(
-            f"{len(train_frames)} frames from {len(train_sources)} files for training, "
-            f"{len(val_images)} crops from {len(val_sources)} held-out files for validation"
-        )
+    })
 
+
+def _trainer(opts: FinetuneOptions, start: _Start, sampler: data_mod.PatchSampler, device, perceptual,
+             distributed: bool) -> tuple[train_mod.Trainer, list[tuple[int, dict[str, float]]]]:
+    """The trainer, with a resumed run's state (optimisers, RNGs, validation history) restored."""
     try:
-        trainer = train_mod.Trainer(generator, cfg, device, perceptual=perceptual, distributed=distributed,
+        trainer = train_mod.Trainer(start.generator, start.cfg, device, perceptual=perceptual, distributed=distributed,
                                     precision=opts.precision)
     except DeviceError as exc:
         raise FinetuneError(str(exc)) from exc
-    history: list[tuple[int, dict[str, float]]] = []
-    if resume_state is not None:
-        try:  # the generator and its config were checked on loading; the optimisers' and RNGs' state here
-            trainer.load_state_dict(resume_state)
-            sampler.generator.set_state(resume_state["sampler_rng"])
-            history = [(int(s), dict(v)) for s, v in resume_state.get("history", [])]
-        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
-            raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: its training state does not fit "
-                                f"this run ({type(exc).__name__}: {exc})") from None
-    checkpoint_path = opts.checkpoint or opts.output.with_suffix(".ckpt")
-    recent: dict[str, Any] = {}
-    if rank == 0:
-        cb.info(f"training on {device} in {precision_name(trainer.amp_dtype)}"
-                   + (" (fp16 with loss scaling)" if trainer.scaler.is_enabled() else ""))
-    batches = data_mod.Prefetcher(sampler, cfg.batch_size, pin=device.type == "cuda")
+    if start.resume_state is None:
+        return trainer, []
+    state = start.resume_state
+    try:  # the generator and its config were checked on loading; the optimisers' and RNGs' state here
+        trainer.load_state_dict(state)
+        sampler.generator.set_state(state["sampler_rng"])
+        return trainer, [(int(s), dict(v)) for s, v in state.get("history", [])]
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: its training state does not fit "
+                            f"this run ({type(exc).__name__}: {exc})") from None
 
-    timing = {"start": None, "step": None}
 
-    def on_step(step: int, losses: dict[str, Any]) -> None:
-        recent.update(losses)
-        cb.step(step, losses)
+class _Watch:
+    """What the run tells its reporter as it goes: losses, the time left once a few steps are
+    timed (with a warning for a long CPU run), validation scores (with a warning when the
+    adversarial phase costs fidelity); it keeps the last losses and the validation history."""
+
+    def __init__(self, cb: TrainReporter, cfg: train_mod.TrainConfig, device, rank: int,
+                 history: list[tuple[int, dict[str, float]]]) -> None:
+        self.cb, self.cfg, self.device, self.rank, self.history = cb, cfg, device, rank, history
+        self.recent: dict[str, Any] = {}
+        self._start: float | None = None
+        self._step: int | None = None  # None once the estimate is given
+
+    def on_step(self, step: int, losses: dict[str, Any]) -> None:
+        self.recent.update(losses)
+        self.cb.step(step, losses)
         # After a few steps (the first ones warm up), say how long the whole run will take here.
         now = time.monotonic()
-        if timing["start"] is None:
-            timing["start"], timing["step"] = now, step
-        elif timing["step"] is not None and (step - timing["step"] >= 5 or now - timing["start"] >= 60):
-            per_step = (now - timing["start"]) / max(1, step - timing["step"])
-            left = per_step * (cfg.steps - step)
-            timing["step"] = None
-            if rank == 0:
-                gan_ahead = cfg.phase(step) == "pixel" and cfg.gan_steps > 0
-                cb.info(f"about {_duration(left)} to go on {device} ({cfg.steps - step} steps at "
-                           f"{per_step:.2f} s/step" + ("; the adversarial phase is slower than the pixel one"
-                                                       if gan_ahead else "") + ")")
-                if device.type == "cpu" and left > LONG_RUN_SECONDS:
-                    cb.warn(f"this run will take about {_duration(left)} on the CPU; a GPU does it in "
-                                  f"minutes (--device cuda), or ask for fewer --steps")
+        if self._start is None:
+            self._start, self._step = now, step
+        elif self._step is not None and (step - self._step >= 5 or now - self._start >= 60):
+            per_step = (now - self._start) / max(1, step - self._step)
+            self._step = None
+            if self.rank == 0:
+                self._estimate(step, per_step)
 
-    def on_validate(step: int, scores: dict[str, float]) -> None:
-        history.append((step, scores))
-        best = max(s["psnr"] for _, s in history)
-        if trainer.cfg.phase(step - 1) == "gan" and scores["psnr"] < best - 1.0:
-            cb.warn(
+    def _estimate(self, step: int, per_step: float) -> None:
+        cfg, left = self.cfg, per_step * (self.cfg.steps - step)
+        gan_ahead = cfg.phase(step) == "pixel" and cfg.gan_steps > 0
+        self.cb.info(f"about {_duration(left)} to go on {self.device} ({cfg.steps - step} steps at "
+                     f"{per_step:.2f} s/step" + ("; the adversarial phase is slower than the pixel one"
+                                                 if gan_ahead else "") + ")")
+        if self.device.type == "cpu" and left > LONG_RUN_SECONDS:
+            self.cb.warn(f"this run will take about {_duration(left)} on the CPU; a GPU does it in "
+                         f"minutes (--device cuda), or ask for fewer --steps")
+
+    def on_validate(self, step: int, scores: dict[str, float]) -> None:
+        self.history.append((step, scores))
+        best = max(s["psnr"] for _, s in self.history)
+        if self.cfg.phase(step - 1) == "gan" and scores["psnr"] < best - 1.0:
+            self.cb.warn(
                 f"validation PSNR-Y fell to {scores['psnr']:.2f} dB at step {step} "
                 f"(best {best:.2f} dB): the adversarial phase is trading fidelity for texture; "
                 f"consider a lower --adv-weight or fewer steps"
             )
-        cb.validate(step, scores)
+        self.cb.validate(step, scores)
+
+
+def _train(opts: FinetuneOptions, start: _Start, trainer: train_mod.Trainer, data: _Data,
+           history: list[tuple[int, dict[str, float]]], cb: TrainReporter, saved: list[tuple[Path, int]], device,
+           rank: int) -> dict[str, Any]:
+    """The training loop with its checkpoints; returns the record the weights file keeps."""
+    cfg = trainer.cfg
+    checkpoint_path = opts.checkpoint or opts.output.with_suffix(".ckpt")
+    batches = data_mod.Prefetcher(data.sampler, cfg.batch_size, pin=device.type == "cuda")
+    watch = _Watch(cb, cfg, device, rank, history)
 
     def checkpoint() -> None:
         train_mod.save_checkpoint(
             checkpoint_path,
             trainer,
-            {"sampler_rng": batches.state(), "history": [[s, v] for s, v in history], "started_from": started_from,
-             "earlier_training": earlier},
+            {"sampler_rng": batches.state(), "history": [[s, v] for s, v in history], "started_from": start.started_from,
+             "earlier_training": start.earlier},
         )
         saved.append((checkpoint_path, trainer.step))
 
@@ -327,41 +388,24 @@ def _finetune(opts: FinetuneOptions, cb: TrainReporter, saved: list[tuple[Path, 
     began = time.monotonic()
     start_step = trainer.step
     try:
-        train_mod.run(
-            trainer,
-            batches.next,
-            val_images,
-            val_every=opts.val_every,
-            checkpoint=checkpoint,
-            checkpoint_every=opts.checkpoint_every,
-            on_step=on_step,
-            on_validate=on_validate,
-            is_main=rank == 0,
-        )
+        train_mod.run(trainer, batches.next, data.val_images, val_every=opts.val_every, checkpoint=checkpoint,
+                      checkpoint_every=opts.checkpoint_every, on_step=watch.on_step, on_validate=watch.on_validate,
+                      is_main=rank == 0)
     finally:
         batches.close()
     seconds = time.monotonic() - began
-    summary = {
+    return {
         "steps": trainer.step,
-        "started_from": started_from,
+        "started_from": start.started_from,
         # the starting file's own record, so the history travels with the file; steps in all, its too
-        "earlier_training": earlier,
-        "total_steps": trainer.step + total_steps(earlier),
+        "earlier_training": start.earlier,
+        "total_steps": trainer.step + total_steps(start.earlier),
         "train_config": dataclasses.asdict(cfg),
-        "final_losses": {k: round(float(v), 6) for k, v in recent.items()},
-        "data": summary_data,
+        "final_losses": {k: round(float(v), 6) for k, v in watch.recent.items()},
+        "data": data.summary,
         "validation": [[s, {k: round(v, 4) for k, v in sc.items()}] for s, sc in history],
         "seconds_this_run": round(seconds, 1),
         "steps_per_second": round((trainer.step - start_step) / seconds, 4) if seconds > 0 else None,
         # the share of the run the loop waited for batches (the device idle for want of data)
         "data_wait_fraction": round(batches.wait_seconds / seconds, 4) if seconds > 0 else None,
-        "precision": precision_name(trainer.amp_dtype),
-        "world_size": world,
     }
-    if rank == 0:
-        # safetensors writes 0600; a weights file is for sharing, like any output: the user's umask
-        with written_whole(opts.output, mode=0o666) as tmp:
-            save_generator(tmp, trainer.ema, training=summary)
-    if distributed:
-        _barrier()  # rank 0 has written the weights
-    return summary
