@@ -6,7 +6,7 @@
 # decode; a filled frame cache leaves it nothing to decode). --degrade cannot run there: it re-encodes
 # with PyAV.
 #
-# Here, once (the same frames as scripts/prepare_data_2.sh's DATA/train and /val, 27 MiB at JPEG q90):
+# Here, once (the frames of scripts/prepare_data.sh's DATA/train and /val, 27 MiB at JPEG q90):
 #   echo /.pack/ >> .git/info/exclude
 #   python scripts/packed_frames.py pack DATA .pack
 # Then call the device tool's run with carry [".pack"] and a command such as
@@ -24,8 +24,8 @@
 #     --pretrain-steps 0 --gan-lr 1e-4 --gan-pixel-weight 0.1 --pixel-loss l1 --gan-loss ragan --d-norm spectral \
 #     --content-before-activation --content-layer vgg16:conv5_3 --vgg-weights .pack/vgg16_hed_fp16.safetensors \
 #     --adv-weight 5e-3 --gan-colour-weight 1 --gan-grid-weight 10 --batch-size 8 --patch-size 96 --ema-decay 0.999 --seed 5
-# (recipe U of scripts/train_bundled_9.sh; MAX_SIDE and FRAMES_PER_VIDEO must be what the frames were packed with).
-# On the CPU, 3x U's 740 steps (scripts/train_bundled_12.sh) lost 0.3 dB and flickered as bicubic does. The trainer
+# (recipe U: scripts/train_bundled.sh's vsr_x4_srgan stage; MAX_SIDE and FRAMES_PER_VIDEO must be what the frames were packed with).
+# On the CPU, 3x U's 740 steps (run Z in weights/README.md) lost 0.3 dB and flickered as bicubic does. The trainer
 # keeps only its last checkpoint (here in a scratch folder), so try several step counts as runs of their own
 # (e.g. 2000, 5000, 20000: each schedule ends at its own step count) rather than one long run.
 # Usage: bash scripts/gpu_train.sh NAME FROM STEPS [vsr finetune options...]

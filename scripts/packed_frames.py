@@ -39,7 +39,7 @@ def pack(src: Path, dest: Path, max_side: int | None, frames_per_video: int, qua
         cache = cache or Path(scratch)
         for part, per_video in (("train", frames_per_video), ("val", VAL_FRAMES_PER_VIDEO)):
             if not (src / part).is_dir():
-                raise SystemExit(f"expected a folder {src / part}, as scripts/prepare_data_2.sh makes")
+                raise SystemExit(f"expected a folder {src / part}, as scripts/prepare_data.sh makes")
             out = dest / part
             out.mkdir(parents=True, exist_ok=True)
             sources, skipped = data.extract_frames(src / part, cache, per_video, max_side)
