@@ -327,10 +327,11 @@ def test_picture_larger_than_ffmpeg_takes_is_named(tmp_path):
 
 
 def test_animated_webp_is_named(tmp_path):
+    """An animated WebP is a video (read with Pillow: tests/test_conformance_anim_subs.py), not a picture."""
     src = tmp_path / "anim.webp"
     frames = [Image.fromarray(np.full((12, 20, 3), 60 * i, np.uint8)) for i in range(3)]
     frames[0].save(src, save_all=True, append_images=frames[1:], duration=100)
-    with pytest.raises(UpscaleError, match="animated WebP is not supported"):
+    with pytest.raises(UpscaleError, match="anim.webp is an animated picture .* 'out.png' is an image name"):
         run(src, tmp_path / "out.png")
     assert not (tmp_path / "out.png").exists()
 

@@ -29,6 +29,7 @@ from vsr.files import folder_problem, inside, remove, written_whole
 from vsr.media import kind_of, output_name
 from vsr.pipeline import Result, UpscaleError, UpscaleOptions, upscale_file
 from vsr.report import BatchReporter
+from vsr.stills import is_animated
 from vsr.upscaler import Upscaler
 
 
@@ -129,7 +130,9 @@ def plan(src_dir: Path, dst_dir: Path, opts: BatchOptions, scale: int) -> list[J
     for rel in rels:
         src = src_dir / rel
         kind = kind_of(rel)
-        dst = output_name(dst_dir / rel)
+        if kind == "image" and is_animated(src):  # an APNG or animated WebP is a video
+            kind = "video"
+        dst = output_name(dst_dir / rel, animated=kind == "video")
         if kind == "video" and opts.ext:
             dst = dst.with_suffix("." + opts.ext.lstrip("."))
         if kind is not None:

@@ -206,8 +206,9 @@ def default_output(src: Path, scale: int, size=None) -> Path:
     if size is not None:
         tag = f"x{size.outscale:g}" if size.outscale else f"{size.height}p" if size.height else f"{size.width}w"
     from vsr.media import output_name
+    from vsr.stills import is_animated
 
-    return output_name(src.with_name(f"{src.stem}_{tag}{src.suffix}"))
+    return output_name(src.with_name(f"{src.stem}_{tag}{src.suffix}"), animated=is_animated(src))
 
 
 @main.command()
@@ -237,7 +238,7 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--tile", type=int, default=None, callback=_tile, help="Split frames into tiles of this many input pixels.")
 @click.option("--cpu-workers", type=int, default=None, callback=_positive,
               help="CPU: frames upscaled at once, each on its share of the threads (default: 2 if there are 2+ threads and memory allows).")
-@click.option("--codec", default=None, help="Video encoder (default libx264, or the container's own where it refuses H.264, e.g. VP9 for .webm).")
+@click.option("--codec", default=None, help="Video encoder (default libx264, or the container's own where it refuses H.264, e.g. VP9 for .webm; libx265 for an HDR10 source).")
 @click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True, help="Constant rate factor (x264/x265/vp9/av1).")
 @click.option("--preset", default="medium", show_default=True, help="Encoder preset (x264/x265).")
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources).")
@@ -249,7 +250,7 @@ def default_output(src: Path, scale: int, size=None) -> Path:
               help="Interlaced video: FFmpeg's bwdif deinterlacer first, one progressive frame per frame "
                    "(without it: a warning, and the field order is kept).")
 @click.option("--strict", is_flag=True,
-              help="Fail on a damaged input (frames missing where the file was resynchronised) instead of a warning.")
+              help="Fail on a damaged input (frames missing, or damage the demuxer or decoder reported) instead of a warning.")
 @click.option("--encoder-opt", "encoder_opts", multiple=True, metavar="KEY=VALUE", callback=_key_values,
               help="An encoder option (repeatable), as ffmpeg's: tune=film, b=8M, x264-params=keyint=60, ...")
 @click.option("--tag", default=None, help="Codec tag of the video stream (default: hvc1 for HEVC in MP4/MOV).")
@@ -513,8 +514,9 @@ def _upscale_folder(src: Path, dst: Path, net, options, a, use_compile: bool) ->
         r = j.result
         status = {"done": "[green]done[/]", "skipped": "skipped (done earlier)", "ignored": "ignored (not media)",
                   "changed": "[yellow]kept[/]: made with other settings (--redo-changed redoes it)",
-                  "damaged": f"[yellow]damaged[/]: written; about {sum(n for *_s, n in r.gaps) if r else 0} "
-                             f"frames missing in the input"}.get(j.status, f"[red]{j.status}[/]: {j.error}")
+                  "damaged": "[yellow]damaged[/]: written; " + (f"about {sum(n for *_s, n in r.gaps)} frames missing in the input"
+                                                                 if r and sum(n for *_s, n in r.gaps) else
+                                                                 "the input is damaged")}.get(j.status, f"[red]{j.status}[/]: {j.error}")
         table.add_row(j.rel, str(r.frames) if r else "", f"{r.seconds:.1f}" if r else "", f"{r.fps:.2f}" if r else "", status)
     print_table(table)
     done = [j for j in jobs if j.status in ("done", "damaged")]

@@ -179,13 +179,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         still = read_still(name) if os.path.isfile(name) else StillInfo()
     except MetadataTooLarge as exc:
         raise InputError(f"{name!r}: {exc}") from exc
-    if still.animated and still.kind == "webp":
-        raise InputError(f"{name!r}: animated WebP is not supported (FFmpeg cannot decode it); "
-                         f"convert it to a video first (e.g. with libwebp's anim_dump or ImageMagick)")
     if still.size and too_large_for_ffmpeg(*still.size):
         w, h = still.size
         raise InputError(f"{name!r}: picture size {w}x{h} is larger than FFmpeg's decoders accept "
                          f"((width + 128) x (height + 128) must stay under {2**31 // 8} pixels)")
+    if still.animated and still.kind == "webp":
+        return _probe_animated_webp(name)
     with open_input(name) as container:
         videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
         if not videos:
@@ -458,6 +457,49 @@ class DecodeReport:
 
     times: list[float] = field(default_factory=list)
     gaps: list[tuple[float, float, int]] = field(default_factory=list)
+    # Spans (from, to seconds) where the demuxer or the decoder reported damage: a packet marked
+    # corrupt (MPEG-TS continuity errors), bytes Matroska's demuxer skipped to resynchronise, a
+    # packet the decoder refused, a frame it concealed errors in (FFmpeg's decode_error_flags).
+    damage: list[list[float]] = field(default_factory=list)
+    sequential: bool = False  # packets lie one after another in the file (Matroska): skipped bytes are damage
+    _end: int | None = field(default=None, repr=False)  # where the last packet's data ends in the file
+    _pos: int | None = field(default=None, repr=False)  # where it starts (laced packets share a block)
+    _last: float | None = field(default=None, repr=False)  # the time of the last packet, seconds
+
+    def demuxed(self, packet: av.Packet, seconds: float | None, watched: bool = True) -> None:
+        """Look at a packet as it comes out of the demuxer (``watched``: of a stream that is used)."""
+        pos = packet.pos if packet.pos is not None and packet.pos >= 0 else None
+        if self.sequential and pos is not None and packet.size:
+            if pos == self._pos:  # one more frame of a laced block
+                self._end += packet.size
+            else:
+                extra = sum(d.data_size for d in packet.iter_sidedata()) if hasattr(packet, "iter_sidedata") else 0
+                if self._end is not None and pos - self._end > _RESYNC_BYTES + extra:
+                    self.damaged(self._last, seconds)
+                self._pos, self._end = pos, pos + packet.size + extra
+        if watched and packet.is_corrupt:
+            self.damaged(seconds)
+        if seconds is not None:
+            self._last = seconds
+
+    def damaged(self, start: float | None, end: float | None = None) -> None:
+        """Damage reported between ``start`` and ``end`` seconds (either unknown: the other, or
+        where reading last was); spans less than a second apart are joined."""
+        a = start if start is not None else (end if end is not None else (self._last or 0.0))
+        b = max(a, end if end is not None else a)
+        if self.damage and a <= self.damage[-1][1] + 1.0:
+            self.damage[-1][1] = max(self.damage[-1][1], b)
+        else:
+            self.damage.append([a, b])
+
+    def spans(self) -> list[tuple[float, float, int]]:
+        """Every damaged span, in order: the gaps (with the frames lost in them) and the spans where
+        damage was reported (with 0 when no frame was lost there)."""
+        found = list(self.gaps)
+        for a, b in self.damage:
+            if not any(ga - 0.5 <= a and b <= gb + 0.5 for ga, gb, _n in self.gaps):
+                found.append((a, b, 0))
+        return sorted(found)
 
     def find_gaps(self, info: VideoInfo) -> None:
         """Gaps in a constant-rate stream: steps of 3.5+ frames where nine steps in ten are one frame
@@ -477,6 +519,12 @@ class DecodeReport:
         if end is not None and end - times[-1] >= 4.5 * step:
             self.gaps.append((times[-1], end, round((end - times[-1]) / step) - 1))
 
+
+# Bytes between two packets in Matroska (past the first's data and side data) that are more than
+# element headers: the demuxer skipped what it could not parse (EBML element headers, cluster and
+# block headers, CRC-32 and cue points take at most a few hundred).
+_RESYNC_BYTES = 4096
+_SEQUENTIAL_FORMATS = frozenset({"matroska,webm"})
 
 # Containers whose stated duration is measured, not estimated from the bit rate.
 _STATED_DURATION = {"matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2", "avi"}
@@ -526,6 +574,9 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
     last_time = None
     timings = timings if timings is not None else Timings()
     report = report if report is not None else DecodeReport()
+    if info.format_name == ANIMATED_WEBP:  # not FFmpeg's to decode: the same items, from Pillow
+        yield from _read_animated_webp(info, stop, timings, report, span)
+        return
     with (nullcontext(container) if container is not None else open_input(info.path)) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
@@ -554,9 +605,23 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
         def shifted(value: int | None, tb: Fraction) -> int | None:
             return None if value is None or span is None else value - round(Fraction(begin) / tb)
 
+        def seconds_of(packet: av.Packet) -> float | None:
+            value = packet.pts if packet.pts is not None else packet.dts
+            if value is None:
+                return None
+            value = shifted(value, Fraction(packet.time_base)) if span is not None else value
+            return float(value * packet.time_base)
+
         def frames_of(packet: av.Packet) -> Iterator[av.VideoFrame]:
             with timings("decode"):
-                frames = packet.decode()
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    ctx = stream.codec_context
+                    if not packet.size or (planned is not None and ctx.width * ctx.height > _frame_limit(*planned)):
+                        raise
+                    frames = []  # a packet the decoder refuses: damage, and decoding goes on as ffmpeg's does
+                    report.damaged(seconds_of(packet))
             if filtered is None:
                 yield from frames
                 return
@@ -569,12 +634,18 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                     yield from filtered(None)
 
         past_end = False
+        report.sequential = container.format.name in _SEQUENTIAL_FORMATS
+        watched = {s.index for s in wanted}
         try:
-            for packet in container.demux(wanted):
+            for packet in container.demux():  # every stream's, for the byte positions (report.demuxed)
                 if past_end:
                     break
                 if stop is not None and stop.is_set():
                     return
+                if packet.size or packet.pts is not None or packet.dts is not None:
+                    report.demuxed(packet, seconds_of(packet), packet.stream.index in watched)
+                if packet.stream.index not in watched:
+                    continue
                 if packet.stream.index != info.stream_index:
                     if packet.size or packet.dts is not None or packet.pts is not None:  # not the end-of-stream flush
                         ptb = Fraction(packet.time_base)
@@ -603,6 +674,8 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
                     if pts is not None:
                         last_time = float(pts * tb)
                         report.times.append(last_time)
+                    if frame.is_corrupt:  # the decoder concealed errors in it
+                        report.damaged(last_time)
                     item = FrameItem(index, None, pts, tb, frame)
                     yield item
                     index += 1
@@ -616,6 +689,8 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
             raise DecodeError(f"{info.path!r}: no frames between {span.start:g} s and "
                               f"{'the end' if span.end is None else f'{span.end:g} s'}")
         return  # a part: not judged against the whole file's length
+    if index == 0 and report.damage:
+        raise DecodeError(f"{info.path!r}: decoding failed at frame 0: the decoder refused every packet")
     report.find_gaps(info)
     if info.frames_exact and info.frames and index < info.frames and _ends_early(info, last_time):
         raise DecodeError(
@@ -657,3 +732,86 @@ def _ends_early(info: VideoInfo, last_time: float | None) -> bool:
         return True
     frame = float(1 / info.rate) if info.rate else 0.04
     return last_time < (info.start_time or 0.0) + info.duration - max(3 * frame, 0.1)
+
+
+# -- animated WebP ------------------------------------------------------------------------------
+# FFmpeg's WebP decoder reads still pictures only.  Pillow reads an animation through libwebp's
+# demuxer, each frame composited onto the canvas as players show it, with its own display time (in
+# milliseconds: WebP's unit): the frames become the same items as a decoded video's, timed as
+# they were (a variable rate stays variable).
+ANIMATED_WEBP = "webp (animated; read with Pillow)"
+
+
+def _open_animated_webp(name: str):
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - Pillow comes with torchvision
+        raise InputError(f"{name!r}: an animated WebP is read with Pillow, which is not installed "
+                         f"(pip install pillow)") from exc
+    try:
+        image = Image.open(name)
+        image.seek(0)
+        image.load()
+    except (OSError, EOFError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{name!r}: the animated WebP cannot be read: {exc}") from exc
+    return image
+
+
+def _probe_animated_webp(name: str) -> VideoInfo:
+    """Describe an animated WebP as a variable-rate video in milliseconds (a pass over its frames'
+    display times; libwebp decodes each frame on the way)."""
+    image = _open_animated_webp(name)
+    with image:
+        frames, mode = image.n_frames, image.mode
+        try:
+            image.seek(frames - 1)
+            image.load()  # the last frame's start and duration: the animation's length
+        except (OSError, EOFError, ValueError) as exc:
+            raise DecodeError(f"{name!r}: decoding failed at frame {frames - 1}: {exc}") from exc
+        total = int(image.info.get("timestamp", 0)) + int(image.info.get("duration", 0))
+        width, height = image.size
+    pix_fmt = "rgba" if mode == "RGBA" else "rgb24"
+    return VideoInfo(
+        path=name, format_name=ANIMATED_WEBP, width=width, height=height, pix_fmt=pix_fmt, bits=8,
+        time_base=Fraction(1, 1000), rate=Fraction(frames * 1000, total) if total > 0 else None, frames=frames,
+        frames_exact=True, duration=total / 1000 if total > 0 else None, start_time=0.0, sample_aspect_ratio=None,
+        rotation=0, colour=ColourTags(color_range=2),  # RGB: full range, as FFmpeg's decoders tag it
+        is_image=False, stream_index=0,
+        frame_size=(width, height),
+    )
+
+
+def _read_animated_webp(info: VideoInfo, stop, timings: Timings, report: "DecodeReport",
+                        span: "Span | None") -> Iterator[FrameItem]:
+    """:func:`read` for an animated WebP: each frame as Pillow composites it, at its own time
+    (``span`` cut and shifted as for any video)."""
+    begin, end = (span.start, span.end) if span is not None else (0.0, None)
+    index = 0
+    image = _open_animated_webp(info.path)
+    with image:
+        for n in range(image.n_frames):
+            if stop is not None and stop.is_set():
+                return
+            try:
+                with timings("decode"):
+                    image.seek(n)
+                    image.load()
+                    pixels = np.asarray(image.convert("RGBA" if info.pix_fmt == "rgba" else "RGB"))
+            except (OSError, EOFError, ValueError) as exc:
+                raise DecodeError(f"{info.path!r}: decoding failed at frame {n}: {exc}") from exc
+            if image.size != info.frame_size:
+                raise DecodeError(_size_change(info, index, image.size))
+            pts = int(image.info.get("timestamp", 0))
+            if pts < round(begin * 1000):
+                continue
+            if end is not None and pts >= round(end * 1000):
+                break
+            pts -= round(begin * 1000)
+            report.times.append(pts / 1000)
+            yield FrameItem(index, None, pts, info.time_base, av.VideoFrame.from_ndarray(pixels, format=info.pix_fmt))
+            index += 1
+    if span is not None and index == 0:
+        raise DecodeError(f"{info.path!r}: no frames between {span.start:g} s and "
+                          f"{'the end' if span.end is None else f'{span.end:g} s'}")
+    if span is None:
+        report.find_gaps(info)

@@ -2,9 +2,11 @@
 
 The video stream keeps the source's time base and every frame's own timestamp, its colour
 tags, sample aspect ratio and rotation.  Every other stream is copied packet-for-packet when
-the output container accepts its codec; audio it does not accept is re-encoded to AAC, other
-streams are dropped; each such change is reported as a warning.  Container metadata, stream
-metadata (language, title) and chapters are copied.
+the output container accepts its codec; audio it does not accept is re-encoded to AAC, text
+subtitles are converted to the text format it holds (mov_text, SubRip, WebVTT), other streams are
+dropped; each such change is reported as a warning.  Container metadata, stream
+metadata (language, title) and chapters are copied; tags and titles the output's muxer did not
+write are named in a warning once the file is read back.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Callable
 
 import av
 import numpy as np
+from av.subtitles.codeccontext import SubtitleCodecContext
 
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo
@@ -33,6 +36,7 @@ class EncodeError(VsrError):
 # Metadata the muxer writes itself; copying it would be wrong.
 _GENERATED_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "creation_time", "duration"}
 _STREAM_KEYS_SKIP = {"encoder", "duration", "vendor_id", "handler_name"}
+_MP4_FAMILY = {"mp4", "mov", "ipod", "3gp", "3g2"}  # FFmpeg's mov muxers (and the demuxer's names)
 
 # Containers for which FFmpeg cannot say what they hold (no codec table, no query: it answers for
 # its default codecs only), with what their muxers write (FFmpeg's mpegtsenc.c, mpegenc.c, oggenc.c).
@@ -54,6 +58,11 @@ _MPEG_FAMILY = {"mpeg1video", "mpeg2video", "mpeg4", "msmpeg4", "msmpeg4v2", "h2
 # Containers whose timestamps count frames: Ogg's granule positions (Theora, VP8), AVI's chunk
 # index (a finer time base fills every tick between two frames with an empty "dropped" chunk).
 _FRAME_TICKS = {"ogg", "ogv", "avi"}
+# Containers with no way to hold a gap between two frames: Ogg's granule position is where a page
+# ends, and its demuxer counts one frame per packet back from there, so a frame after a gap is read
+# as following the one before.  (Theora marks repeats with empty packets; VP8 cannot.)  The previous
+# frame is encoded again at every missing tick, as ffmpeg's constant-rate output does.
+_REPEAT_INTO_GAPS = {"ogg", "ogv"}
 
 
 _AVFMT_NOTIMESTAMPS, _AVFMT_TS_NONSTRICT = 0x0080, 0x20000  # libavformat/avformat.h
@@ -85,7 +94,7 @@ def container_accepts(output: av.container.OutputContainer, codec: str) -> bool:
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    codec: str | None = None  # None: libx264, or the container's own default where it refuses H.264
+    codec: str | None = None  # None: libx264 (libx265 for HDR10), or the container's own default where it refuses H.264
     crf: int | None = 18
     preset: str | None = "medium"
     pix_fmt: str | None = None  # None: yuv420p, or 10-bit when the source is and the codec can
@@ -239,6 +248,37 @@ def _cut_chapters(chapters: list[dict], start: float, duration: float | None) ->
     return kept
 
 
+# Text subtitle formats, in the order vsr converts to them when a container refuses a text format
+# (MP4/MOV: mov_text; Matroska: SubRip, as ffmpeg's -c:s srt; WebM: WebVTT).
+_TEXT_SUBTITLE_FORMATS = ("mov_text", "subrip", "webvtt", "ass")
+# PyAV encodes subtitles (and gives an encoder its styles) only in recent versions; with an older
+# one such streams are left out with a warning, as any stream the container cannot hold.
+_ENCODES_SUBTITLES = all(hasattr(SubtitleCodecContext, a) for a in ("encode_subtitle", "subtitle_header"))
+
+
+def _text_subtitle_target(output: av.container.OutputContainer, codec: str) -> str | None:
+    """The text subtitle encoder whose output ``output`` holds, for subtitles in ``codec`` that it
+    does not hold; None for bitmap subtitles (DVD, PGS, DVB: pictures, not text) or a container with
+    no text format."""
+    if not _ENCODES_SUBTITLES:
+        return None
+    try:
+        if not av.codec.Codec(codec, "r").text_sub:
+            return None
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        return None
+    return next((t for t in _TEXT_SUBTITLE_FORMATS if container_accepts(output, t)), None)
+
+
+def _listed(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _hdr10_encoder(output: av.container.OutputContainer) -> str | None:
+    """The encoder that keeps HDR10 metadata in ``output`` (x265, else x264), if there is one."""
+    return next((e for e in ("libx265", "libx264") if e in av.codecs_available and container_accepts(output, e)), None)
+
+
 def _audio_encoder_opens(encoder: av.codec.Codec, rate: int, layout: av.AudioLayout) -> bool:
     """Whether ``encoder`` takes this rate and channel layout (PyAV does not list its layouts)."""
     cc = av.CodecContext.create(encoder.name, "w")
@@ -272,13 +312,18 @@ class Writer:
         self.warn = warn
         self.copied: dict[int, av.stream.Stream] = {}  # input stream index -> output stream (packet copy)
         self.transcoded: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, resampler)
+        self.subtitles: dict[int, tuple] = {}  # input stream index -> (decoder ctx, output stream, cues dropped)
         self.frames_written = 0
         self._frames_prepared = 0
         self.timings = Timings()
         self.image = image
         self._last_pts: int | None = None
+        self._last_encoded: av.VideoFrame | None = None  # the frame repeated into a gap (_REPEAT_INTO_GAPS)
+        self.repeated = 0  # frames encoded again to fill gaps the container cannot hold
         self.alpha = False  # a picture's transparency is written (media.ALPHA_OUTPUTS)
         self._mux_state: dict[int, list] = {}  # copied input stream -> [last dts, last duration, repairs]
+        self._titles: dict[int, tuple[int, str]] = {}  # output stream index -> (input stream index, title)
+        self._tags: list[str] = []  # the input's container tags given to the muxer
         try:
             if image:
                 self.output = av.open(self.path, "w", format="image2", options={"update": "1"})
@@ -309,6 +354,10 @@ class Writer:
             options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality,
                                     quiet=options.quiet)
         codec = options.codec
+        if codec is None and info.hdr is not None and _hdr10_encoder(self.output):
+            # HDR10 is kept by x265 in every frame (its SEI travels with the parameter sets); x264
+            # writes it only in the keyframes, which FFmpeg's H.264 decoder gives the keyframes alone.
+            codec = _hdr10_encoder(self.output)
         if codec is None:
             codec = "libx264" if container_accepts(self.output, "libx264") else self.output.default_video_codec
         enc = check_codec(codec, options.pix_fmt)
@@ -323,9 +372,19 @@ class Writer:
             params = info.hdr.encoder_params(enc.name) if enc.name in ("libx264", "libx265") else None
             if params:
                 _merge_params(stream_opts, f"{enc.name[3:]}-params", params)
-            else:
+            elif _hdr10_encoder(self.output):
                 self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
                           f"given it (use --codec libx265 or libx264)")
+            else:
+                self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
+                          f"given it, and the {self.output.format.name} container holds no encoder that is "
+                          f"(write .mkv or .mp4 with --codec libx265)")
+        colour = info.colour
+        if (enc.name == "libx264" and colour.color_range == 1 and "videoformat=" not in stream_opts.get("x264-params", "")
+                and colour.colorspace == colour.color_primaries == colour.color_trc == 2):
+            # x264 writes the range flag only beside another signal-type field: with every colour tag
+            # unspecified, limited range would read back as unspecified (in .mp4, .mov, .ts, .avi).
+            _merge_params(stream_opts, "x264-params", "videoformat=component")
         if enc.name == "mjpeg":
             stream_opts["qmin"] = stream_opts["qmax"] = str(jpeg_qscale(options.quality))
         qscale = None
@@ -403,6 +462,7 @@ class Writer:
         if src is None:
             raise ValueError("a video output needs the input container (Writer(source=...)) to copy its other streams")
         self.output.metadata.update({k: v for k, v in src.metadata.items() if k.lower() not in _GENERATED_KEYS})
+        self._tags = list(self.output.metadata)
         self._copy_stream_metadata(src.streams[info.stream_index], self.video)
         chapters = src.chapters()
         for stream in src.streams:
@@ -432,6 +492,8 @@ class Writer:
                 self.copied[stream.index] = out
             elif stream.type == "audio":
                 self._reencode_audio(stream, label, name)
+            elif stream.type == "subtitle" and _text_subtitle_target(self.output, name):
+                self._convert_subtitles(stream, label, name, _text_subtitle_target(self.output, name))
             else:
                 self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; not copied")
         if chapters and self.span is not None:
@@ -441,6 +503,30 @@ class Writer:
                 self.output.set_chapters(chapters)
             except (av.FFmpegError, ValueError, TypeError) as exc:
                 self.warn(f"chapters could not be copied: {exc}")
+
+    def _convert_subtitles(self, stream: av.stream.Stream, label: str, name: str, target: str) -> None:
+        """Text subtitles the container refuses, into its own text format (ffmpeg's ``-c:s mov_text``
+        / ``-c:s srt``): each cue decoded to FFmpeg's ASS form and encoded again, at its own time."""
+        src_cc = stream.codec_context
+        decoder = av.CodecContext.create(src_cc.name, "r")
+        if src_cc.extradata:
+            decoder.extradata = src_cc.extradata  # ASS/SSA: the script header and styles; mov_text: its default style
+        try:
+            decoder.open()
+            out = self.output.add_stream(target)
+        except (av.FFmpegError, ValueError) as exc:
+            self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}, and it could not be "
+                      f"converted to {target} ({exc}); not copied")
+            return
+        out.codec_context.subtitle_header = decoder.subtitle_header  # the styles the encoder maps the cues' tags with
+        out.codec_context.time_base = stream.time_base
+        out.time_base = stream.time_base
+        self._copy_stream_metadata(stream, out)
+        self.subtitles[stream.index] = (decoder, out, [0])
+        styled = av.codec.Codec(src_cc.name, "r").canonical_name == "ass"
+        self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; converted to {target}"
+                  + (" (the script's styles, positions and effects are dropped; bold, italic and underline are kept)"
+                     if styled else ""))
 
     def _reencode_audio(self, stream: av.stream.Stream, label: str, name: str) -> None:
         """Audio the container refuses: AAC, or the container's own default where AAC is refused too."""
@@ -472,11 +558,21 @@ class Writer:
         self.warn(f"{label}: the {self.output.format.name} container cannot hold {name}; re-encoded to {encoder.name}"
                   + downmix)
 
-    @staticmethod
-    def _copy_stream_metadata(src: av.stream.Stream, dst: av.stream.Stream) -> None:
+    def _copy_stream_metadata(self, src: av.stream.Stream, dst: av.stream.Stream) -> None:
+        """Language, title and the other tags of a stream.  A title read from MP4/MOV (the track's
+        ``name``) is written as a title; into MP4/MOV a title goes where ffmpeg writes it (``udta``
+        ``name``) and into the handler name (``hdlr``) that players and ffprobe show."""
+        from_mp4 = self.source is not None and not _MP4_FAMILY.isdisjoint(self.source.format.name.split(","))
+        meta = {k.lower(): v for k, v in src.metadata.items()}
+        title = meta.get("title") or (meta.get("name") if from_mp4 else None)
         for key, value in src.metadata.items():
-            if key.lower() not in _STREAM_KEYS_SKIP:
+            if key.lower() not in _STREAM_KEYS_SKIP and not (from_mp4 and key.lower() == "name"):
                 dst.metadata[key] = value
+        if title:
+            dst.metadata["title"] = title
+            self._titles[dst.index] = (src.index, title)
+        if self.output.format.name in _MP4_FAMILY and (title or (from_mp4 and meta.get("handler_name"))):
+            dst.metadata["handler_name"] = title or meta["handler_name"]
         if src.language and "language" not in dst.metadata:
             dst.metadata["language"] = src.language
         try:
@@ -485,7 +581,7 @@ class Writer:
             pass
 
     def streams_to_copy(self) -> set[int]:
-        return set(self.copied) | set(self.transcoded)
+        return set(self.copied) | set(self.transcoded) | set(self.subtitles)
 
     # -- writing -----------------------------------------------------------------------------
     def prepare_frame(self, rgb: np.ndarray, pts: int | None, time_base: Fraction,
@@ -531,8 +627,17 @@ class Writer:
     def encode_frame(self, frame: av.VideoFrame) -> None:
         """Encode and mux a frame made by :meth:`prepare_frame` (possibly in another thread)."""
         with self.timings("encode"):
+            previous = self._last_encoded
+            if previous is not None and frame.pts is not None and previous.pts is not None:
+                for tick in range(previous.pts + 1, frame.pts):  # a gap the container cannot hold
+                    previous.pts = tick  # the encoder took its own reference: only the copy's time changes
+                    for packet in self.video.encode(previous):
+                        self.output.mux(packet)
+                    self.repeated += 1
             for packet in self.video.encode(frame):
                 self.output.mux(packet)
+            if self.output.format.name in _REPEAT_INTO_GAPS and not (self.info.is_image or self.image):
+                self._last_encoded = frame
         self.frames_written += 1
 
     def copy_packet(self, packet: av.Packet, index: int, time_base: Fraction) -> None:
@@ -545,6 +650,35 @@ class Writer:
             self.output.mux(packet)
         elif index in self.transcoded:
             self._transcode(index, packet, time_base)
+        elif index in self.subtitles:
+            self._convert_subtitle(index, packet, time_base)
+
+    def _convert_subtitle(self, index: int, packet: av.Packet, time_base: Fraction) -> None:
+        """One cue into the output's text format, at the packet's own time and for its duration."""
+        decoder, out, dropped = self.subtitles[index]
+        if packet.size == 0:
+            return
+        self.output.start_encoding()  # opens the encoder with the styles given it
+        try:
+            cue = decoder.decode2(packet)
+            if cue is None or not len(cue):  # nothing shown (mov_text's empty samples between cues)
+                return
+            converted = out.codec_context.encode_subtitle(cue)
+        except (av.FFmpegError, ValueError):
+            dropped[0] += 1
+            return
+        if converted.size == 0:
+            return
+        pts = packet.pts if packet.pts is not None else packet.dts
+        duration = packet.duration
+        if not duration and cue.end_display_time and cue.end_display_time != 0xFFFFFFFF:  # (ms)
+            duration = round(Fraction(cue.end_display_time - cue.start_display_time, 1000) / time_base)
+        converted.stream = out
+        converted.time_base = time_base
+        converted.pts, converted.dts = pts, pts
+        converted.duration = duration or 0
+        self._fix_timestamps(converted, index, time_base, Fraction(out.time_base))
+        self.output.mux(converted)
 
     def _fix_timestamps(self, packet: av.Packet, index: int, src_tb: Fraction, out_tb: Fraction) -> None:
         """Timestamps the muxer will take, as the ffmpeg command line makes them (``mux_fixup_ts``):
@@ -594,6 +728,10 @@ class Writer:
 
     def close(self) -> None:
         """Flush every encoder and finish the file."""
+        for index, (_decoder, out, dropped) in sorted(self.subtitles.items()):
+            if dropped[0]:
+                self.warn(f"stream #{index}: {dropped[0]} subtitle cue(s) could not be converted to "
+                          f"{out.codec_context.name}; left out")
         for index, (_last, _duration, repairs) in sorted(self._mux_state.items()):
             if repairs:
                 self.warn(f"stream #{index}: {repairs} packet(s) with timestamps out of order were re-stamped "
@@ -608,6 +746,36 @@ class Writer:
             for encoded in out.encode(None):
                 self.output.mux(encoded)
         self.output.close()
+        self._report_lost_tags()
+
+    def _report_lost_tags(self) -> None:
+        """Container tags and stream titles that the muxer did not write, found by reading the
+        finished file back as FFmpeg reads it: one warning each, naming them."""
+        if not (self._tags or self._titles):
+            return
+        try:
+            with av.open(self.path, metadata_errors="replace") as written:
+                fmt = written.format.name.split(",")[0]
+                held = {k.lower() for k in written.metadata}
+                if fmt == "ogg":  # Ogg has no file-wide tags: the muxer puts them in each stream's comments
+                    held |= {k.lower() for s in written.streams for k in s.metadata}
+                if fmt == "mpegts":  # the title is the service name (a program's tag, which PyAV does not read)
+                    held.add("title")
+                titled = {s.index for s in written.streams
+                          if {"title", "name", "handler_name"} & {k.lower() for k in s.metadata}}
+        except (av.FFmpegError, OSError, ValueError):  # pragma: no cover - the file was just written
+            return
+        fmt = self.output.format.name
+        lost = [k for k in self._tags if k.lower() not in held]
+        if lost:
+            why = ("holds only its standard tags (title, artist, comment...); other keys need QuickTime's 'mdta' "
+                   "layout (ffmpeg's -movflags use_metadata_tags), which vsr does not write"
+                   if fmt in _MP4_FAMILY else "has no place for them")
+            self.warn(f"container tag(s) {_listed(lost)} not kept: the {fmt} container {why} (.mkv keeps every tag)")
+        untitled = [f"#{index} {title!r}" for out, (index, title) in sorted(self._titles.items()) if out not in titled]
+        if untitled:
+            self.warn(f"stream title(s) not kept: the {fmt} container has no place for them "
+                      f"({_listed(untitled)}; .mkv and .mp4 keep them)")
 
     def abort(self) -> None:
         try:

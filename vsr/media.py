@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 VIDEO_EXTENSIONS = frozenset(
-    "mp4 m4v mkv mov webm avi wmv flv ts m2ts mts mpg mpeg vob ogv 3gp 3g2 mxf y4m gif h264 264 h265 265 hevc".split()
+    "mp4 m4v mkv mov webm avi wmv flv ts m2ts mts mpg mpeg vob ogv 3gp 3g2 mxf y4m gif apng h264 264 h265 265 hevc".split()
 )
 # Read but not written: the output gets the extension given here (GIF holds 256 colours a frame,
-# which would undo the upscaling; an MP4 is what GIF-to-video tools give.  A raw H.264/HEVC stream
-# has no timestamps or room for audio: Matroska keeps what it has).
-OUTPUT_EXTENSION = {"gif": "mp4", "h264": "mkv", "264": "mkv", "h265": "mkv", "265": "mkv", "hevc": "mkv"}
+# which would undo the upscaling; an MP4 is what GIF-to-video tools give, and an APNG goes the same
+# way.  A raw H.264/HEVC stream has no timestamps or room for audio: Matroska keeps what it has).
+OUTPUT_EXTENSION = {"gif": "mp4", "apng": "mp4", "h264": "mkv", "264": "mkv", "h265": "mkv", "265": "mkv", "hevc": "mkv"}
 IMAGE_EXTENSIONS = frozenset("png jpg jpeg webp bmp tif tiff".split())
 # How each picture extension is written: (FFmpeg encoder, pixel format).
 IMAGE_OUTPUTS = {
@@ -49,13 +49,21 @@ def extension(path) -> str:
     return Path(path).suffix.lower().lstrip(".")
 
 
-def output_name(path):
+# An animated picture (APNG, animated WebP) is a video to vsr: by default it is written as a GIF is.
+ANIMATED_OUTPUT = OUTPUT_EXTENSION["gif"]
+
+
+def output_name(path, animated: bool = False):
     """The file name an output of ``path`` gets by default: the same, or with the extension vsr
-    writes in place of one it only reads (``anim.gif`` -> ``anim.mp4``)."""
+    writes in place of one it only reads (``anim.gif`` -> ``anim.mp4``).  ``animated``: the input
+    is an animated picture (:func:`vsr.stills.is_animated`), a video whose name is a picture's
+    (``anim.png`` -> ``anim.mp4``)."""
     from pathlib import Path
 
     path = Path(path)
     ext = extension(path)
+    if animated and ext in IMAGE_EXTENSIONS:
+        return path.with_suffix("." + ANIMATED_OUTPUT)
     return path.with_suffix("." + OUTPUT_EXTENSION[ext]) if ext in OUTPUT_EXTENSION else path
 
 

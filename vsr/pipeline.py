@@ -25,6 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import av
 import numpy as np
 
 from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Span, VideoInfo, chroma_left,
@@ -34,7 +35,7 @@ from vsr.errors import VsrError
 from vsr.files import PartialFileError, finish, folder_problem, new_partial, remove
 from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, extension, output_kind
 from vsr.report import Reporter
-from vsr.stills import exif_upright, too_large_for_ffmpeg, write_metadata
+from vsr.stills import exif_upright, is_animated, too_large_for_ffmpeg, write_metadata
 from vsr.system import available_memory
 from vsr.timing import GilProbe, Timings
 from vsr.upscaler import Upscaler
@@ -349,7 +350,9 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         raise UpscaleError(str(exc)) from exc
     image_out = output_kind(dst) == "image"
     if image_out and not info.is_image:
-        raise UpscaleError(f"{src.name} is a video but {dst.name!r} is an image name; use a video extension (.mp4, .mkv, ...)")
+        what = "an animated picture (upscaled as a video)" if is_animated(src) else "a video"
+        raise UpscaleError(f"{src.name} is {what} but {dst.name!r} is an image name; "
+                           f"use a video extension (.mp4, .mkv, ...)")
     out_w, out_h, out_sar = info.width * upscaler.scale, info.height * upscaler.scale, info.sample_aspect_ratio
     if options.size is not None:
         out_w, out_h, out_sar = options.size.resolve(info.width, info.height, info.sample_aspect_ratio)
@@ -376,6 +379,8 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         raise
     if info.is_image:
         _warn_still_limits(info, dst, deep, warn)
+    if not info.is_image and any(c.is_alpha for c in av.VideoFormat(info.pix_fmt).components):
+        warn(f"transparency is dropped ({info.pix_fmt}: video is written without an alpha channel)")
     if info.interlaced and not options.deinterlace:
         warn(f"interlaced video ({_FIELD_ORDERS.get(info.field_order, 'field order unknown')}): both "
              f"fields are upscaled as one picture, which blurs motion; --deinterlace converts it to progressive first")
@@ -468,19 +473,23 @@ def upscale_file(
         remove(plan.tmp)
         raise
     finish(plan.tmp, dst)
-    if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.gaps and not options.span:
+    if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.spans() and not options.span:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
-                  (gil.mean_ms, gil.max_ms), report.gaps)
+                  (gil.mean_ms, gil.max_ms), report.spans())
 
 
 def _judge_damage(report: DecodeReport, options: UpscaleOptions, name: str, warn: Callable[[str], None]) -> None:
-    """Frames missing in the input: a warning, or with ``--strict`` a failure."""
-    if not report.gaps:
+    """Frames missing in the input, or damage the demuxer or decoder reported: a warning naming the
+    spans, or with ``--strict`` a failure."""
+    found = report.spans()
+    if not found:
         return
-    lost = sum(n for _a, _b, n in report.gaps)
-    spans = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b, _n in report.gaps)
-    message = f"damaged input: about {lost} frames missing ({spans})"
+    lost = sum(n for _a, _b, n in found)
+    shown = [f"{a:.2f}-{b:.2f} s" if b - a >= 0.005 else f"at {a:.2f} s" for a, b, _n in found[:6]]
+    spans = ", ".join(shown) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+    message = (f"damaged input: about {lost} frames missing ({spans})" if lost else
+               f"damaged input: the demuxer or decoder reported damage ({spans}); frames there may show it")
     if options.strict:
         raise UpscaleError(f"{name}: {message}; not written (--strict)")
     warn(message)

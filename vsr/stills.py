@@ -93,6 +93,34 @@ def read_still(path: str | os.PathLike) -> StillInfo:
     return StillInfo()
 
 
+def is_animated(path: str | os.PathLike) -> bool:
+    """Whether a picture file is animated (by its signature and first chunks, never its name): an APNG
+    (an ``acTL`` chunk before the first ``IDAT``, where the APNG format puts it and FFmpeg's ``apng``
+    demuxer looks for it) or an animated WebP (the animation flag of ``VP8X``).  Reads chunk headers
+    only; False for any other file, or one that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(30)
+            if head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and len(head) >= 21:
+                return bool(head[20] & 0x02)
+            if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+                return False
+            f.seek(8)
+            for _ in range(10000):  # chunk headers before the first IDAT; the count bounds a crafted file
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return False
+                length, kind = struct.unpack(">I4s", chunk)
+                if kind == b"acTL":
+                    return True
+                if kind in (b"IDAT", b"IEND"):
+                    return False
+                f.seek(length + 4, 1)
+    except OSError:
+        return False
+    return False
+
+
 # -- PNG ---------------------------------------------------------------------------------------
 def _png_chunks(data: bytes):
     pos = 8
