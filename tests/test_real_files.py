@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ffmpeg_packets, grey_clip_with_audio, make_clip
-from vsr.decode import FrameClock, probe
+from vsr.decode import FrameClock, FrameItem, probe, read
 from vsr.encode import EncodeOptions, Writer
 from vsr.model import Bicubic
 from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
@@ -386,6 +386,40 @@ def test_deinterlace_gives_progressive_frames_with_the_same_timing(tmp_path, ffm
     with av.open(str(progressive)) as c:
         assert c.streams.video[0].codec_context.field_order in (0, 1)
     assert comb(progressive) < comb(woven)
+
+
+def _moving_interlaced_clip(ffmpeg, path):
+    """Real interlaced content: a pattern moving at 50 pictures a second, woven two fields to a frame
+    by ffmpeg's interlace filter (the top field from one moment, the bottom from the next), FFV1."""
+    moving = ("geq=lum='128+100*sin((X+5*N)/6)*sin((Y+3*N)/5)':cb='128+60*sin((X-Y+4*N)/9)'"
+              ":cr='128+60*cos((X+Y-5*N)/11)',interlace=scan=tff")
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "nullsrc=s=64x48:r=50:d=0.4,format=yuv420p",
+                    "-vf", moving, "-c:v", "ffv1", str(path)], check=True)
+    return path
+
+
+def test_deinterlacing_of_woven_fields_is_ffmpegs_bwdif(tmp_path, ffmpeg):
+    """Fields from different moments, woven: the frames vsr hands on are those of ``ffmpeg -vf bwdif``
+    (the binary's own filter, as the option promises), not the woven frames nor a smoothing of them."""
+    src = _moving_interlaced_clip(ffmpeg, tmp_path / "in.mkv")
+    info = probe(src)
+    assert info.interlaced
+
+    def planes(frame):
+        return np.concatenate([np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width].ravel()
+                               for p in frame.planes]).astype(int)
+
+    ours = np.stack([planes(item.frame) for item in read(info, set(), deinterlace=True) if isinstance(item, FrameItem)])
+    with av.open(str(src)) as c:
+        woven = np.stack([planes(f) for f in c.decode(video=0)])
+    raw = subprocess.run([ffmpeg, "-v", "error", "-i", str(src), "-vf", "bwdif=mode=send_frame:parity=auto:deint=interlaced",
+                          "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"], capture_output=True, check=True).stdout
+    reference = np.frombuffer(raw, np.uint8).reshape(-1, woven.shape[1]).astype(int)
+    assert ours.shape == reference.shape == woven.shape == (10, 64 * 48 * 3 // 2)
+    assert np.abs(woven - reference).mean() > 5  # the two fields differ: deinterlacing changes the picture
+    assert np.abs(ours[1:] - reference[1:]).max() <= 1
+    # the first frame has no earlier one: the binary's newer bwdif starts it a little differently
+    assert np.abs(ours[0] - reference[0]).mean() < 2
 
 
 def _damaged_clip(ffmpeg, path):

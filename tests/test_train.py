@@ -23,6 +23,7 @@ from vsr.cli import main
 from vsr.finetune import FinetuneError, FinetuneOptions, run_finetune
 from vsr.model import GeneratorConfig
 from vsr.perceptual import PerceptualError, VGGFeatures, load_perceptual
+from vsr.report import TrainReporter
 from vsr.train import TrainConfig, Trainer, lr_at
 from vsr.weights import load_generator, save_generator, training_info
 
@@ -198,12 +199,23 @@ def test_sampler_prefers_texture_and_seeds_differ(tmp_path):
     assert not torch.equal(other.sample(4)[1], data_mod.PatchSampler([tmp_path / "half.npy"], 32, 4, seed=0).sample(4)[1])
 
 
-def test_degrade_keeps_shape_and_range():
+def test_degrade_keeps_shape_and_range(tmp_path):
+    """Each draw damages the picture (blur, noise, JPEG or H.264, at random strengths) and keeps its
+    shape and range; with ``degrade`` the sampler's LR patches are damaged, not the clean downscale."""
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 24, 24)
+    x = torch.from_numpy(textured(0, 24, 24)).permute(2, 0, 1).float() / 255
+    changes = []
     for _ in range(6):
         y = data_mod.degrade(x, g)
         assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+        changes.append(round(float((y - x).abs().mean()) * 255, 3))
+    # each effect is drawn with probability 1/2 (a codec 2/3): a draw with none is rare
+    assert sum(c > 2 for c in changes) >= 5 and len(set(changes)) == 6
+    np.save(tmp_path / "a.npy", textured(1))
+    clean_lr, clean_hr = data_mod.PatchSampler([tmp_path / "a.npy"], 32, 4, seed=0).sample(4)
+    lr, hr = data_mod.PatchSampler([tmp_path / "a.npy"], 32, 4, degrade=True, seed=0).sample(4)
+    assert torch.equal(hr, clean_hr) and lr.shape == clean_lr.shape
+    assert sum(float((a - b).abs().mean()) * 255 > 1 for a, b in zip(lr, clean_lr)) >= 3
 
 
 def _opts(folder, out, **kw):
@@ -245,16 +257,39 @@ def test_the_seed_makes_a_run_repeatable(folder, tmp_path):
     assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
 
 
-def test_resume_continues_exactly(folder, tmp_path):
+class StepLog(TrainReporter):
+    """Listens in on a run: the step it starts from, and the steps it takes."""
+
+    def __init__(self) -> None:
+        self.started: tuple[int, int] | None = None
+        self.steps: list[int] = []
+
+    def start(self, step, total):
+        self.started = (step, total)
+
+    def step(self, step, losses):
+        self.steps.append(step)
+
+
+@pytest.mark.parametrize("done", [3, 2])
+def test_resume_continues_exactly(folder, tmp_path, done):
+    """A run stopped after ``done`` steps (3: in the adversarial phase; 2: the pixel phase, before
+    the discriminator has trained) resumed to 4 takes the steps left only and ends with the weights
+    of the 4-step run.  The resuming command asks another seed: the checkpoint's settings and random
+    state win, so a run that started afresh instead (the same weights only by the same seed), or
+    one whose new discriminator took the command's seed, cannot pass."""
     whole = tmp_path / "a" / "w.safetensors"
     whole.parent.mkdir()
     run_finetune(_opts(folder, whole, train={"steps": 4}))
     part = tmp_path / "b" / "w.safetensors"
     part.parent.mkdir()
-    run_finetune(_opts(folder, part, train={"steps": 2}))
+    run_finetune(_opts(folder, part, train={"steps": done}))
     state = torch.load(part.with_suffix(".ckpt"), weights_only=True)
-    assert state["step"] == 2
-    run_finetune(_opts(folder, part, train={"steps": 4}, resume=part.with_suffix(".ckpt")))
+    assert state["step"] == done
+    log = StepLog()
+    run_finetune(_opts(folder, part, train={"steps": 4, "seed": 9}, resume=part.with_suffix(".ckpt")), log)
+    assert log.started == (done, 4) and log.steps == list(range(done + 1, 5))
+    assert training_info(part)["train_config"]["seed"] == 0
     a, b = load_generator(whole).state_dict(), load_generator(part).state_dict()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key
@@ -272,7 +307,9 @@ def test_a_fine_tuned_file_records_its_whole_history(folder, tmp_path):
     third = tmp_path / "third.safetensors"
     opts = dataclasses.replace(_opts(folder, third, train={"steps": 2, "pretrain_steps": 0, "no_gan": True}), start=str(second))
     run_finetune(dataclasses.replace(opts, train=dataclasses.replace(opts.train, steps=1)))
-    run_finetune(dataclasses.replace(opts, resume=third.with_suffix(".ckpt")))
+    log = StepLog()
+    run_finetune(dataclasses.replace(opts, resume=third.with_suffix(".ckpt")), log)
+    assert log.steps == [2]  # resumed: only the step left
     info = training_info(third)
     assert info["steps"] == 2 and info["total_steps"] == 7
     assert info["earlier_training"] == training_info(second)
@@ -490,7 +527,9 @@ def test_ctrl_c_writes_a_checkpoint_that_resumes(folder, tmp_path):
     assert not out.exists()
     state = torch.load(out.with_suffix(".ckpt"), weights_only=True)
     assert state["step"] == 3
-    run_finetune(_opts(folder, out, train={"steps": 6}, resume=out.with_suffix(".ckpt")))
+    log = StepLog()
+    run_finetune(_opts(folder, out, train={"steps": 6}, resume=out.with_suffix(".ckpt")), log)
+    assert log.started == (3, 6) and log.steps == [4, 5, 6]  # on from the checkpoint, not from the start
     assert training_info(out)["steps"] == 6
 
 

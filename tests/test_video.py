@@ -198,6 +198,22 @@ def test_bicubic_matches_reference_resize_and_keeps_colour_tags(tmp_path, ffmpeg
     assert {"bt709": "bt709", "bt601": "smpte170m"}[colorspace] in info
 
 
+@pytest.mark.parametrize("colorspace", ["bt709", "bt601"])
+def test_rgb_output_is_the_source_decoded_with_its_own_matrix(tmp_path, ffmpeg, colorspace):
+    """An RGB output (FFV1 bgr0) takes no matrix on the way out, so a wrong one on the way in cannot
+    cancel: the picture is the ffmpeg binary's RGB of the source (BT.709 by its tag, small as it is),
+    resized."""
+    src = make_clip(tmp_path / f"{colorspace}.mp4", frames=2, size=(64, 48), colorspace=colorspace)
+    dst = tmp_path / f"{colorspace}_x2.mkv"
+    upscale_file(src, dst, Upscaler(Bicubic(2)), UpscaleOptions(encode=EncodeOptions(codec="ffv1", pix_fmt="bgr0", crf=None,
+                                                                                     preset=None)))
+    ref_lr = torch.from_numpy(ffmpeg_frames(ffmpeg, src).copy()).permute(0, 3, 1, 2).float() / 255
+    ref = F.interpolate(ref_lr, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    got = torch.from_numpy(ffmpeg_frames(ffmpeg, dst).copy()).permute(0, 3, 1, 2).float() / 255
+    assert got.shape == ref.shape == (2, 3, 96, 128)
+    assert psnr(got, ref) >= 40.0  # the other standard's matrix: about 28 dB
+
+
 def test_ten_bit_source_gives_ten_bit_output(tmp_path):
     src = make_clip(tmp_path / "hdr.mkv", frames=3, size=(40, 24), pix_fmt="yuv420p10le")
     dst = tmp_path / "hdr_x4.mkv"
@@ -214,6 +230,34 @@ def test_tiles_match_untiled(tmp_path):
     whole = Upscaler(model).upscale(frame).int()
     tiled = Upscaler(model, tile=16).upscale(frame).int()
     assert whole.shape == (1, 180, 280, 3)
+    assert (whole - tiled).abs().max() <= 1
+
+
+def far_reaching_generator(scale: int) -> torch.nn.Module:
+    """A generator whose every convolution takes only its farthest tap (up and to the left), equal
+    over the input channels, and whose PReLUs pass everything: among its paths, one shifts the
+    picture by the whole receptive radius, so a tile margin a pixel short of it shows as a seam."""
+    model = tiny_generator(scale=scale, blocks=1, channels=4, batch_norm=False, global_skip="none")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.zero_()
+                m.bias.zero_()
+                m.weight[:, :, 0, 0] = (0.25 if m is model.tail else 1.0) / m.in_channels
+            elif isinstance(m, torch.nn.PReLU):
+                m.weight.fill_(1.0)
+    return model
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_tiles_cover_the_receptive_field_to_its_edge(scale):
+    """Tiling a generator that uses its receptive field to the edge (the x4 one reaches 9.5 input
+    pixels, so its margin is 10) gives the untiled frame: no tile's core sees its zero padding."""
+    frame = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (1, 40, 56, 3), dtype=np.uint8))
+    model = far_reaching_generator(scale)
+    whole = Upscaler(model, precision="fp32").upscale(frame).int()
+    assert 40 < float(whole.float().mean()) < 215  # not clipped flat
+    tiled = Upscaler(model, tile=16, precision="fp32").upscale(frame).int()
     assert (whole - tiled).abs().max() <= 1
 
 

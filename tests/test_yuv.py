@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SAMPLE, ffmpeg_packets, make_clip, pyav_video_pts
+from conftest import SAMPLE, ffmpeg_frames, ffmpeg_packets, make_clip, pattern, pyav_video_pts
 from vsr.colour import PLANE_FORMATS, ColourTags, frame_planes, frame_to_rgb, matrix_for, planes_to_frame, range_for, rgb_to_frame
 from vsr.decode import chroma_left, probe
 from vsr.encode import EncodeOptions
@@ -72,6 +72,49 @@ def test_chroma_siting_follows_the_decoder(tmp_path, codec, left):
     decode = YuvToRgb("yuv420p", matrix_for(tags, 48), range_for(tags, "yuv420p") == 2, chroma_left=left)
     ours = (decode(planes_of(frame, "yuv420p")) * 255).round()[0].permute(1, 2, 0).numpy().astype(int)
     assert np.abs(ours - frame_to_rgb(frame).astype(int)).max() <= 1
+
+
+def studio_to_rgb(y, u, v, kr: float, kb: float) -> np.ndarray:
+    """RGB (0-255, float) of 8-bit limited-range Y'CbCr planes by the standard's equations (Kr, Kb:
+    BT.709 0.2126, 0.0722; BT.601 0.299, 0.114), written out here, not taken from vsr or swscale."""
+    luma, cb, cr = (y - 16) / 219, (u - 128) / 224, (v - 128) / 224
+    r, b = luma + 2 * (1 - kr) * cr, luma + 2 * (1 - kb) * cb
+    return np.clip(np.stack([r, (luma - kr * r - kb * b) / (1 - kr - kb), b], -1) * 255, 0, 255)
+
+
+def rgb_to_studio(rgb, kr: float, kb: float) -> list[np.ndarray]:
+    """8-bit limited-range Y', Cb, Cr (float) of RGB by the standard's equations."""
+    r, g, b = (rgb[..., i] / 255 for i in range(3))
+    luma = kr * r + (1 - kr - kb) * g + kb * b
+    return [16 + 219 * luma, 128 + 224 * (b - luma) / (2 * (1 - kb)), 128 + 224 * (r - luma) / (2 * (1 - kr))]
+
+
+def test_bt709_video_is_converted_with_the_bt709_equations_both_ways(tmp_path, ffmpeg):
+    """A small BT.709-tagged clip (HD material cut down: its size alone would say BT.601) is decoded
+    to the RGB of BT.709's equations, by the CPU path and by the device path, as the ffmpeg binary
+    decodes it; RGB is encoded back by the same equations.  (A wrong matrix used both ways cancels
+    in a whole upscale, so each direction is checked on its own.)"""
+    src = make_clip(tmp_path / "hd.mp4", frames=1, size=(64, 48), pix_fmt="yuv444p", colorspace="bt709")
+    with av.open(str(src)) as c:
+        frame = next(c.decode(video=0))
+    tags = ColourTags.of(frame)
+    assert (tags.colorspace, tags.color_range) == (1, 1)
+    planes = frame_planes(frame, PLANE_FORMATS["yuv444p"])
+    expected = studio_to_rgb(*(p.astype(float) for p in planes), 0.2126, 0.0722)
+    # the picture is colourful enough that BT.601 would be far off; the independent decoder agrees
+    assert np.abs(studio_to_rgb(*(p.astype(float) for p in planes), 0.299, 0.114) - expected).max() > 20
+    assert np.abs(ffmpeg_frames(ffmpeg, src)[0] - expected).max() <= 1
+    assert np.abs(frame_to_rgb(frame) - expected).max() <= 1
+    conv = plane_conversion("yuv444p", tags, (48, 64), "yuv444p", tags, (192, 256))
+    device = conv.decode([torch.from_numpy(p)[None] for p in planes])[0].permute(1, 2, 0).numpy() * 255
+    assert np.abs(device - expected).max() <= 1
+
+    rgb = pattern(5, 64, 48)
+    want = rgb_to_studio(rgb.astype(float), 0.2126, 0.0722)
+    cpu_planes = frame_planes(rgb_to_frame(rgb, "yuv444p", tags), PLANE_FORMATS["yuv444p"])
+    device_planes = conv.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    for w, a, b in zip(want, cpu_planes, device_planes):
+        assert np.abs(a - w).max() <= 1 and np.abs(b[0].numpy() - w).max() <= 1
 
 
 def test_planes_to_frame_round_trip():
