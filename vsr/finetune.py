@@ -230,6 +230,9 @@ def _start(opts: FinetuneOptions) -> _Start:
         raise FinetuneError(f"cannot resume from {os.fspath(opts.resume)!r}: {exc}") from exc
     saved_cfg = state["train_config"]
     cfg = train_mod.TrainConfig(**{**saved_cfg, "steps": max(opts.train.steps, saved_cfg["steps"])})
+    # The run's own seed, not this command's: what the checkpoint does not hold (a discriminator not
+    # built yet when it was written in the pixel phase) starts as it did in the uninterrupted run.
+    torch.manual_seed(cfg.seed)
     return _Start(train_mod.generator_from_checkpoint(state), cfg, state.get("started_from", "checkpoint"),
                   state.get("earlier_training", {}), state)
 
