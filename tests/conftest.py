@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from fractions import Fraction
@@ -49,6 +50,15 @@ def ffmpeg_exe() -> str:
 @pytest.fixture(scope="session")
 def ffmpeg() -> str:
     return ffmpeg_exe()
+
+
+def unwritable_folder() -> Path:
+    """A folder nobody may create files in, root included, without chmod (which root ignores): a
+    process's /proc entry (procfs refuses new names there whatever the caller's capabilities)."""
+    folder = Path("/proc/1")
+    if not folder.is_dir() or os.access(folder, os.W_OK):
+        pytest.skip("no folder here that even this user cannot write (/proc/1 is writable or missing)")
+    return folder
 
 
 def tiny_generator(scale: int = 4, seed: int = 0, **kw) -> Generator:

@@ -119,32 +119,67 @@ def test_shards_cover_the_list_exactly_once(tree, tmp_path):
     assert files(out) == ["season1/e1.mp4", "season1/e2.mkv", "season2/e3.mp4", "season2/extras/x.mov", "top.mp4"]
 
 
-def test_two_workers_share_the_files(tree, tmp_path):
+def test_two_workers_share_the_files(tree, tmp_path, monkeypatch):
+    """--devices cpu,cpu: two upscalers (one per worker thread) each convert files, every file once.
+    Each worker's first file waits at a barrier for the other's, so one worker doing all the files
+    (or the workers taking turns) cannot pass: the barrier breaks and that file fails."""
+    import threading
+
+    real = batch.upscale_file
+    calls: list[tuple[str, int, str]] = []  # (file, upscaler, thread)
+    first = threading.Barrier(2, timeout=10)
+    seen_threads: set[str] = set()
+    lock = threading.Lock()
+
+    def recording(src, dst, upscaler, *args, **kw):
+        me = threading.current_thread().name
+        with lock:
+            new = me not in seen_threads
+            seen_threads.add(me)
+            calls.append((src.name, id(upscaler), me))
+        if new:
+            first.wait()  # both workers hold a file at once
+        return real(src, dst, upscaler, *args, **kw)
+
+    monkeypatch.setattr(batch, "upscale_file", recording)
     out = tmp_path / "out"
     r = invoke(tree, "-o", out, "-r", "--devices", "cpu,cpu", "--exclude", "broken*")
     assert r.exit_code == 0, r.output
-    assert len(files(out)) == 5
+    assert files(out) == ["season1/e1.mp4", "season1/e2.mkv", "season2/e3.mp4", "season2/extras/x.mov", "top.mp4"]
+    assert sorted(name for name, _u, _t in calls) == ["e1.mp4", "e2.mkv", "e3.mp4", "top.mp4", "x.mov"]  # each once
+    assert len({u for _n, u, _t in calls}) == 2 and len({t for _n, _u, t in calls}) == 2
 
 
-@pytest.mark.parametrize("case", ["inside", "empty", "unwritable", "under_a_file", "bad_shard"])
-def test_folder_usage_errors(tree, tmp_path, case):
+@pytest.mark.parametrize("case, code", [("inside", 2), ("empty", 1), ("unwritable", 1), ("under_a_file", 1),
+                                        ("bad_shard", 2)])
+def test_folder_usage_errors(tree, tmp_path, case, code):
+    """Refused before anything is written: options that do not fit together exit 2 (as click's own
+    usage errors), a folder that cannot be used exits 1; one line, saying why, and no output made."""
+    from conftest import unwritable_folder
+
     if case == "inside":
-        args, fragment = [tree, "-o", tree / "upscaled"], "inside the input folder"
+        dst = tree / "upscaled"
+        args, fragment = [tree, "-o", dst], "inside the input folder"
     elif case == "empty":
         (tmp_path / "empty").mkdir()
-        args, fragment = [tmp_path / "empty", "-o", tmp_path / "o"], "no videos or images"
+        dst = tmp_path / "o"
+        args, fragment = [tmp_path / "empty", "-o", dst], "no videos or images"
     elif case == "unwritable":
-        if os.geteuid() == 0:
-            pytest.skip("root can write anywhere")
-        ro = tmp_path / "ro"
-        ro.mkdir(mode=0o500)
-        args, fragment = [tree, "-o", ro / "o"], "not writable"
+        folder = unwritable_folder()  # (chmod would not stop root)
+        dst = folder / "vsr-test-o"
+        args, fragment = [tree, "-o", dst], f"folder '{folder}' is not writable"
     elif case == "under_a_file":
         (tmp_path / "afile").write_text("x")
-        args, fragment = [tree, "-o", tmp_path / "afile" / "o"], "is a file"
+        dst = tmp_path / "afile" / "o"
+        args, fragment = [tree, "-o", dst], "is a file"
     else:
-        args, fragment = [tree, "-o", tmp_path / "o", "--shard", "3/2"], "1 <= I <= N"
+        dst = tmp_path / "o"
+        args, fragment = [tree, "-o", dst, "--shard", "3/2"], "1 <= I <= N"
+    before = sorted(p for p in tmp_path.rglob("*"))
     r = invoke(*args)
-    assert r.exit_code in (1, 2) and "Traceback" not in r.output
-    assert fragment in " ".join(r.output.split())
-    assert not (tmp_path / "o").exists()
+    text = " ".join(r.output.split())
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output and text.count("error:") == 1
+    assert fragment in text, text
+    assert not dst.exists()
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing made anywhere

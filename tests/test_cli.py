@@ -46,10 +46,38 @@ def test_upscale_bicubic_end_to_end(tmp_path, clip):
         assert (c.streams.video[0].width, c.streams.video[0].height) == (192, 128)
 
 
-def test_upscale_with_weights_file_and_default_output_name(tmp_path, clip, tiny_weights):
-    result = invoke("upscale", clip, "--weights", tiny_weights, "--batch-size", "2", "--tile", "16", "-q")
+def test_upscale_with_weights_file_and_default_output_name(tmp_path, clip, tiny_weights, monkeypatch):
+    """--batch-size 2 hands the model two frames a call, --tile 16 tiles of at most 16 pixels plus the
+    receptive field's margin; the tiled frames are the untiled ones (lossless FFV1, read by ffmpeg)."""
+    from conftest import ffmpeg_exe, ffmpeg_frames
+    from vsr.upscaler import Upscaler
+
+    shapes: list[tuple[int, ...]] = []
+    real_run = Upscaler._run
+
+    def recording(self, x):
+        shapes.append(tuple(x.shape))
+        return real_run(self, x)
+
+    monkeypatch.setattr(Upscaler, "_run", recording)
+    result = invoke("upscale", clip, "--weights", tiny_weights, "--batch-size", "2", "--tile", "16", "-q",
+                    "--codec", "ffv1", "--cpu-workers", "1", "--precision", "fp32")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "in_x4.mp4").exists()
+    tiled = list(shapes)
+    assert {n for n, *_ in tiled} == {2} and len(tiled) % 2 == 0  # 4 frames, 2 a call: each tile twice
+    tiles_per_batch = len(tiled) // 2
+    assert tiles_per_batch >= 6  # 48x32 in tiles of 16: 3 x 2 cores
+    assert all(h < 32 and w < 48 for _n, _c, h, w in tiled)  # never the whole 48x32 frame
+    shapes.clear()
+    result = invoke("upscale", clip, "-o", tmp_path / "whole.mkv", "--weights", tiny_weights, "-q", "--codec", "ffv1",
+                    "--cpu-workers", "1", "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    assert shapes == [(1, 3, 32, 48)] * 4  # the default on the CPU: one whole frame a call
+    ffmpeg = ffmpeg_exe()
+    got, want = ffmpeg_frames(ffmpeg, tmp_path / "in_x4.mp4"), ffmpeg_frames(ffmpeg, tmp_path / "whole.mkv")
+    assert got.shape == want.shape == (4, 128, 192, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # stitched cores: no seams
 
 
 def test_profile_names_the_model_workers(tmp_path, clip, tiny_weights):
@@ -213,11 +241,21 @@ def test_unknown_output_extension(tmp_path, clip):
     assert_one_line_error(result, "cannot tell the output format")
 
 
-def test_bad_option_values_are_usage_errors(tmp_path, clip):
-    for args in (["--batch-size", "0"], ["--device", "tpu"], ["--tile", "4"], ["--cpu-workers", "0"],
-                 ["--device", "cpu", "--compile", "--cpu-workers", "2"]):
-        result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--model", "bicubic", *args)
-        assert result.exit_code == 2, args
+@pytest.mark.parametrize("args, fragment", [
+    (["--batch-size", "0"], "Invalid value for '--batch-size': expected a positive number, got 0"),
+    (["--device", "tpu"], "Invalid value for '--device': expected auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["--tile", "4"], "Invalid value for '--tile': expected a tile size of at least 16 pixels, got 4"),
+    (["--cpu-workers", "0"], "Invalid value for '--cpu-workers': expected a positive number, got 0"),
+    (["--device", "cpu", "--compile", "--cpu-workers", "2"], "several CPU workers are for the CPU in eager mode"),
+], ids=["batch-size", "device", "tile", "cpu-workers", "compile-workers"])
+def test_bad_option_values_are_usage_errors(tmp_path, clip, args, fragment):
+    """Exit 2 with the option's own complaint (click's "No such option" for a removed option also
+    exits 2: the message tells them apart), and no output."""
+    result = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--model", "bicubic", *args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert fragment in text and "No such option" not in text and "Traceback" not in text, text
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_cuda_asked_without_gpu(tmp_path, clip):
@@ -294,9 +332,27 @@ def test_cuda_defaults_batch_and_graphs_only_where_measured(tmp_path, clip, monk
 
 
 def test_precision_and_colour_options(tmp_path, clip):
+    """--colour device converts YUV<->RGB beside the model (the profile's to_planes/from_planes
+    stages), --colour cpu with swscale (to_rgb/to_yuv); both give the same picture."""
+    from conftest import ffmpeg_exe, ffmpeg_frames
+
+    def stages(output: str) -> set[str]:
+        names = {"to_rgb", "to_yuv", "to_planes", "from_planes"}
+        return {cell for line in output.splitlines() for cell in line.replace("│", " ").split() if cell in names}
+
     out = tmp_path / "o.mp4"
-    result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "--precision", "fp32", "--colour", "device", "-q")
+    result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "--precision", "fp32", "--colour", "device", "-q",
+                    "--profile")
     assert result.exit_code == 0, result.output
+    assert stages(result.output) == {"to_planes", "from_planes"}, result.output
+    cpu = tmp_path / "cpu.mp4"
+    result = invoke("upscale", clip, "-o", cpu, "--model", "bicubic", "--precision", "fp32", "--colour", "cpu", "-q",
+                    "--profile")
+    assert result.exit_code == 0, result.output
+    assert stages(result.output) == {"to_rgb", "to_yuv"}, result.output
+    ffmpeg = ffmpeg_exe()
+    a, b = ffmpeg_frames(ffmpeg, out).astype(int), ffmpeg_frames(ffmpeg, cpu).astype(int)
+    assert a.shape == b.shape == (4, 128, 192, 3) and np.abs(a - b).mean() < 2
     result = invoke("upscale", clip, "-o", out, "--model", "bicubic", "--precision", "fp8", "--overwrite")
     assert result.exit_code == 2 and "fp8" in result.output
 

@@ -68,18 +68,21 @@ def test_a_signal_ends_a_file_run_as_ctrl_c_does(tmp_path, long_clip, sig, code,
     assert "Traceback" not in stderr
 
 
-def test_sigterm_ends_a_two_worker_folder_run_and_leaves_no_partial_file(tmp_path, long_clip):
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
+def test_sigterm_ends_a_two_worker_folder_run_and_leaves_no_partial_file(tmp_path, long_clip, sig, code):
     src = tmp_path / "in"
     src.mkdir()
     for name in ("a.mp4", "b.mp4"):
         shutil.copy(long_clip, src / name)
     dst = tmp_path / "out"
     returncode, stderr = _stop_while_writing(["upscale", str(src), "-o", str(dst), "--model", "bicubic", "--preset",
-                                              "veryslow", "--devices", "cpu,cpu"], tmp_path, signal.SIGTERM)
-    assert returncode == 143, stderr
+                                              "veryslow", "--devices", "cpu,cpu"], tmp_path, sig)
+    assert returncode == code, stderr
     left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["in/a.mp4", "in/b.mp4"], left  # neither output half-written nor left as a partial file
-    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("interrupted" + ("" if sig == signal.SIGINT else " by SIGTERM")), stderr
+    assert "the current one was not written" in last and "Traceback" not in stderr
 
 
 def test_a_folder_run_stopped_while_waiting_for_its_workers_waits_for_their_clean_up(tmp_path, monkeypatch):

@@ -142,6 +142,9 @@ def test_unknown_architecture_and_grayscale_models_are_named(tmp_path):
     gray = tmp_path / "gray.pth"
     torch.save({"params": compact_state(channels=1)}, gray)
     refused(gray, tmp_path, "gray.pth: a grayscale model", "vsr upscales RGB")
+    rgba = tmp_path / "rgba.pth"  # an alpha-channel model: 4 channels in and out
+    torch.save({"params": compact_state(channels=4)}, rgba)
+    refused(rgba, tmp_path, "rgba.pth: a RGBA model (4 channels in, 4 out)", "vsr upscales RGB")
 
 
 def test_models_lists_bundled_and_given_files(compact_pth, tmp_path):

@@ -342,7 +342,7 @@ def test_cli_finetune_no_gan_then_upscale(folder, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.parametrize("case", ["empty", "undecodable", "too_small", "unwritable", "no_vgg"])
+@pytest.mark.parametrize("case", ["empty", "undecodable", "too_small", "unwritable", "missing_folder", "no_vgg"])
 def test_cli_finetune_bad_input(tmp_path, case, monkeypatch):
     folder = tmp_path / "f"
     folder.mkdir()
@@ -354,7 +354,13 @@ def test_cli_finetune_bad_input(tmp_path, case, monkeypatch):
     elif case == "too_small":
         av.VideoFrame.from_ndarray(textured(0, 40, 40), format="rgb24").save(str(folder / "tiny.png"))
         expected = "smaller than a 96-px crop"
-    elif case == "unwritable":
+    elif case == "unwritable":  # a folder that exists and refuses new files, root or not (chmod stops no root)
+        from conftest import unwritable_folder
+
+        av.VideoFrame.from_ndarray(textured(0, 128, 128), format="rgb24").save(str(folder / "ok.png"))
+        out = unwritable_folder() / "o.safetensors"
+        expected = f"folder '{out.parent}' is not writable"
+    elif case == "missing_folder":
         av.VideoFrame.from_ndarray(textured(0, 128, 128), format="rgb24").save(str(folder / "ok.png"))
         out = tmp_path / "missing_dir" / "o.safetensors"
         expected = "does not exist"
