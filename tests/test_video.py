@@ -381,7 +381,7 @@ def test_cli_outscale_and_height(tmp_path):
 
 def test_the_input_is_demuxed_once_for_frames_and_copied_streams(tmp_path, monkeypatch):
     """One container feeds the decoder and the copied streams (PyAV's remux pattern): the file is
-    opened twice in all, once to describe it (probe) and once to read it."""
+    opened once in all, to describe it and to read it (decode.Source)."""
     import vsr.decode
 
     src = make_clip(tmp_path / "in.mkv", frames=4, audio=1, subtitles=False)
@@ -394,6 +394,6 @@ def test_the_input_is_demuxed_once_for_frames_and_copied_streams(tmp_path, monke
 
     monkeypatch.setattr(vsr.decode.av, "open", counting_open)
     result = run(src, tmp_path / "out.mkv")
-    assert result.frames == 4 and [name for name in opened if name == str(src)] == [str(src), str(src)]
+    assert result.frames == 4 and [name for name in opened if name == str(src)] == [str(src)]
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert len(c.streams.audio) == 1

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import struct
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterator
+from typing import Any, Iterator
 
 import av
 import numpy as np
@@ -173,8 +172,16 @@ def decode_frames(container: av.container.InputContainer, stream: av.stream.Stre
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Describe the first video stream; decodes the first frame for its colour tags and rotation."""
-    name = os.fspath(path)
+    """Describe the first video stream; decodes the first frame for its colour tags and rotation
+    (one frame in flight).  To read the file as well, open a :class:`Source`: it describes the
+    file and reads it with one open."""
+    with Source.open(path, reading=False) as source:
+        return source.info
+
+
+def _check_still(name: str) -> StillInfo:
+    """A picture's header facts (:func:`vsr.stills.read_still`), refused before FFmpeg sees them
+    where FFmpeg could not hold the picture or would inflate a bomb."""
     try:
         still = read_still(name) if os.path.isfile(name) else StillInfo()
     except MetadataTooLarge as exc:
@@ -183,79 +190,81 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         w, h = still.size
         raise InputError(f"{name!r}: picture size {w}x{h} is larger than FFmpeg's decoders accept "
                          f"((width + 128) x (height + 128) must stay under {2**31 // 8} pixels)")
-    if still.animated and still.kind == "webp":
-        return _probe_animated_webp(name)
-    with open_input(name) as container:
-        videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
-        if not videos:
-            kinds = ", ".join(s.type for s in container.streams) or "no streams"
-            raise InputError(f"expected a file with a video stream, got {name!r} ({kinds})")
-        stream = videos[0]
-        # One frame in flight: frame threads would decode a frame per thread ahead of the first,
-        # of sizes nothing has checked yet (read limits them to the first frame's).
-        stream.thread_type = "SLICE"
-        first = None
-        try:
-            for frame in decode_frames(container, stream):
-                first = frame
-                break
-        except av.FFmpegError as exc:
-            raise DecodeError(f"{name!r}: decoding failed at frame 0: {exc}") from exc
-        if first is None:
-            raise DecodeError(f"{name!r}: the video stream has no decodable frame")
-        fmt = container.format.name
-        is_image = fmt in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe") or fmt.endswith("_pipe")
-        tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 25)
-        rate = Fraction(stream.average_rate) if stream.average_rate else (Fraction(stream.guessed_rate) if stream.guessed_rate else None)
-        if first.pts is None and first.dts is None and stream.guessed_rate:
-            # No timestamps (a raw H.264/HEVC stream): the average rate is the demuxer's default of
-            # 25; the rate the bitstream states (FFmpeg's r_frame_rate) is what ffmpeg times it by.
-            rate = Fraction(stream.guessed_rate)
-        duration = None
-        if stream.duration is not None:
-            duration = float(stream.duration * tb)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        frames = stream.frames or None
-        if frames is None and duration and rate:
-            frames = max(1, round(duration * rate))
-        others = tuple(
-            f"{s.type} {s.codec_context.name if s.codec_context else '?'}" + (f" ({s.language})" if s.language else "")
-            for s in container.streams
-            if s.index != stream.index
-        )
-        bits = max((c.bits for c in first.format.components), default=8)
-        width, height, rotation = first.width, first.height, int(round(first.rotation or 0))
-        if is_image:  # EXIF orientation is applied to the pixels (FFmpeg's display matrix from it is not)
-            still = still if still.kind else None
-            width, height = upright_size(width, height, still.orientation if still else 1)
-            rotation = 0
-        return VideoInfo(
-            path=name,
-            format_name=fmt,
-            width=width,
-            height=height,
-            pix_fmt=first.format.name,
-            bits=bits,
-            time_base=tb,
-            rate=rate,
-            frames=1 if is_image else frames,
-            frames_exact=bool(stream.frames) and not is_image,
-            duration=duration,
-            start_time=float(stream.start_time * tb) if stream.start_time is not None else None,
-            sample_aspect_ratio=_sar(stream),
-            rotation=rotation,
-            colour=ColourTags.of(first),
-            is_image=is_image,
-            stream_index=stream.index,
-            other_streams=others,
-            hdr=None if is_image else HdrMetadata.of(first),
-            interlaced=bool(first.interlaced_frame),
-            field_order=int(stream.codec_context.field_order or 0),
-            still=still if is_image else None,
-            alpha=is_image and alpha_of(first) is not None,
-            frame_size=(first.width, first.height),
-        )
+    return still
+
+
+def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
+    """The first video stream that is not a cover picture."""
+    videos = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if not videos:
+        kinds = ", ".join(s.type for s in container.streams) or "no streams"
+        raise InputError(f"expected a file with a video stream, got {name!r} ({kinds})")
+    return videos[0]
+
+
+def _stream_timing(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                   first: av.VideoFrame) -> tuple[Fraction, Fraction | None, float | None, int | None]:
+    """(time base, frame rate, duration in seconds, frame count) of the video stream."""
+    tb = Fraction(stream.time_base) if stream.time_base else Fraction(1, 25)
+    rate = Fraction(stream.average_rate) if stream.average_rate else (Fraction(stream.guessed_rate) if stream.guessed_rate else None)
+    if first.pts is None and first.dts is None and stream.guessed_rate:
+        # No timestamps (a raw H.264/HEVC stream): the average rate is the demuxer's default of
+        # 25; the rate the bitstream states (FFmpeg's r_frame_rate) is what ffmpeg times it by.
+        rate = Fraction(stream.guessed_rate)
+    duration = None
+    if stream.duration is not None:
+        duration = float(stream.duration * tb)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    frames = stream.frames or None
+    if frames is None and duration and rate:
+        frames = max(1, round(duration * rate))
+    return tb, rate, duration, frames
+
+
+def _info_of(name: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+              first: av.VideoFrame, still: StillInfo) -> VideoInfo:
+    """The :class:`VideoInfo` of ``stream``, whose first decoded frame is ``first``."""
+    fmt = container.format.name
+    is_image = fmt in ("image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe") or fmt.endswith("_pipe")
+    tb, rate, duration, frames = _stream_timing(container, stream, first)
+    others = tuple(
+        f"{s.type} {s.codec_context.name if s.codec_context else '?'}" + (f" ({s.language})" if s.language else "")
+        for s in container.streams
+        if s.index != stream.index
+    )
+    bits = max((c.bits for c in first.format.components), default=8)
+    width, height, rotation = first.width, first.height, int(round(first.rotation or 0))
+    if is_image:  # EXIF orientation is applied to the pixels (FFmpeg's display matrix from it is not)
+        still = still if still.kind else None
+        width, height = upright_size(width, height, still.orientation if still else 1)
+        rotation = 0
+    return VideoInfo(
+        path=name,
+        format_name=fmt,
+        width=width,
+        height=height,
+        pix_fmt=first.format.name,
+        bits=bits,
+        time_base=tb,
+        rate=rate,
+        frames=1 if is_image else frames,
+        frames_exact=bool(stream.frames) and not is_image,
+        duration=duration,
+        start_time=float(stream.start_time * tb) if stream.start_time is not None else None,
+        sample_aspect_ratio=_sar(stream),
+        rotation=rotation,
+        colour=ColourTags.of(first),
+        is_image=is_image,
+        stream_index=stream.index,
+        other_streams=others,
+        hdr=None if is_image else HdrMetadata.of(first),
+        interlaced=bool(first.interlaced_frame),
+        field_order=int(stream.codec_context.field_order or 0),
+        still=still if is_image else None,
+        alpha=is_image and alpha_of(first) is not None,
+        frame_size=(first.width, first.height),
+    )
 
 
 def alpha_of(frame: av.VideoFrame) -> np.ndarray | None:
@@ -270,12 +279,8 @@ def alpha_of(frame: av.VideoFrame) -> np.ndarray | None:
 def read_picture(path: str | os.PathLike) -> np.ndarray:
     """A picture file's RGB (uint8 HxWx3) as the pipeline converts it: its own matrix and range,
     turned upright by its EXIF orientation (for training data, which must match what is upscaled)."""
-    info = probe(path)
-    with open_input(path) as container:
-        try:
-            frame = next(decode_frames(container, container.streams[info.stream_index]), None)
-        except av.FFmpegError as exc:
-            raise DecodeError(f"{os.fspath(path)!r}: decoding failed: {exc}") from exc
+    with Source.open(path, reading=False) as source:
+        info, frame = source.info, source.first
     if frame is None:
         raise DecodeError(f"{os.fspath(path)!r}: no picture could be decoded")
     return still_to_rgb(FrameItem(0, None, None, info.time_base, frame), info, Timings()).rgb
@@ -309,23 +314,25 @@ def deep_picture(info: VideoInfo) -> bool:
 
 
 def chroma_left(info: VideoInfo) -> bool:
-    """Whether the decoder marks the video's chroma as co-sited left (H.264, HEVC, MPEG-2/4 do):
-    the siting swscale converts its frames with, which the device conversion must follow.
-
-    PyAV does not expose a frame's chroma location, but swscale honours it: the first frame converts
-    differently from a copy of its planes in a new frame (which has none, i.e. centred chroma).
-    Decodes the first frame again; asked only where the device conversion is used.
-    """
+    """Whether the decoder marks the video's chroma as co-sited left (:meth:`Source.chroma_left`),
+    for a file not open: it is opened and its first frame decoded again."""
     fmt = PLANE_FORMATS.get(info.pix_fmt)
     if fmt is None or not fmt.sub_x:
         return False
-    with open_input(info.path) as container:
-        stream = container.streams[info.stream_index]
-        try:
-            frame = next(decode_frames(container, stream), None)
-        except av.FFmpegError:
-            return False  # the pipeline will report the file
-    if frame is None or frame.format.name != fmt.name:
+    try:
+        with Source.open(info.path, reading=False) as source:
+            return source.chroma_left()
+    except DecodeError:
+        return False  # the pipeline will report the file
+
+
+def _frame_chroma_left(frame: av.VideoFrame | None, pix_fmt: str) -> bool:
+    """Whether swscale converts ``frame`` with its chroma co-sited left.
+
+    PyAV does not expose a frame's chroma location, but swscale honours it: the frame converts
+    differently from a copy of its planes in a new frame (which has none, i.e. centred chroma)."""
+    fmt = PLANE_FORMATS.get(pix_fmt)
+    if fmt is None or not fmt.sub_x or frame is None or frame.format.name != fmt.name:
         return False
     copy = planes_to_frame(frame_planes(frame, fmt), fmt.name, (frame.height, frame.width), ColourTags(), False)
     tags = ColourTags.of(frame)
@@ -430,9 +437,12 @@ class Deinterlacer:
     """FFmpeg's bwdif filter (motion adaptive, as ``ffmpeg -vf bwdif``): one progressive frame per
     frame in, with its timestamp; frames not marked interlaced pass through untouched."""
 
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+    def __init__(self, stream: av.video.stream.VideoStream, width: int | None = None, height: int | None = None,
+                 format=None) -> None:
+        """``width``, ``height``, ``format``: the stream's as stated before any frame was decoded
+        (taken from ``stream`` where not given)."""
         self.graph = av.filter.Graph()
-        source = self.graph.add_buffer(template=stream)
+        source = self.graph.add_buffer(template=stream, width=width, height=height, format=format)
         bwdif = self.graph.add("bwdif", "mode=send_frame:parity=auto:deint=interlaced")
         sink = self.graph.add("buffersink")
         source.link_to(bwdif)
@@ -555,9 +565,180 @@ class Span:
         return max(1, round(min(left, self.duration if self.duration is not None else left) * info.rate))
 
 
+# Packet bytes kept from the look at the first frame, to be read again from memory.  A file whose
+# first frame lies deeper (rare) is opened a second time to be read.
+_PEEK_BYTES = 64 << 20
+
+
+class Source:
+    """One input file, opened once: it describes the file (:attr:`info`, from the first frame it
+    decodes), gives its frames and packets (:meth:`read`: those the description took, from memory,
+    then the rest of the file) and says how its chroma is sited (:meth:`chroma_left`, from that same
+    first frame).  Made by :meth:`open` (or :meth:`to_read`); closed by :meth:`close` or ``with``.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.info: VideoInfo | None = None
+        self.container: av.container.InputContainer | None = None  # also the writer's template for copied streams
+        self.stream: av.video.stream.VideoStream | None = None
+        self.image = None  # an animated WebP, as Pillow reads it
+        self.first: av.VideoFrame | None = None  # the first decoded frame
+        self._template: tuple | None = None  # the stream's size and format as stated, for the Deinterlacer
+        self._packets: Iterator[av.Packet] = iter(())  # the demuxer, where the description left it
+        self._peeked: list[tuple[av.Packet, list[av.VideoFrame] | None]] | None = None  # None: not kept
+        self._reading = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, reading: bool = True) -> "Source":
+        """Open and describe ``path``.  ``reading``: the decoder is set up as :meth:`read` needs it
+        (frame threads, refusing frames much larger than the stream's stated size) before the first
+        frame, and what the description demuxed is kept; else one frame is in flight (a description only)."""
+        source = cls(path)
+        try:
+            still = _check_still(source.path)
+            if still.animated and still.kind == "webp":
+                source.image = _open_animated_webp(source.path)
+                source.info = _describe_animated_webp(source.path, source.image)
+                if reading:
+                    source.container = open_input(source.path)  # the writer's template
+            else:
+                source.container = open_input(source.path)
+                source._describe(still, reading)
+        except BaseException:
+            source.close()
+            raise
+        return source
+
+    @classmethod
+    def to_read(cls, info: VideoInfo) -> "Source":
+        """The file ``info`` describes, opened to be read (not described again)."""
+        source = cls(info.path)
+        source.info = info
+        try:
+            if info.format_name == ANIMATED_WEBP:
+                source.image = _open_animated_webp(info.path)
+            else:
+                source._open_to_read()
+        except BaseException:
+            source.close()
+            raise
+        return source
+
+    def _describe(self, still: StillInfo, reading: bool) -> None:
+        stream = self.stream = _video_stream(self.container, self.path)
+        ctx = stream.codec_context
+        stated = (ctx.width, ctx.height)
+        if reading:
+            stream.thread_type = "AUTO"
+            if all(stated):
+                limit_frame_size(stream, *stated)
+            self._peeked = []
+        else:
+            # One frame in flight: frame threads would decode a frame per thread ahead of the first,
+            # of sizes nothing has checked yet.
+            stream.thread_type = "SLICE"
+        self._template = (stream.width, stream.height, stream.format)
+        self._packets = self.container.demux()  # every stream's: what is read later is kept on the way
+        self.first = self._peek(stream)
+        self.info = _info_of(self.path, self.container, stream, self.first, still)
+        if stated != self.info.frame_size:  # the decoder's limit is not the one read sets: read afresh
+            self._peeked = None
+
+    def _peek(self, stream: av.video.stream.VideoStream) -> av.VideoFrame:
+        """Demux up to the first frame of ``stream``, keeping each packet (and what each video packet
+        decoded to) for :meth:`read` while they fit in :data:`_PEEK_BYTES`."""
+        kept = 0
+        try:
+            for packet in self._packets:
+                frames = None
+                if packet.stream.index == stream.index and not (packet.size == 0 and (packet.pts is not None or packet.dts is not None)):
+                    frames = packet.decode()  # (a zero-size packet with a timestamp: see decode_frames)
+                if self._peeked is not None:
+                    kept += packet.size
+                    if kept <= _PEEK_BYTES:
+                        self._peeked.append((packet, frames))
+                    else:
+                        self._peeked = None  # read opens the file again
+                if frames:
+                    return frames[0]
+        except av.FFmpegError as exc:
+            raise DecodeError(f"{self.path!r}: decoding failed at frame 0: {exc}") from exc
+        raise DecodeError(f"{self.path!r}: the video stream has no decodable frame")
+
+    def _open_to_read(self) -> None:
+        """Open the file afresh for :meth:`read`: frame threads, frames much larger than the first refused."""
+        if self.container is not None:
+            self.container.close()
+        self.container = open_input(self.path)
+        stream = self.stream = self.container.streams[self.info.stream_index]
+        stream.thread_type = "AUTO"
+        if self.info.frame_size is not None:
+            limit_frame_size(stream, *self.info.frame_size)
+        self._template = (stream.width, stream.height, stream.format)
+        self._packets = self.container.demux()
+        self._peeked = []
+
+    def chroma_left(self) -> bool:
+        """Whether the decoder marks the video's chroma as co-sited left (H.264, HEVC, MPEG-2/4 do):
+        the siting swscale converts its frames with, which the device conversion must follow.  Found
+        on the first frame, the one the description decoded."""
+        return _frame_chroma_left(self.first, self.info.pix_fmt)
+
+    def read(self, copy_streams: set[int], stop=None, timings: Timings | None = None, deinterlace: bool = False,
+             report: "DecodeReport | None" = None, span: "Span | None" = None) -> Iterator["FrameItem | PacketItem"]:
+        """:func:`read` from this source: once, from the start of the file (or of ``span``)."""
+        if self._reading:
+            raise RuntimeError(f"{self.path!r} is read once per Source")
+        self._reading = True
+        info = self.info
+        timings = timings if timings is not None else Timings()
+        report = report if report is not None else DecodeReport()
+        if self.image is not None:  # not FFmpeg's to decode: the same items, from Pillow
+            yield from _read_animated_webp(info, self.image, stop, timings, report, span)
+            return
+        if self._peeked is None:
+            self._open_to_read()
+        stream = self.stream
+        if span is not None and span.start > 0:
+            self.container.seek(int(span.start / stream.time_base) + (stream.start_time or 0), stream=stream, backward=True)
+            self._peeked, self._packets = [], self.container.demux()
+        reader = _Reader(info, stream, {stream.index} | {s.index for s in self.container.streams if s.index in copy_streams},
+                         _Window.of(span, stream), FrameClock(dts_only=self.container.format.name in DTS_ONLY_FORMATS),
+                         Deinterlacer(stream, *self._template) if deinterlace else None, report, timings, stop)
+        report.sequential = self.container.format.name in _SEQUENTIAL_FORMATS
+        try:
+            yield from reader.items(self._replay())
+        except av.FFmpegError as exc:
+            raise reader.failure(exc) from exc
+        if not reader.stopped:
+            _judge_the_end(info, span, report, reader.index, reader.last_time)
+
+    def _replay(self) -> Iterator[tuple[av.Packet, list[av.VideoFrame] | None]]:
+        """Every packet from the start: those the description demuxed (with the frames they decoded
+        to), then the rest of the file's (None: not decoded yet)."""
+        peeked, self._peeked = self._peeked, []
+        yield from peeked
+        for packet in self._packets:
+            yield packet, None
+
+    def close(self) -> None:
+        self._peeked = None
+        if self.container is not None:
+            self.container.close()
+        if self.image is not None:
+            self.image.close()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None,
          deinterlace: bool = False, report: DecodeReport | None = None,
-         span: Span | None = None, container: av.container.InputContainer | None = None) -> Iterator[FrameItem | PacketItem]:
+         span: Span | None = None, source: Source | None = None) -> Iterator[FrameItem | PacketItem]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
 
     Frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb` or :func:`to_planes`
@@ -565,138 +746,178 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
     With ``deinterlace``, interlaced frames go through :class:`Deinterlacer` first.  ``report``
     collects the frame times and, at the end, the gaps in them.  With ``span``, reading starts at
     the keyframe before its start, frames and packets outside it are dropped (other streams at
-    packet boundaries) and timestamps are shifted to start at 0.  ``container``: the input already
-    open (the caller's, whose streams the writer copied; the caller closes it), else it is opened.
+    packet boundaries) and timestamps are shifted to start at 0.  ``source``: the input already
+    open (:meth:`Source.open` described it as ``info``; the writer copies streams from its
+    container; the caller closes it), else the file is opened here.
 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
-    index = 0
-    last_time = None
-    timings = timings if timings is not None else Timings()
-    report = report if report is not None else DecodeReport()
-    if info.format_name == ANIMATED_WEBP:  # not FFmpeg's to decode: the same items, from Pillow
-        yield from _read_animated_webp(info, stop, timings, report, span)
+    if source is not None:
+        yield from source.read(copy_streams, stop, timings, deinterlace, report, span)
         return
-    with (nullcontext(container) if container is not None else open_input(info.path)) as container:
-        stream = container.streams[info.stream_index]
-        stream.thread_type = "AUTO"
-        planned = info.frame_size
-        if planned is not None:
-            limit_frame_size(stream, *planned)
-        wanted = [stream] + [s for s in container.streams if s.index in copy_streams]
-        clock = FrameClock(dts_only=container.format.name in DTS_ONLY_FORMATS)
-        filtered = Deinterlacer(stream) if deinterlace else None
-        begin, end = (span.start, span.end) if span is not None else (0.0, None)
-        if begin > 0:
-            container.seek(int(begin / stream.time_base) + (stream.start_time or 0), stream=stream, backward=True)
-            begin += float((stream.start_time or 0) * stream.time_base)  # --start counts from the video's start
-            end = None if end is None else end + float((stream.start_time or 0) * stream.time_base)
-        elif span is not None:
-            begin = float((stream.start_time or 0) * stream.time_base)
-            end = None if end is None else end + begin
+    with Source.to_read(info) as own:
+        yield from own.read(copy_streams, stop, timings, deinterlace, report, span)
 
-        def inside(pts: int | None, tb: Fraction) -> int:
-            """-1 before the span, 0 inside, 1 after it."""
-            if span is None or pts is None:
-                return 0
-            t = float(pts * tb)
-            return -1 if t < begin - 1e-6 else (1 if end is not None and t >= end - 1e-6 else 0)
 
-        def shifted(value: int | None, tb: Fraction) -> int | None:
-            return None if value is None or span is None else value - round(Fraction(begin) / tb)
+@dataclass(frozen=True)
+class _Window:
+    """A :class:`Span` in the video stream's own time, seconds (``--start`` counts from the stream's
+    start): what falls outside is dropped, what is kept is shifted to start at 0.  Without a span:
+    everything, unshifted."""
 
-        def seconds_of(packet: av.Packet) -> float | None:
-            value = packet.pts if packet.pts is not None else packet.dts
-            if value is None:
-                return None
-            value = shifted(value, Fraction(packet.time_base)) if span is not None else value
-            return float(value * packet.time_base)
+    span: Span | None
+    begin: float = 0.0
+    end: float | None = None
 
-        def frames_of(packet: av.Packet) -> Iterator[av.VideoFrame]:
-            with timings("decode"):
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError:
-                    ctx = stream.codec_context
-                    if not packet.size or (planned is not None and ctx.width * ctx.height > _frame_limit(*planned)):
-                        raise
-                    frames = []  # a packet the decoder refuses: damage, and decoding goes on as ffmpeg's does
-                    report.damaged(seconds_of(packet))
-            if filtered is None:
-                yield from frames
+    @classmethod
+    def of(cls, span: Span | None, stream: av.video.stream.VideoStream) -> "_Window":
+        if span is None:
+            return cls(None)
+        offset = float((stream.start_time or 0) * stream.time_base)
+        return cls(span, span.start + offset, None if span.end is None else span.end + offset)
+
+    def where(self, pts: int | None, tb: Fraction) -> int:
+        """-1 before the span, 0 inside, 1 after it."""
+        if self.span is None or pts is None:
+            return 0
+        t = float(pts * tb)
+        return -1 if t < self.begin - 1e-6 else (1 if self.end is not None and t >= self.end - 1e-6 else 0)
+
+    def shifted(self, value: int | None, tb: Fraction) -> int | None:
+        return None if value is None or self.span is None else value - round(Fraction(self.begin) / tb)
+
+    def seconds_of(self, packet: av.Packet) -> float | None:
+        value = packet.pts if packet.pts is not None else packet.dts
+        if value is None:
+            return None
+        value = self.shifted(value, Fraction(packet.time_base)) if self.span is not None else value
+        return float(value * packet.time_base)
+
+
+@dataclass
+class _Reader:
+    """One pass of :meth:`Source.read`: packets in, items out, and what it met on the way."""
+
+    info: VideoInfo
+    stream: av.video.stream.VideoStream
+    watched: set[int]  # the video stream and the streams copied
+    window: _Window
+    clock: FrameClock
+    filtered: Deinterlacer | None
+    report: DecodeReport
+    timings: Timings
+    stop: Any = None
+    index: int = 0  # frames given so far
+    last_time: float | None = None  # seconds, of the last frame given
+    stopped: bool = False  # ``stop`` was set: the end is not judged
+
+    def items(self, packets: Iterator[tuple[av.Packet, list[av.VideoFrame] | None]]) -> Iterator[FrameItem | PacketItem]:
+        """Items from ``packets`` (each with its frames where already decoded), to the span's end."""
+        for packet, decoded in packets:
+            if self.stop is not None and self.stop.is_set():
+                self.stopped = True
                 return
-            for frame in frames:
-                frame.pts = clock.time_of(frame)
-                with timings("deinterlace"):
-                    yield from filtered(frame)
-            if packet.size == 0:  # the end-of-stream flush: the filter's last frame too
-                with timings("deinterlace"):
-                    yield from filtered(None)
-
-        past_end = False
-        report.sequential = container.format.name in _SEQUENTIAL_FORMATS
-        watched = {s.index for s in wanted}
-        try:
-            for packet in container.demux():  # every stream's, for the byte positions (report.demuxed)
-                if past_end:
-                    break
-                if stop is not None and stop.is_set():
-                    return
-                if packet.size or packet.pts is not None or packet.dts is not None:
-                    report.demuxed(packet, seconds_of(packet), packet.stream.index in watched)
-                if packet.stream.index not in watched:
-                    continue
-                if packet.stream.index != info.stream_index:
-                    if packet.size or packet.dts is not None or packet.pts is not None:  # not the end-of-stream flush
-                        ptb = Fraction(packet.time_base)
-                        if span is not None:
-                            if inside(packet.pts if packet.pts is not None else packet.dts, ptb):
-                                continue
-                            packet.pts, packet.dts = shifted(packet.pts, ptb), shifted(packet.dts, ptb)
-                        yield PacketItem(packet, packet.stream.index, ptb)
-                    continue
-                if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
-                    continue  # "repeat the last frame" (Theora, AVI): sending it would end the decoder
-                clock.demuxed(packet)
-                for frame in frames_of(packet):
-                    tb = Fraction(frame.time_base or info.time_base)
-                    pts = frame.pts if filtered is not None else clock.time_of(frame)
-                    where = inside(pts, tb)
-                    if where < 0:
-                        continue
-                    if where > 0:
-                        past_end = True
-                        break
-                    if planned is not None and (frame.width, frame.height) != planned:
-                        raise DecodeError(_size_change(info, index, (frame.width, frame.height)))
-                    if span is not None:
-                        pts = shifted(pts, tb)
-                    if pts is not None:
-                        last_time = float(pts * tb)
-                        report.times.append(last_time)
-                    if frame.is_corrupt:  # the decoder concealed errors in it
-                        report.damaged(last_time)
-                    item = FrameItem(index, None, pts, tb, frame)
+            if packet.size or packet.pts is not None or packet.dts is not None:  # (every stream's, for the byte positions)
+                self.report.demuxed(packet, self.window.seconds_of(packet), packet.stream.index in self.watched)
+            if packet.stream.index not in self.watched:
+                continue
+            if packet.stream.index != self.info.stream_index:
+                item = self._packet_item(packet)
+                if item is not None:
                     yield item
-                    index += 1
-        except av.FFmpegError as exc:
-            ctx = stream.codec_context  # the size the decoder refused to allocate (limit_frame_size)
-            if planned is not None and ctx.width * ctx.height > _frame_limit(*planned):
-                raise DecodeError(_size_change(info, index, (ctx.width, ctx.height))) from exc
-            raise DecodeError(f"{info.path!r}: decoding failed at frame {index}: {exc}") from exc
+                continue
+            if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
+                continue  # "repeat the last frame" (Theora, AVI): sending it would end the decoder
+            self.clock.demuxed(packet)
+            for frame in self._frames_of(packet, decoded):
+                tb = Fraction(frame.time_base or self.info.time_base)
+                pts = frame.pts if self.filtered is not None else self.clock.time_of(frame)
+                where = self.window.where(pts, tb)
+                if where > 0:
+                    return  # past the span's end
+                if where == 0:
+                    yield self._frame_item(frame, pts, tb)
+
+    def _packet_item(self, packet: av.Packet) -> PacketItem | None:
+        """A copied stream's packet, cut to the span and shifted; None for the end-of-stream flush."""
+        if not (packet.size or packet.dts is not None or packet.pts is not None):
+            return None
+        ptb = Fraction(packet.time_base)
+        if self.window.span is not None:
+            if self.window.where(packet.pts if packet.pts is not None else packet.dts, ptb):
+                return None
+            packet.pts, packet.dts = self.window.shifted(packet.pts, ptb), self.window.shifted(packet.dts, ptb)
+        return PacketItem(packet, packet.stream.index, ptb)
+
+    def _frames_of(self, packet: av.Packet, decoded: list[av.VideoFrame] | None) -> Iterator[av.VideoFrame]:
+        """The frames of a video packet (``decoded``: already), through the deinterlacer if asked."""
+        with self.timings("decode"):
+            frames = decoded if decoded is not None else self._decode(packet)
+        if self.filtered is None:
+            yield from frames
+            return
+        for frame in frames:
+            frame.pts = self.clock.time_of(frame)
+            with self.timings("deinterlace"):
+                yield from self.filtered(frame)
+        if packet.size == 0:  # the end-of-stream flush: the filter's last frame too
+            with self.timings("deinterlace"):
+                yield from self.filtered(None)
+
+    def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
+        try:
+            return packet.decode()
+        except av.error.InvalidDataError:
+            ctx, planned = self.stream.codec_context, self.info.frame_size
+            if not packet.size or (planned is not None and ctx.width * ctx.height > _frame_limit(*planned)):
+                raise
+            self.report.damaged(self.window.seconds_of(packet))
+            return []  # a packet the decoder refuses: damage, and decoding goes on as ffmpeg's does
+
+    def _frame_item(self, frame: av.VideoFrame, pts: int | None, tb: Fraction) -> FrameItem:
+        planned = self.info.frame_size
+        if planned is not None and (frame.width, frame.height) != planned:
+            raise DecodeError(_size_change(self.info, self.index, (frame.width, frame.height)))
+        if self.window.span is not None:
+            pts = self.window.shifted(pts, tb)
+        if pts is not None:
+            self.last_time = float(pts * tb)
+            self.report.times.append(self.last_time)
+        if frame.is_corrupt:  # the decoder concealed errors in it
+            self.report.damaged(self.last_time)
+        item = FrameItem(self.index, None, pts, tb, frame)
+        self.index += 1
+        return item
+
+    def failure(self, exc: av.FFmpegError) -> DecodeError:
+        """What an FFmpeg error while reading means: a frame larger than planned (refused by the
+        decoder's limit), or decoding failed at the current frame."""
+        ctx, planned = self.stream.codec_context, self.info.frame_size
+        if planned is not None and ctx.width * ctx.height > _frame_limit(*planned):
+            return DecodeError(_size_change(self.info, self.index, (ctx.width, ctx.height)))
+        return DecodeError(f"{self.info.path!r}: decoding failed at frame {self.index}: {exc}")
+
+
+def _judge_the_end(info: VideoInfo, span: Span | None, report: DecodeReport, frames: int, last_time: float | None) -> None:
+    """After the last frame: nothing read, or fewer frames than the file says and an early end, fail;
+    gaps in the frame times are found (a part is not judged against the whole file's length)."""
     if span is not None:
-        if index == 0:
-            raise DecodeError(f"{info.path!r}: no frames between {span.start:g} s and "
-                              f"{'the end' if span.end is None else f'{span.end:g} s'}")
-        return  # a part: not judged against the whole file's length
-    if index == 0 and report.damage:
+        if frames == 0:
+            raise DecodeError(_nothing_in(info, span))
+        return
+    if frames == 0 and report.damage:
         raise DecodeError(f"{info.path!r}: decoding failed at frame 0: the decoder refused every packet")
     report.find_gaps(info)
-    if info.frames_exact and info.frames and index < info.frames and _ends_early(info, last_time):
+    if info.frames_exact and info.frames and frames < info.frames and _ends_early(info, last_time):
         raise DecodeError(
-            f"{info.path!r}: decoding failed at frame {index}: the file says it has {info.frames} frames "
+            f"{info.path!r}: decoding failed at frame {frames}: the file says it has {info.frames} frames "
             f"(truncated or corrupt file?)"
         )
+
+
+def _nothing_in(info: VideoInfo, span: Span) -> str:
+    return (f"{info.path!r}: no frames between {span.start:g} s and "
+            f"{'the end' if span.end is None else f'{span.end:g} s'}")
 
 
 def _frame_limit(width: int, height: int) -> int:
@@ -757,19 +978,19 @@ def _open_animated_webp(name: str):
     return image
 
 
-def _probe_animated_webp(name: str) -> VideoInfo:
-    """Describe an animated WebP as a variable-rate video in milliseconds (a pass over its frames'
-    display times; libwebp decodes each frame on the way)."""
-    image = _open_animated_webp(name)
-    with image:
-        frames, mode = image.n_frames, image.mode
-        try:
-            image.seek(frames - 1)
-            image.load()  # the last frame's start and duration: the animation's length
-        except (OSError, EOFError, ValueError) as exc:
-            raise DecodeError(f"{name!r}: decoding failed at frame {frames - 1}: {exc}") from exc
-        total = int(image.info.get("timestamp", 0)) + int(image.info.get("duration", 0))
-        width, height = image.size
+
+
+def _describe_animated_webp(name: str, image) -> VideoInfo:
+    """Describe an animated WebP (``image``, open) as a variable-rate video in milliseconds (a pass
+    over its frames' display times; libwebp decodes each frame on the way)."""
+    frames, mode = image.n_frames, image.mode
+    try:
+        image.seek(frames - 1)
+        image.load()  # the last frame's start and duration: the animation's length
+    except (OSError, EOFError, ValueError) as exc:
+        raise DecodeError(f"{name!r}: decoding failed at frame {frames - 1}: {exc}") from exc
+    total = int(image.info.get("timestamp", 0)) + int(image.info.get("duration", 0))
+    width, height = image.size
     pix_fmt = "rgba" if mode == "RGBA" else "rgb24"
     return VideoInfo(
         path=name, format_name=ANIMATED_WEBP, width=width, height=height, pix_fmt=pix_fmt, bits=8,
@@ -781,37 +1002,34 @@ def _probe_animated_webp(name: str) -> VideoInfo:
     )
 
 
-def _read_animated_webp(info: VideoInfo, stop, timings: Timings, report: "DecodeReport",
+def _read_animated_webp(info: VideoInfo, image, stop, timings: Timings, report: "DecodeReport",
                         span: "Span | None") -> Iterator[FrameItem]:
-    """:func:`read` for an animated WebP: each frame as Pillow composites it, at its own time
-    (``span`` cut and shifted as for any video)."""
+    """:meth:`Source.read` for an animated WebP (``image``, open): each frame as Pillow composites
+    it, at its own time (``span`` cut and shifted as for any video)."""
     begin, end = (span.start, span.end) if span is not None else (0.0, None)
     index = 0
-    image = _open_animated_webp(info.path)
-    with image:
-        for n in range(image.n_frames):
-            if stop is not None and stop.is_set():
-                return
-            try:
-                with timings("decode"):
-                    image.seek(n)
-                    image.load()
-                    pixels = np.asarray(image.convert("RGBA" if info.pix_fmt == "rgba" else "RGB"))
-            except (OSError, EOFError, ValueError) as exc:
-                raise DecodeError(f"{info.path!r}: decoding failed at frame {n}: {exc}") from exc
-            if image.size != info.frame_size:
-                raise DecodeError(_size_change(info, index, image.size))
-            pts = int(image.info.get("timestamp", 0))
-            if pts < round(begin * 1000):
-                continue
-            if end is not None and pts >= round(end * 1000):
-                break
-            pts -= round(begin * 1000)
-            report.times.append(pts / 1000)
-            yield FrameItem(index, None, pts, info.time_base, av.VideoFrame.from_ndarray(pixels, format=info.pix_fmt))
-            index += 1
+    for n in range(image.n_frames):
+        if stop is not None and stop.is_set():
+            return
+        try:
+            with timings("decode"):
+                image.seek(n)
+                image.load()
+                pixels = np.asarray(image.convert("RGBA" if info.pix_fmt == "rgba" else "RGB"))
+        except (OSError, EOFError, ValueError) as exc:
+            raise DecodeError(f"{info.path!r}: decoding failed at frame {n}: {exc}") from exc
+        if image.size != info.frame_size:
+            raise DecodeError(_size_change(info, index, image.size))
+        pts = int(image.info.get("timestamp", 0))
+        if pts < round(begin * 1000):
+            continue
+        if end is not None and pts >= round(end * 1000):
+            break
+        pts -= round(begin * 1000)
+        report.times.append(pts / 1000)
+        yield FrameItem(index, None, pts, info.time_base, av.VideoFrame.from_ndarray(pixels, format=info.pix_fmt))
+        index += 1
     if span is not None and index == 0:
-        raise DecodeError(f"{info.path!r}: no frames between {span.start:g} s and "
-                          f"{'the end' if span.end is None else f'{span.end:g} s'}")
+        raise DecodeError(_nothing_in(info, span))
     if span is None:
         report.find_gaps(info)

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator
 import av
 import numpy as np
 
-from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Span, VideoInfo, chroma_left,
-                        deep_picture, open_input, probe, read, still_to_rgb, to_planes, to_rgb)
+from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Source, Span, VideoInfo,
+                        deep_picture, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr.errors import VsrError
 from vsr.files import PartialFileError, finish, folder_problem, new_partial, remove
@@ -339,15 +339,26 @@ class _Plan:
     colour: PlaneConversion | None
     deinterlace: bool
     deep: bool  # a 16-bit picture carried at 16 bits (decode.deep_picture, media.DEEP_OUTPUTS)
-    source: Any  # the input, open: the writer's templates for the copied streams, then demuxed for all
+    source: Source  # the input, opened once: described, the writer's templates for the copied streams, then read
 
 
 def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, warn: Callable[[str], None]) -> _Plan:
     check_paths(src, dst, options.overwrite)
     try:
-        info = probe(src)
+        source = Source.open(src)
     except InputError as exc:
         raise UpscaleError(str(exc)) from exc
+    try:
+        return _plan_source(source, src, dst, upscaler, options, warn)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _plan_source(source: Source, src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions,
+                 warn: Callable[[str], None]) -> _Plan:
+    """:func:`_plan` for the input, open and described."""
+    info = source.info
     image_out = output_kind(dst) == "image"
     if image_out and not info.is_image:
         what = "an animated picture (upscaled as a video)" if is_animated(src) else "a video"
@@ -362,19 +373,16 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
     model_out = (info.width * upscaler.scale, info.height * upscaler.scale) if resize and upscaler.device.type == "cpu" else None
     _check_output_fits(out_w, out_h, options.batch_size, model_out)
     deep = deep_picture(info) and extension(dst) in DEEP_OUTPUTS
-    source = open_input(src)
     tmp = None
     try:
         tmp = new_partial(dst)  # vsr's own file, made exclusively: never a planted link, never the input
         writer = Writer(tmp, info, options.encode, (out_w, out_h), warn=warn, image=image_out, sample_aspect_ratio=out_sar,
                         field_order=info.field_order if info.interlaced and not options.deinterlace else 0,
-                        span=options.span, source=source, deep=deep)
+                        span=options.span, source=source.container, deep=deep)
     except (EncodeError, PartialFileError) as exc:
-        source.close()
         remove(tmp)
         raise UpscaleError(str(exc)) from exc
     except BaseException:
-        source.close()
         remove(tmp)
         raise
     if info.is_image:
@@ -384,7 +392,7 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
     if info.interlaced and not options.deinterlace:
         warn(f"interlaced video ({_FIELD_ORDERS.get(info.field_order, 'field order unknown')}): both "
              f"fields are upscaled as one picture, which blurs motion; --deinterlace converts it to progressive first")
-    colour = None if info.is_image else _device_colour(options.colour, info, writer, upscaler, warn)
+    colour = None if info.is_image else _device_colour(options.colour, source, writer, upscaler, warn)
     return _Plan(info, writer, tmp, image_out, (out_w, out_h), resize, colour, options.deinterlace and info.interlaced,
                  deep, source)
 
@@ -427,7 +435,7 @@ def upscale_file(
     else:
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
     items = read(info, writer.streams_to_copy(), stop, stages, deinterlace=plan.deinterlace, report=report,
-                 span=options.span, container=plan.source)
+                 span=options.span, source=plan.source)
     reporter.start(src.name, info.frames if options.span is None else options.span.frames(info))
     began = time.perf_counter()
     ok = False
@@ -552,14 +560,16 @@ def _warn_still_limits(info: VideoInfo, dst: Path, deep: bool, warn: Callable[[s
         warn(f"{info.bits}-bit picture is upscaled and written at 8 bits per channel ({why})")
 
 
-def _device_colour(mode: str, info: VideoInfo, writer: Writer, upscaler: Upscaler,
+def _device_colour(mode: str, source: Source, writer: Writer, upscaler: Upscaler,
                    warn: Callable[[str], None]) -> PlaneConversion | None:
-    """The conversions to run beside the model, or None to convert with swscale on the CPU."""
+    """The conversions to run beside the model, or None to convert with swscale on the CPU (the
+    chroma siting from the first frame the source decoded)."""
     if mode == "cpu" or (mode == "auto" and upscaler.device.type != "cuda"):
         return None
+    info = source.info
     out_size = (writer.video.height, writer.video.width)
     colour = plane_conversion(info.pix_fmt, info.colour, (info.height, info.width), writer.pix_fmt, writer.tags, out_size,
-                              chroma_left(info))
+                              source.chroma_left())
     if colour is None and mode == "device":
         warn(f"colour conversion {info.pix_fmt} -> {writer.pix_fmt} is not offered on the device; converting on the CPU")
     return colour
