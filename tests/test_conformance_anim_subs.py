@@ -264,3 +264,23 @@ def test_bitmap_subtitles_are_not_converted():
         assert _text_subtitle_target(out, "subrip") == "mov_text"
     with av.open("/dev/null", "w", format="mpegts") as out:  # MPEG-TS holds no text format
         assert _text_subtitle_target(out, "subrip") is None
+
+
+def test_an_animated_webp_claiming_a_huge_canvas_is_refused_before_pillow_opens_it(tmp_path, monkeypatch):
+    """A 192-byte animated WebP whose header claims 12000x12000 took 2.7 GB in Pillow before the
+    output-size check refused it; the canvas is checked from the header first."""
+    from PIL import Image as PILImage
+
+    from vsr.decode import InputError, probe
+
+    frames = [PILImage.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)) for i in range(3)]
+    src = tmp_path / "huge.webp"
+    frames[0].save(src, save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    data = bytearray(src.read_bytes())
+    at = data.find(b"VP8X") + 8  # flags (4 bytes), then canvas width - 1 and height - 1 (3 bytes each)
+    data[at + 4:at + 7] = (11999).to_bytes(3, "little")
+    data[at + 7:at + 10] = (11999).to_bytes(3, "little")
+    src.write_bytes(bytes(data))
+    monkeypatch.setattr(PILImage, "open", lambda *a, **k: pytest.fail("Pillow opened the file"))
+    with pytest.raises(InputError, match="an animated WebP of 12000x12000; vsr reads animations of up to 4096x4096"):
+        probe(src)

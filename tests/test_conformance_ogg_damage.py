@@ -199,3 +199,36 @@ def test_clean_files_of_every_kind_are_not_called_damaged(tmp_path, ffmpeg):
         subprocess.run([ffmpeg, "-v", "error", *args, str(src)], check=True)
         result = run(src, tmp_path / f"out-{name}.mkv", strict=True)
         assert not result.gaps and not [w for w in result.warnings if "damaged" in w], name
+
+
+@pytest.mark.parametrize("other", ["audio", "subtitle"])
+def test_a_clean_mkv_whose_other_streams_outlast_the_picture_is_not_damaged(ffmpeg, tmp_path, other):
+    """Matroska's duration is its longest stream's: audio (or a subtitle cue) going on after the
+    last picture is no missing frames, and --strict must not refuse it (it did: 'about 101 frames
+    missing (1.96-6.02 s)'); the video's own DURATION tag is what the picture is judged against."""
+    src = tmp_path / "long_other.mkv"
+    extra = (["-f", "lavfi", "-i", "sine=d=6", "-c:a", "aac"] if other == "audio" else
+             ["-i", str(_srt(tmp_path)), "-c:s", "srt"])
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=2", *extra,
+                    "-c:v", "libx264", str(src)], check=True)
+    result = run(src, tmp_path / "out.mkv", strict=True)
+    assert result.frames == 50 and not result.gaps and not result.warnings, result.warnings
+
+
+def _srt(tmp_path: Path) -> Path:
+    path = tmp_path / "late.srt"
+    path.write_text("1\n00:00:00,500 --> 00:00:01,000\nearly\n\n2\n00:00:20,000 --> 00:00:21,000\nlate\n\n")
+    return path
+
+
+def test_a_gap_of_an_hour_into_ogg_is_refused_not_filled(ffmpeg, tmp_path):
+    """Ogg cannot store a gap, so frames are repeated into it; an hour's gap in a 10-frame file
+    would be 90,000 frames (it ran past 5 minutes): refused in one line, nothing left behind."""
+    has_encoders(ffmpeg, "libtheora")
+    src = tmp_path / "gap.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48:r=25:d=0.4", "-vf",
+                    "setpts='PTS+if(gte(N,5),3600/TB,0)'", "-fps_mode", "passthrough", "-c:v", "libx264",
+                    str(src)], check=True)
+    with pytest.raises(UpscaleError, match=r"a gap of 3600 s between two frames .* write \.mkv or \.mp4"):
+        run(src, tmp_path / "out.ogv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gap.mkv"]

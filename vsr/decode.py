@@ -115,6 +115,7 @@ class VideoInfo:
     still: StillInfo | None = None  # a picture's ICC profile, EXIF and orientation (PNG, JPEG, WebP)
     alpha: bool = False  # a picture with transparency (kept: see vsr.stills and Writer)
     frame_size: tuple[int, int] | None = None  # (width, height) of the first frame as decoded (a picture: before EXIF orientation)
+    video_duration: bool = True  # ``duration`` is the video stream's own (else the container's: its longest stream's)
 
 
 def _sar(stream) -> Fraction | None:
@@ -214,12 +215,30 @@ def _stream_timing(container: av.container.InputContainer, stream: av.video.stre
     duration = None
     if stream.duration is not None:
         duration = float(stream.duration * tb)
+    elif _duration_tag(stream.metadata) is not None:  # Matroska's per-track DURATION tag (ffmpeg, mkvmerge)
+        duration = _duration_tag(stream.metadata)
     elif container.duration is not None:
         duration = container.duration / av.time_base
     frames = stream.frames or None
     if frames is None and duration and rate:
         frames = max(1, round(duration * rate))
     return tb, rate, duration, frames
+
+
+def _duration_tag(metadata: dict) -> float | None:
+    """Seconds in a ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``), or None."""
+    text = next((v for k, v in metadata.items() if k.upper() == "DURATION"), None)
+    try:
+        h, m, sec = str(text).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except (ValueError, AttributeError):
+        return None
+
+
+def _video_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    """The duration found is the video stream's own, not only the container's (which is its longest
+    stream's: audio or subtitles that go on after the picture are no missing frames)."""
+    return stream.duration is not None or _duration_tag(stream.metadata) is not None or len(container.streams) == 1
 
 
 def _info_of(name: str, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
@@ -264,6 +283,7 @@ def _info_of(name: str, container: av.container.InputContainer, stream: av.video
         still=still if is_image else None,
         alpha=is_image and alpha_of(first) is not None,
         frame_size=(first.width, first.height),
+        video_duration=_video_duration(container, stream),
     )
 
 
@@ -525,7 +545,8 @@ class DecodeReport:
         for a, b, d in zip(times, times[1:], steps):
             if d >= 3.5 * step:
                 self.gaps.append((a, b, round(d / step) - 1))
-        end = (info.start_time or 0.0) + info.duration if info.duration and info.format_name in _STATED_DURATION else None
+        end = ((info.start_time or 0.0) + info.duration if info.duration and info.format_name in _STATED_DURATION
+               and info.video_duration else None)
         if end is not None and end - times[-1] >= 4.5 * step:
             self.gaps.append((times[-1], end, round((end - times[-1]) / step) - 1))
 
@@ -963,7 +984,17 @@ def _ends_early(info: VideoInfo, last_time: float | None) -> bool:
 ANIMATED_WEBP = "webp (animated; read with Pillow)"
 
 
+# Pillow composites every frame of an animated WebP onto a canvas of its own (RGBA), several at
+# once: 4096x4096 costs about 300 MB, while a 192-byte file can claim 12000x12000 (2.7 GB).
+MAX_ANIMATION_PIXELS = 4096 * 4096
+
+
 def _open_animated_webp(name: str):
+    """Pillow's reader of an animated WebP, its canvas size checked (from the header) first."""
+    size = read_still(name).size
+    if size is not None and size[0] * size[1] > MAX_ANIMATION_PIXELS:
+        raise InputError(f"{name!r}: an animated WebP of {size[0]}x{size[1]}; vsr reads animations of up to "
+                         f"4096x4096 pixels a frame")
     try:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - Pillow comes with torchvision

@@ -63,6 +63,7 @@ _FRAME_TICKS = {"ogg", "ogv", "avi"}
 # as following the one before.  (Theora marks repeats with empty packets; VP8 cannot.)  The previous
 # frame is encoded again at every missing tick, as ffmpeg's constant-rate output does.
 _REPEAT_INTO_GAPS = {"ogg", "ogv"}
+GAP_SECONDS_FILLED = 60  # the longest gap filled so; a longer one (hours in a tiny file) is refused
 
 
 _AVFMT_NOTIMESTAMPS, _AVFMT_TS_NONSTRICT = 0x0080, 0x20000  # libavformat/avformat.h
@@ -629,6 +630,7 @@ class Writer:
         with self.timings("encode"):
             previous = self._last_encoded
             if previous is not None and frame.pts is not None and previous.pts is not None:
+                self._check_gap(previous.pts, frame.pts, Fraction(frame.time_base))
                 for tick in range(previous.pts + 1, frame.pts):  # a gap the container cannot hold
                     previous.pts = tick  # the encoder took its own reference: only the copy's time changes
                     for packet in self.video.encode(previous):
@@ -639,6 +641,13 @@ class Writer:
             if self.output.format.name in _REPEAT_INTO_GAPS and not (self.info.is_image or self.image):
                 self._last_encoded = frame
         self.frames_written += 1
+
+    def _check_gap(self, before: int, after: int, tb: Fraction) -> None:
+        seconds = float((after - before) * tb)
+        if seconds > GAP_SECONDS_FILLED:
+            raise EncodeError(f"a gap of {seconds:.0f} s between two frames (at {float(before * tb):.2f} s): "
+                              f"{self.output.format.name} cannot store a gap, so it would be filled with "
+                              f"{after - before - 1} repeated frames; write .mkv or .mp4, which keep it")
 
     def copy_packet(self, packet: av.Packet, index: int, time_base: Fraction) -> None:
         """Mux a packet of input stream ``index`` unchanged (or re-encode it, for audio the container refuses)."""
