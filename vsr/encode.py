@@ -369,23 +369,7 @@ class Writer:
         rate = Fraction(1) if info.is_image else (info.rate or Fraction(25))
         if enc.name == "libwebp":
             stream_opts["quality"] = str(options.quality)
-        if info.hdr is not None:
-            params = info.hdr.encoder_params(enc.name) if enc.name in ("libx264", "libx265") else None
-            if params:
-                _merge_params(stream_opts, f"{enc.name[3:]}-params", params)
-            elif _hdr10_encoder(self.output):
-                self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
-                          f"given it (use --codec libx265 or libx264)")
-            else:
-                self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
-                          f"given it, and the {self.output.format.name} container holds no encoder that is "
-                          f"(write .mkv or .mp4 with --codec libx265)")
-        colour = info.colour
-        if (enc.name == "libx264" and colour.color_range == 1 and "videoformat=" not in stream_opts.get("x264-params", "")
-                and colour.colorspace == colour.color_primaries == colour.color_trc == 2):
-            # x264 writes the range flag only beside another signal-type field: with every colour tag
-            # unspecified, limited range would read back as unspecified (in .mp4, .mov, .ts, .avi).
-            _merge_params(stream_opts, "x264-params", "videoformat=component")
+        self._signal_colour(enc, stream_opts)
         if enc.name == "mjpeg":
             stream_opts["qmin"] = stream_opts["qmax"] = str(jpeg_qscale(options.quality))
         qscale = None
@@ -435,6 +419,29 @@ class Writer:
         self.tags = tags
         if not info.is_image and not self.image:
             self._copy_other_streams()
+
+    def _signal_colour(self, enc: av.codec.Codec, stream_opts: dict[str, str]) -> None:
+        """What the encoder must be told for the source's colour signalling to survive: HDR10
+        metadata (x264/x265 parameters, else a warning naming what keeps it), and limited range
+        where no other colour tag is set."""
+        info = self.info
+        if info.hdr is not None:
+            params = info.hdr.encoder_params(enc.name) if enc.name in ("libx264", "libx265") else None
+            if params:
+                _merge_params(stream_opts, f"{enc.name[3:]}-params", params)
+            elif _hdr10_encoder(self.output):
+                self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
+                          f"given it (use --codec libx265 or libx264)")
+            else:
+                self.warn(f"HDR10 metadata ({info.hdr.describe()}) is not written: the {enc.name} encoder is not "
+                          f"given it, and the {self.output.format.name} container holds no encoder that is "
+                          f"(write .mkv or .mp4 with --codec libx265)")
+        colour = info.colour
+        if (enc.name == "libx264" and colour.color_range == 1 and "videoformat=" not in stream_opts.get("x264-params", "")
+                and colour.colorspace == colour.color_primaries == colour.color_trc == 2):
+            # x264 writes the range flag only beside another signal-type field: with every colour tag
+            # unspecified, limited range would read back as unspecified (in .mp4, .mov, .ts, .avi).
+            _merge_params(stream_opts, "x264-params", "videoformat=component")
 
     def _encoder_time_base(self, enc: av.codec.Codec, pix_fmt: str, options: dict[str, str], rate: Fraction,
                            qscale: int | None, no_b_frames: bool) -> Fraction:
