@@ -208,12 +208,19 @@ def as_srt(ffmpeg: str, path: Path, index: int) -> str:
                           capture_output=True, text=True, check=True).stdout
 
 
+def converted_with_reference(ffmpeg: str, src: Path, dst: Path, reference: Path, codec: str):
+    """vsr's output of ``src`` at ``dst``, and ffmpeg's own subtitle conversion (``-c:s codec``,
+    the video copied) at ``reference`` to compare it with."""
+    result = run(src, dst)
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(src), "-map", "0", "-c:v", "copy", "-c:s", codec,
+                    str(reference)], check=True)
+    return result
+
+
 def test_ass_and_srt_in_mkv_become_mov_text_in_mp4_as_ffmpeg_converts_them(tmp_path, ffmpeg, subtitled):
     mkv, _ = subtitled
     dst, reference = tmp_path / "out.mp4", tmp_path / "ffmpeg.mp4"
-    result = run(mkv, dst)
-    subprocess.run([ffmpeg, "-v", "error", "-i", str(mkv), "-map", "0", "-c:v", "copy", "-c:s", "mov_text",
-                    str(reference)], check=True)
+    result = converted_with_reference(ffmpeg, mkv, dst, reference, "mov_text")
     assert ffmpeg_streams(ffmpeg, dst) == ["Video: h264", "Subtitle: mov_text", "Subtitle: mov_text"]
     for k in (0, 1):  # every cue, at its time, for its duration, byte for byte what ffmpeg -c:s mov_text writes
         assert subtitle_packets(ffmpeg, dst, k) == subtitle_packets(ffmpeg, reference, k)
@@ -231,9 +238,7 @@ def test_ass_and_srt_in_mkv_become_mov_text_in_mp4_as_ffmpeg_converts_them(tmp_p
 def test_mov_text_in_mp4_becomes_srt_in_mkv_and_webvtt_in_webm(tmp_path, ffmpeg, subtitled):
     _, mp4 = subtitled
     dst, reference = tmp_path / "out.mkv", tmp_path / "ffmpeg.mkv"
-    result = run(mp4, dst)
-    subprocess.run([ffmpeg, "-v", "error", "-i", str(mp4), "-map", "0", "-c:v", "copy", "-c:s", "srt",
-                    str(reference)], check=True)
+    result = converted_with_reference(ffmpeg, mp4, dst, reference, "srt")
     assert ffmpeg_streams(ffmpeg, dst) == ["Video: h264", "Subtitle: subrip"]
     assert subtitle_packets(ffmpeg, dst, 0) == subtitle_packets(ffmpeg, reference, 0)
     assert as_srt(ffmpeg, dst, 0) == SRT
