@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vsr.errors import VsrError
-from vsr.files import remove
+from vsr.files import remove, written_whole
 from vsr.media import jpeg_qscale, kind_of
 
 
@@ -187,37 +187,22 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _write_new(tmp: Path, write: Callable) -> None:
-    """``write(fh)`` into ``tmp``, a file this process creates (never one already there, nor
-    through a link planted in its place)."""
-    remove(tmp)
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as fh:
-        write(fh)
-
-
 def _cache_frame(sub: Path, name: str, rgb: np.ndarray) -> dict:
-    """Write one frame whole (safe when two runs fill one cache at once: this process's own
-    temporary file, renamed over the frame, the same frame whichever run wins); its record."""
+    """Write one frame whole (:func:`vsr.files.written_whole`: a temporary file of this process's
+    own, never one planted in its place, renamed over the frame; safe when two runs fill one cache
+    at once, the same frame whichever run wins); its record."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise DataError(f"expected uint8 HxWx3 RGB frames from the reader, got {rgb.dtype} {rgb.shape}")
-    out = sub / name
-    tmp = sub / f".{name}.{os.getpid()}.tmp"
-    try:
-        _write_new(tmp, lambda fh: np.save(fh, rgb))
+    with written_whole(sub / name, mode=0o644) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, rgb)
         size, digest = tmp.stat().st_size, _sha256(tmp)
-        os.replace(tmp, out)
-    finally:
-        remove(tmp)
     return {"name": name, "shape": list(rgb.shape), "bytes": size, "sha256": digest}
 
 
 def _write_record(sub: Path, frames: list[dict]) -> None:
-    tmp = sub / f".done.{os.getpid()}.tmp"
-    try:
-        _write_new(tmp, lambda fh: fh.write(json.dumps({"format": CACHE_FORMAT, "frames": frames}).encode()))
-        os.replace(tmp, sub / "done")
-    finally:
-        remove(tmp)
+    with written_whole(sub / "done", mode=0o644) as tmp:
+        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "frames": frames}))
 
 
 def _cached_frames(sub: Path) -> list[Path] | None:
