@@ -523,15 +523,14 @@ def _check_output_fits(width: int, height: int, batch: int, model_out: tuple[int
         raise UpscaleError(f"output size {width}x{height} is larger than FFmpeg's encoders accept "
                            f"((width + 128) x (height + 128) must stay under {2**31 // 8} pixels); "
                            f"make it smaller with --outscale, --width or --height")
-    if model_out is not None and MODEL_OUTPUT_BYTES_PER_PIXEL * model_out[0] * model_out[1] > MAX_RESIZED_MODEL_OUTPUT:
-        held = MODEL_OUTPUT_BYTES_PER_PIXEL * model_out[0] * model_out[1]
+    held = MODEL_OUTPUT_BYTES_PER_PIXEL * model_out[0] * model_out[1] if model_out is not None else 0
+    if held > MAX_RESIZED_MODEL_OUTPUT:
         raise UpscaleError(f"the model's output is {model_out[0]}x{model_out[1]} before it is resized to {width}x{height}: "
                            f"{held / 2**30:.1f} GiB held whole, more than the {MAX_RESIZED_MODEL_OUTPUT / 2**30:g} GiB vsr "
                            f"holds for a resize; use a model of a smaller scale (--scale 2) or a smaller input")
     free = available_memory()
     need = OUTPUT_BYTES_PER_PIXEL * width * height * max(1, batch)
-    if model_out is not None:
-        need += MODEL_OUTPUT_BYTES_PER_PIXEL * model_out[0] * model_out[1] * max(1, batch)
+    need += held * max(1, batch)
     if free is not None and need > free and model_out is not None:
         # Tiles (--tile) do not help: they are stitched into the whole output before it is resized.
         raise UpscaleError(f"the model's output is {model_out[0]}x{model_out[1]} before it is resized to {width}x{height} "
