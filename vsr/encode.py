@@ -417,6 +417,8 @@ class Writer:
         self.video = vs
         self.pix_fmt = pix_fmt
         self.tags = tags
+        # What an encoder instance of one chunk is made with (chunk_encoder): the same as this one's.
+        self._video_setup = (enc.name, stream_opts, rate, qscale, no_b_frames)
         if not info.is_image and not self.image:
             self._copy_other_streams()
 
@@ -587,6 +589,69 @@ class Writer:
             dst.disposition = src.disposition
         except (AttributeError, ValueError):  # pragma: no cover
             pass
+
+    # -- chunks: several encoder instances, one stream --------------------------------------------
+    def chunk_problem(self) -> str | None:
+        """Why this output's video cannot be joined from chunks encoded separately, or None.  The
+        headers of an encoder instance made for a chunk must be the output's own (compared on the
+        real size and settings, before any work)."""
+        from vsr.chunks import JOINABLE_CONTAINERS
+
+        fmt = self.output.format.name
+        if self.image or self.info.is_image:
+            return "a picture is one frame"
+        if fmt not in JOINABLE_CONTAINERS:
+            return f"the {fmt} container's timestamps count frames, so chunks cannot be joined in it"
+        self.output.start_encoding()  # opens this stream's encoder: the headers the output carries
+        try:
+            trial = self.chunk_encoder(1)
+        except av.FFmpegError as exc:
+            return f"a second {self.video.codec_context.name} encoder could not be opened ({exc})"
+        if (trial.extradata or b"") != (self.video.codec_context.extradata or b""):
+            return (f"two {self.video.codec_context.name} encoders with the same settings write different codec "
+                    f"headers, so their chunks cannot share one stream")
+        return None
+
+    def chunk_encoder(self, threads: int) -> av.CodecContext:
+        """A new encoder instance, open, with this output's video settings and ``threads`` threads."""
+        name, options, rate, qscale, no_b_frames = self._video_setup
+        model = self.video.codec_context
+        cc = av.CodecContext.create(name, "w")
+        cc.width, cc.height, cc.pix_fmt = model.width, model.height, model.pix_fmt
+        cc.time_base = self.time_base
+        cc.framerate = rate
+        cc.flags = model.flags  # global headers where the container wants them
+        cc.thread_count = threads
+        if qscale is not None:
+            cc.qscale = qscale
+        if no_b_frames:
+            cc.max_b_frames = 0
+        if self.sample_aspect_ratio:
+            cc.sample_aspect_ratio = self.sample_aspect_ratio
+        if self.field_order:
+            cc.field_order = self.field_order
+        for attr in ("colorspace", "color_primaries", "color_trc", "color_range"):
+            setattr(cc, attr, getattr(model, attr))
+        opts = dict(options)
+        if name == "libx265":
+            _merge_params(opts, "x265-params", "log-level=error")
+        cc.options = opts
+        cc.open()
+        return cc
+
+    def mux_video_packet(self, packet, data: bytes, time_base: Fraction) -> None:
+        """A packet of a chunk's video (a :class:`vsr.chunks.ChunkPacket` and its bytes) into the output."""
+        out_tb = Fraction(self.video.time_base)
+        p = av.Packet(data)
+        p.stream = self.video
+        p.time_base = out_tb
+        p.pts = None if packet.pts is None else _rescale(packet.pts, time_base, out_tb)
+        p.dts = None if packet.dts is None else _rescale(packet.dts, time_base, out_tb)
+        if packet.duration:
+            p.duration = _rescale(packet.duration, time_base, out_tb)
+        p.is_keyframe = packet.key
+        self.output.mux(p)
+        self.frames_written += 1
 
     def streams_to_copy(self) -> set[int]:
         return set(self.copied) | set(self.transcoded) | set(self.subtitles)

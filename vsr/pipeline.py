@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterator
 import av
 import numpy as np
 
+from vsr.chunks import (ChunkError, ChunkedEncode, Chunker, Joiner, Mark, WorkFolder, chunk_length,
+                        work_folder_of)
 from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Source, Span, VideoInfo,
                         deep_picture, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
@@ -36,7 +38,7 @@ from vsr.files import PartialFileError, finish, folder_problem, new_partial, rem
 from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, extension, output_kind
 from vsr.report import Reporter
 from vsr.stills import exif_upright, is_animated, too_large_for_ffmpeg, write_metadata
-from vsr.system import available_memory
+from vsr.system import available_memory, usable_cores
 from vsr.timing import GilProbe, Timings
 from vsr.upscaler import Upscaler
 from vsr.yuv import PlaneConversion, plane_conversion
@@ -105,6 +107,12 @@ class UpscaleOptions:
     strict: bool = False  # a damaged input (frames missing) fails instead of a warning
     model_id: str | None = None  # what made the output ("vsr_x4_psnr.safetensors sha256:..."), recorded in it
     span: Span | None = None  # a part of the input only (--start/--duration)
+    # A video in chunks, each encoded by its own encoder instance, ``encoders`` at once (None: from
+    # the device and the cores), kept in a work folder beside the output until it is assembled, so
+    # that a run stopped part-way resumes.  ``chunk_seconds``: their length (None: chosen; 0: no
+    # chunks, one encoder for the whole video, as before chunks existed).
+    encoders: int | None = None
+    chunk_seconds: float | None = None
 
     @property
     def settings(self) -> str | None:
@@ -136,10 +144,17 @@ class Result:
     stages: Timings  # seconds per stage (decode, to_rgb, to_tensor, model, to_frame, to_yuv, encode)
     gil_wait_ms: tuple[float, float] = (0.0, 0.0)  # mean and worst wait of a thread for the GIL (GilProbe)
     gaps: list[tuple[float, float, int]] = field(default_factory=list)  # damaged spans of the input (DecodeReport)
+    resumed: int = 0  # frames taken from the chunks of an earlier, unfinished run (not upscaled again)
+    encoders: int = 1  # encoder instances at once (chunks)
+
+    @property
+    def upscaled(self) -> int:
+        """Frames this run upscaled."""
+        return self.frames - self.resumed
 
     @property
     def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+        return self.upscaled / self.seconds if self.seconds > 0 else 0.0
 
 
 def check_paths(src: Path, dst: Path, overwrite: bool) -> None:
@@ -227,6 +242,9 @@ class StageThreads:
 
 
 # -- the stages: each a function of its queues -------------------------------------------------
+_PASSED = (PacketItem, Mark)  # what the conversion and model stages pass on untouched, in its place
+
+
 def _decode_stage(items: Iterator, q_out: queue.Queue, stop: _Stop) -> None:
     """vsr-decode: frames and packets from :func:`vsr.decode.read`, in file order."""
     for item in items:
@@ -239,7 +257,7 @@ def _relay_stage(q_in: queue.Queue, q_out: queue.Queue, convert: Callable[[Any],
     """vsr-to-rgb / vsr-to-yuv: frames through ``convert``, packets passed on as they are."""
     while True:
         item = _get(q_in, stop)
-        if item is not _END and not isinstance(item, PacketItem):
+        if item is not _END and not isinstance(item, _PASSED):
             item = convert(item)
         if not _put(q_out, item, stop) or item is _END:
             return
@@ -263,6 +281,33 @@ def _encode_stage(q_in: queue.Queue, writer: Writer, reporter: Reporter, stop: _
             reporter.advance(len(item))
 
 
+def _chunked_encode_stage(q_in: queue.Queue, encode: ChunkedEncode, writer: Writer, reporter: Reporter,
+                          stop: _Stop) -> None:
+    """vsr-encode for a video in chunks: frames to their chunk's encoder, chunks joined in order,
+    packets muxed after the frames before them (:class:`vsr.chunks.ChunkedEncode`); the file
+    finished at the end."""
+    try:
+        while True:
+            item = _get(q_in, stop)
+            if item is _END:
+                if not stop.is_set():
+                    encode.close()
+                    with writer.timings("encode"):
+                        writer.close()
+                return
+            if isinstance(item, Mark):
+                encode.mark(item)
+            elif isinstance(item, PacketItem):
+                encode.packet(item)
+            else:
+                for frame in item:
+                    encode.frame(frame)
+                reporter.advance(len(item))
+    except BaseException:
+        encode.abort()
+        raise
+
+
 def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colour: PlaneConversion | None,
                  resize: tuple[int, int] | None, shape: tuple[int, int], batch_size: int, name: str, stop: _Stop,
                  fault: Callable[[int], None] | None) -> None:
@@ -271,7 +316,7 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
     Batches handed to the model and packets that arrived behind them wait in ``pending``: on CUDA
     the upscaler keeps one batch in flight while the next is copied in, so results come back one
     batch late, and packets wait for the frames before them."""
-    pending: deque[list[FrameItem] | PacketItem] = deque()
+    pending: deque[list[FrameItem] | PacketItem | Mark] = deque()
 
     def stack(frames: list[FrameItem]):
         if colour is None:
@@ -284,7 +329,7 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
             item = _get(q_in, stop)
             if item is _END:
                 break
-            if isinstance(item, PacketItem):
+            if isinstance(item, _PASSED):
                 if pending:
                     pending.append(item)
                 else:
@@ -318,7 +363,7 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
             planes = [p.numpy() for p in out]
             done = [([p[i] for p in planes], f.pts, f.time_base) for i, f in enumerate(frames)]
         _put(q_out, done, stop)
-        while pending and isinstance(pending[0], PacketItem):
+        while pending and isinstance(pending[0], _PASSED):
             _put(q_out, pending.popleft(), stop)
     while pending and not stop.is_set():  # packets after the last frame
         _put(q_out, pending.popleft(), stop)
@@ -340,17 +385,82 @@ class _Plan:
     deinterlace: bool
     deep: bool  # a 16-bit picture carried at 16 bits (decode.deep_picture, media.DEEP_OUTPUTS)
     source: Source  # the input, opened once: described, the writer's templates for the copied streams, then read
+    chunks: "_Chunks | None" = None  # the video in chunks (None: one encoder for the whole video)
 
 
-def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, warn: Callable[[str], None]) -> _Plan:
+@dataclass
+class _Chunks:
+    """How a video is cut and encoded in chunks, and where they are kept."""
+
+    work: WorkFolder
+    encoders: int
+    threads: int  # each encoder's
+
+
+def default_encoders(device_type: str, cores: int) -> int:
+    """Encoder instances at once: one where the model bounds the run (the CPU: the model is far
+    slower than x264), else one per 4 cores (x264's frame threads scale well to about that many per
+    instance at 1080p; its lookahead is serial), at most 8."""
+    return 1 if device_type == "cpu" else max(1, min(8, cores // 4))
+
+
+def _chunk_plan(src: Path, dst: Path, info: VideoInfo, writer: Writer, upscaler: Upscaler, options: UpscaleOptions,
+                warn: Callable[[str], None], reporter: Reporter | None = None) -> _Chunks | None:
+    """The chunks of this video, or None to encode it whole (a picture, a container or encoder whose
+    chunks cannot be joined, ``chunk_seconds`` 0, or a video of one chunk)."""
+    asked = options.encoders
+    if options.chunk_seconds == 0:
+        if asked and asked > 1:
+            raise UpscaleError(f"--encoders {asked} needs chunks; --chunk-seconds 0 turns them off")
+        return None
+    problem = writer.chunk_problem()
+    if problem is not None:
+        if asked and asked > 1:
+            raise UpscaleError(f"--encoders {asked}: {problem} (use --encoders 1)")
+        return None
+    cores = usable_cores()
+    encoders = asked or default_encoders(upscaler.device.type, cores)
+    frames = info.frames if options.span is None else options.span.frames(info)
+    frame_bytes = writer.size[0] * writer.size[1] * 3  # a prepared frame, 4:2:0 at up to 16 bits
+    length = chunk_length(frames, float(info.rate or 25), encoders, frame_bytes, available_memory(), options.chunk_seconds)
+    if frames is not None and frames <= length and not work_folder_of(dst).exists():
+        return None  # one chunk: nothing to share or resume
+    st = os.stat(src)
+    job = {"input": os.fspath(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+           "output": extension(dst), "settings": options.settings}
+    fresh = options.overwrite or options.settings is None  # no settings to tie chunks to: never resumed
+    try:
+        work = WorkFolder.open(dst, job, length, fresh, warn)
+    except ChunkError as exc:
+        raise UpscaleError(str(exc)) from exc
+    except OSError as exc:
+        raise UpscaleError(f"cannot make the work folder {work_folder_of(dst).name!r}: {exc.strerror or exc}") from exc
+    if work.done and reporter is not None:
+        kept = sum(r.frames for r in work.done.values())
+        reporter.info(f"resuming {dst.name}: {len(work.done)} chunk(s), {kept} frames, kept from an unfinished run "
+                      f"in {work.path.name}")
+    return _Chunks(work, encoders, max(1, cores // encoders))
+
+
+def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, warn: Callable[[str], None],
+          reporter: Reporter | None = None) -> _Plan:
     check_paths(src, dst, options.overwrite)
     try:
         source = Source.open(src)
     except InputError as exc:
         raise UpscaleError(str(exc)) from exc
     try:
-        return _plan_source(source, src, dst, upscaler, options, warn)
+        plan = _plan_source(source, src, dst, upscaler, options, warn)
     except BaseException:
+        source.close()
+        raise
+    try:
+        if not plan.image_out and not plan.info.is_image:
+            plan.chunks = _chunk_plan(src, dst, plan.info, plan.writer, upscaler, options, warn, reporter)
+        return plan
+    except BaseException:
+        plan.writer.abort()
+        remove(plan.tmp)
         source.close()
         raise
 
@@ -416,7 +526,7 @@ def upscale_file(
         warnings.append(message)
         reporter.warn(message)
 
-    plan = _plan(src, dst, upscaler, options, warn)
+    plan = _plan(src, dst, upscaler, options, warn, reporter)
     info, writer, colour = plan.info, plan.writer, plan.colour
     stages = Timings()
     upscaler.timings.clear()
@@ -436,6 +546,9 @@ def upscale_file(
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
     items = read(info, writer.streams_to_copy(), stop, stages, deinterlace=plan.deinterlace, report=report,
                  span=options.span, source=plan.source)
+    encode = None
+    if plan.chunks is not None:
+        items, encode = _chunked(items, plan.chunks, writer, reporter, stop, options.queue_size)
     reporter.start(src.name, info.frames if options.span is None else options.span.frames(info))
     began = time.perf_counter()
     ok = False
@@ -445,7 +558,10 @@ def upscale_file(
         threads.start("vsr-decode", lambda: _decode_stage(items, q_decoded, stop))
         threads.start("vsr-to-rgb", lambda: _relay_stage(q_decoded, q_converted, convert_in, stop))
         threads.start("vsr-to-yuv", lambda: _relay_stage(q_upscaled, q_prepared, prepare, stop))
-        threads.start("vsr-encode", lambda: _encode_stage(q_prepared, writer, reporter, stop))
+        if encode is None:
+            threads.start("vsr-encode", lambda: _encode_stage(q_prepared, writer, reporter, stop))
+        else:
+            threads.start("vsr-encode", lambda: _chunked_encode_stage(q_prepared, encode, writer, reporter, stop))
         _model_stage(q_converted, q_upscaled, upscaler, colour, plan.resize, (info.height, info.width),
                      options.batch_size, src.name, stop, fault)
         threads.threads[-1].join()
@@ -456,7 +572,7 @@ def upscale_file(
         ok = True
     except (DecodeError, InputError) as exc:
         raise UpscaleError(str(exc)) from exc
-    except EncodeError as exc:
+    except (EncodeError, ChunkError) as exc:
         raise UpscaleError(f"{src.name}: {exc}") from exc
     except (UpscaleError, KeyboardInterrupt):
         raise
@@ -465,8 +581,12 @@ def upscale_file(
     finally:
         if not ok:
             threads.wind_down()
+            if encode is not None:
+                encode.abort()
             writer.abort()
             remove(plan.tmp)
+            if plan.chunks is not None:
+                _keep_work(plan.chunks.work, dst, reporter)
         plan.source.close()
         reporter.finish()
         gil.stop()
@@ -481,10 +601,45 @@ def upscale_file(
         remove(plan.tmp)
         raise
     finish(plan.tmp, dst)
+    if plan.chunks is not None:
+        plan.chunks.work.discard()
     if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.spans() and not options.span:
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
-                  (gil.mean_ms, gil.max_ms), report.spans())
+                  (gil.mean_ms, gil.max_ms), report.spans(), resumed=encode.resumed if encode else 0,
+                  encoders=plan.chunks.encoders if plan.chunks else 1)
+
+
+def _chunked(items: Iterator, chunks: _Chunks, writer: Writer, reporter: Reporter, stop: _Stop,
+             queue_size: int) -> tuple[Iterator, ChunkedEncode]:
+    """The frame items cut into chunks (those an earlier run finished dropped), and the encode
+    stage that takes them."""
+    work, tb = chunks.work, writer.time_base
+
+    def pts_of(item: FrameItem) -> int | None:
+        return None if item.pts is None else round(item.pts * item.time_base / tb)
+
+    def keyframe(item: FrameItem) -> bool:
+        return bool(item.frame is not None and item.frame.key_frame)
+
+    cut = Chunker(work.length, work.done, pts_of).items(items, lambda item: isinstance(item, FrameItem), keyframe)
+    encode = ChunkedEncode(work, chunks.encoders, chunks.threads, writer.chunk_encoder,
+                           Joiner(writer.video.codec_context.extradata), tb, writer.mux_video_packet,
+                           lambda item: writer.copy_packet(item.packet, item.stream_index, item.time_base),
+                           stop, reporter.advance, chunks.encoders * work.length + queue_size)
+    return cut, encode
+
+
+def _keep_work(work: WorkFolder, dst: Path, reporter: Reporter) -> None:
+    """A run that did not finish: its finished chunks stay for the next one (said), else the work
+    folder goes."""
+    work.close()
+    if not work.done:
+        work.discard()
+        return
+    frames = sum(r.frames for r in work.done.values())
+    reporter.info(f"{len(work.done)} finished chunk(s) ({frames} frames) kept in {work.path.name}: "
+                  f"the same command resumes {dst.name} from there")
 
 
 def _judge_damage(report: DecodeReport, options: UpscaleOptions, name: str, warn: Callable[[str], None]) -> None:

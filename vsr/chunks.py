@@ -1,0 +1,585 @@
+"""A long video in chunks: the unit of parallel encoding and of resume (Av1an's ``chunk.rs``,
+``broker.rs``, ``concat.rs``).
+
+* :func:`chunk_length` and :class:`Chunker`: where the output timeline is cut.  Before a source
+  keyframe once a chunk holds half its length, at its length at the latest; each chunk is encoded
+  by an encoder instance of its own, so it starts with a keyframe of its own.  The rule depends only
+  on the frames, so a second run cuts the same video in the same places.
+* :class:`WorkFolder`: the hidden folder beside the output where finished chunks wait
+  (``00000.chunk``...), each written whole then renamed and listed in ``done.json`` with its size
+  and SHA-256; tied to the input file's identity and the settings by ``job.json``.
+* :func:`write_chunk` / :func:`read_chunk`: a chunk file holds one encoder's packets exactly
+  (timestamps in the encoder's time base, the codec headers they decode under).
+* :class:`Joiner`: the chunks' packets as one stream: the headers checked against the output's,
+  a keyframe first in each, decode timestamps made monotonic across the joins (B-frames included).
+
+Nothing here touches the model: it sees the frames in order, as without chunks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import queue
+import shutil
+import stat
+import struct
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from vsr.errors import VsrError
+from vsr.files import finish, new_partial, remove, written_whole
+
+# Output containers whose video can be joined from chunks: each holds a stream whose packets carry
+# their own pts and dts, and a keyframe may start anywhere.  (Ogg and AVI count frames instead;
+# images are one frame.)
+JOINABLE_CONTAINERS = {"mp4", "mov", "matroska", "webm", "mpegts"}
+
+LONGEST_CHUNK_SECONDS = 10.0  # what a kill can cost, at most, per encoder; and what each holds in memory
+SHORTEST_CHUNK_SECONDS = 1.0  # below this, the extra keyframes and encoder starts cost more than they give
+WORK_SUFFIX = ".vsr-work"
+_FORMAT = 1  # of job.json / done.json / the chunk files
+
+
+class ChunkError(VsrError):
+    """Chunks cannot be made or joined as asked; the message says why."""
+
+
+# -- where the timeline is cut ------------------------------------------------------------------
+def chunk_length(frames: int | None, rate: float, encoders: int, frame_bytes: int, memory: int | None,
+                 seconds: float | None = None) -> int:
+    """Frames per chunk.  ``seconds``: asked for.  Else at most :data:`LONGEST_CHUNK_SECONDS`, and
+    short enough for two chunks per encoder in a video of ``frames`` (so the last chunks do not
+    leave encoders idle), but not under :data:`SHORTEST_CHUNK_SECONDS`; and small enough that the
+    chunks in flight (``encoders`` of them, held as frames until encoded) take at most a quarter of
+    ``memory``."""
+    rate = rate if rate and rate > 0 else 25.0
+    if seconds is not None:
+        return max(1, round(seconds * rate))
+    length = round(LONGEST_CHUNK_SECONDS * rate)
+    if frames:
+        length = min(length, math.ceil(frames / (2 * encoders)))
+    length = max(length, round(SHORTEST_CHUNK_SECONDS * rate))
+    if memory is not None and encoders > 1:
+        length = min(length, max(1, memory // 4 // (encoders * max(1, frame_bytes))))
+    return max(1, length)
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A finished chunk: frames ``[start, start + frames)`` of the output, its first frame's pts
+    (the encoder's time base), and its file's size and SHA-256."""
+
+    index: int
+    start: int
+    frames: int
+    first_pts: int | None
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Mark:
+    """In the frame stream: the frames that follow belong to chunk ``index`` (first frame
+    ``start``, whose pts in the encoder's time base is ``first_pts``); ``done``: finished by an
+    earlier run, its frames are not upscaled again and do not follow (they are dropped)."""
+
+    index: int
+    start: int
+    first_pts: int | None
+    done: ChunkRecord | None = None
+
+
+class Chunker:
+    """Cuts the frame items of one video into chunks: a :class:`Mark` before each chunk's first
+    frame; the frames of chunks found done are dropped (packets of other streams pass)."""
+
+    def __init__(self, length: int, done: dict[int, ChunkRecord], pts_of: Callable[[object], int | None]) -> None:
+        self.length = length
+        self.done = done
+        self.pts_of = pts_of  # a frame item's pts in the encoder's time base (to match a done chunk)
+        self.index = -1
+        self.size = 0  # frames in the current chunk
+        self.frame = 0  # output frames so far
+        self.skipping = 0  # frames of a done chunk still to drop
+        self.skipped = 0  # frames dropped so far
+
+    def _cut(self, keyframe: bool) -> bool:
+        if self.index < 0:
+            return True
+        return self.size >= self.length or (keyframe and self.size >= max(1, self.length // 2))
+
+    def items(self, items: Iterable, is_frame: Callable[[object], bool],
+              is_keyframe: Callable[[object], bool]) -> Iterator:
+        for item in items:
+            if not is_frame(item):
+                yield item
+                continue
+            if self.skipping:
+                self.skipping -= 1
+                self.skipped += 1
+                self.frame += 1
+                continue
+            if self._cut(is_keyframe(item)):
+                self.index += 1
+                self.size = 0
+                record = self.done.get(self.index)
+                first_pts = self.pts_of(item)
+                if record is not None and record.start == self.frame and record.first_pts == first_pts:
+                    yield Mark(self.index, self.frame, first_pts, record)
+                    self.skipping = record.frames - 1
+                    self.skipped += 1
+                    self.frame += 1
+                    self.size = 1 << 62  # the next frame starts the next chunk, as in the run that made it
+                    continue
+                yield Mark(self.index, self.frame, first_pts)
+            self.size += 1
+            self.frame += 1
+            yield item
+
+
+# -- the work folder -----------------------------------------------------------------------------
+def work_folder_of(dst: Path) -> Path:
+    return dst.parent / f".{dst.name}{WORK_SUFFIX}"
+
+
+class WorkFolder:
+    """The chunks of one output, kept beside it until the output is assembled.  Opened with the
+    job's identity (the input file's path, size and modification time, and the settings): chunks
+    of another job (other settings, another input) are thrown away, never joined.  Locked while a
+    run uses it."""
+
+    def __init__(self, path: Path, job: dict, length: int) -> None:
+        self.path = path
+        self.job = job
+        self.length = length  # frames per chunk: fixed by the job's first run
+        self.done: dict[int, ChunkRecord] = {}
+        self._lock: int | None = None
+
+    @classmethod
+    def open(cls, dst: Path, job: dict, length: int, fresh: bool, warn: Callable[[str], None]) -> "WorkFolder":
+        """The work folder of ``dst``, with the chunks an earlier run of the same job finished
+        (``fresh``: none, they are thrown away).  A chunk whose file is not exactly what was
+        recorded (truncated, changed) is dropped and will be encoded again."""
+        path = work_folder_of(dst)
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise ChunkError(f"{os.fspath(path)!r} is in the way of vsr's work folder (a link or a file); remove it")
+        earlier = None if fresh or not path.exists() else _read_json(path / "job.json")
+        if path.exists() and (earlier is None or earlier.get("job") != job):
+            if earlier is not None and not fresh:
+                warn(f"an unfinished run of {dst.name} was made with other settings or another input; starting over")
+            _remove_tree(path)
+        path.mkdir(exist_ok=True)
+        work = cls(path, job, length)
+        work._take_lock(dst)
+        if earlier is not None and earlier.get("job") == job:
+            work.length = int(earlier.get("length", length))
+            work._load_done()
+        else:
+            work._clear_files()
+            with written_whole(path / "job.json") as tmp:
+                tmp.write_text(json.dumps({"format": _FORMAT, "job": job, "length": length}, indent=1))
+        return work
+
+    def _take_lock(self, dst: Path) -> None:
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise ChunkError(f"another vsr run is writing {dst.name} (its work folder {self.path.name} is in use)") from exc
+        self._lock = fd
+
+    def _load_done(self) -> None:
+        listed = _read_json(self.path / "done.json") or {}
+        for raw in listed.get("chunks", []):
+            try:
+                record = ChunkRecord(**raw)
+            except TypeError:
+                continue
+            if self.whole(record):
+                self.done[record.index] = record
+        keep = {self.chunk_path(i).name for i in self.done} | {"job.json", "done.json", "lock"}
+        for entry in self.path.iterdir():  # partial files of a killed run, chunks not (or badly) recorded
+            if entry.name not in keep and not entry.is_dir():
+                remove(entry)
+        self._write_done()
+
+    def _clear_files(self) -> None:
+        for entry in self.path.iterdir():
+            if entry.name != "lock" and not entry.is_dir():
+                remove(entry)
+
+    def chunk_path(self, index: int) -> Path:
+        return self.path / f"{index:05d}.chunk"
+
+    def whole(self, record: ChunkRecord) -> bool:
+        """The chunk file is exactly what was recorded: a regular file of its size and SHA-256."""
+        path = self.chunk_path(record.index)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or os.fstat(f.fileno()).st_size != record.bytes:
+                return False
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest() == record.sha256
+
+    def record(self, record: ChunkRecord) -> None:
+        self.done[record.index] = record
+        self._write_done()
+
+    def _write_done(self) -> None:
+        chunks = [asdict(r) for _i, r in sorted(self.done.items())]
+        with written_whole(self.path / "done.json") as tmp:
+            tmp.write_text(json.dumps({"format": _FORMAT, "chunks": chunks}))
+
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def discard(self) -> None:
+        """The output is assembled: the chunks go."""
+        self.close()
+        _remove_tree(self.path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd) as f:
+            data = json.loads(f.read(1 << 24))
+        return data if isinstance(data, dict) and data.get("format") == _FORMAT else None
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _remove_tree(path: Path) -> None:
+    """vsr's own work folder and what it holds (never followed through a link)."""
+    if path.is_symlink():
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- chunk files ---------------------------------------------------------------------------------
+_MAGIC = b"VSR-CHUNK\n"
+_HEAD = struct.Struct("<I")
+_PACKET = struct.Struct("<qqqBI")  # pts, dts, duration, flags (1: keyframe), size
+_NONE = -(2**63)
+
+
+@dataclass
+class ChunkPacket:
+    pts: int | None
+    dts: int | None
+    duration: int
+    key: bool
+    offset: int  # of its data in the chunk file
+    size: int
+
+
+class ChunkWriter:
+    """Packets of one chunk into its file: written to a temporary file of vsr's own, which becomes
+    the chunk (:meth:`finish`) only when the encoder has given its last packet."""
+
+    def __init__(self, work: WorkFolder, index: int, start: int, extradata: bytes | None, time_base: Fraction) -> None:
+        self.work, self.index, self.start = work, index, start
+        self.tmp = new_partial(work.chunk_path(index))
+        self.f: BinaryIO = open(self.tmp, "wb")
+        self.digest = hashlib.sha256()
+        head = json.dumps({"time_base": [time_base.numerator, time_base.denominator],
+                           "extradata": (extradata or b"").hex()}).encode()
+        self._write(_MAGIC + _HEAD.pack(len(head)) + head)
+
+    def _write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.digest.update(data)
+
+    def packet(self, pts: int | None, dts: int | None, duration: int | None, key: bool, data: bytes) -> None:
+        self._write(_PACKET.pack(_NONE if pts is None else pts, _NONE if dts is None else dts, duration or 0,
+                                 1 if key else 0, len(data)))
+        self._write(data)
+
+    def finish(self, frames: int, first_pts: int | None) -> ChunkRecord:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        size = self.f.tell()
+        self.f.close()
+        finish(self.tmp, self.work.chunk_path(self.index))
+        return ChunkRecord(self.index, self.start, frames, first_pts, size, self.digest.hexdigest())
+
+    def abort(self) -> None:
+        self.f.close()
+        remove(self.tmp)
+
+
+def read_chunk(f: BinaryIO, name: str) -> tuple[bytes, Fraction, list[ChunkPacket]]:
+    """(codec headers, time base, packets in decode order: where their data lies) of a chunk file."""
+    if f.read(len(_MAGIC)) != _MAGIC:
+        raise ChunkError(f"{name} is not a vsr chunk")
+    try:
+        (n,) = _HEAD.unpack(f.read(_HEAD.size))
+        head = json.loads(f.read(n))
+        extradata, time_base = bytes.fromhex(head["extradata"]), Fraction(*head["time_base"])
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise ChunkError(f"{name}: its header is damaged") from exc
+    end = os.fstat(f.fileno()).st_size
+    packets = []
+    at = f.tell()
+    while at < end:
+        raw = f.read(_PACKET.size)
+        if len(raw) < _PACKET.size:
+            raise ChunkError(f"{name} is cut short")
+        pts, dts, duration, flags, size = _PACKET.unpack(raw)
+        at += _PACKET.size
+        if at + size > end:
+            raise ChunkError(f"{name} is cut short")
+        packets.append(ChunkPacket(None if pts == _NONE else pts, None if dts == _NONE else dts, duration,
+                                   bool(flags & 1), at, size))
+        at += size
+        f.seek(at)
+    return extradata, time_base, packets
+
+
+# -- joining -------------------------------------------------------------------------------------
+class Joiner:
+    """The chunks, in order, as one stream.  Each chunk's packets must decode under the output's
+    codec headers (``extradata``: the same bytes) and start with a keyframe.  Presentation
+    timestamps are kept exactly; decode timestamps are made again across the joins: packet ``i``
+    (in decode order) of the whole stream gets the ``i - delay``-th smallest pts, where ``delay`` is
+    how many packets the encoder sends before the first one shown (its B-frame reorder depth).  So
+    dts increase strictly and never pass a packet's pts, as an encoder of the whole stream makes them."""
+
+    def __init__(self, extradata: bytes | None) -> None:
+        self.extradata = extradata or b""
+        self.delay: int | None = None
+        self.tail: deque[int] = deque()  # the largest pts joined so far (``delay`` of them)
+        self.last_dts: int | None = None
+
+    def join(self, index: int, extradata: bytes, packets: list[ChunkPacket]) -> list[ChunkPacket]:
+        """``packets`` of chunk ``index`` with their decode timestamps for the joined stream."""
+        if extradata != self.extradata:
+            raise ChunkError(f"chunk {index} was encoded with other codec headers than the output's; "
+                             f"it cannot be joined (the encoder's headers depend on more than its settings)")
+        if not packets:
+            return packets
+        if not packets[0].key:
+            raise ChunkError(f"chunk {index} does not start with a keyframe; it cannot be joined")
+        if any(p.pts is None for p in packets):
+            raise ChunkError(f"chunk {index} has packets without timestamps; it cannot be joined")
+        shown = sorted(p.pts for p in packets)
+        delay = sum(1 for p in packets if p.dts is not None and p.dts < shown[0])
+        if self.delay is None:
+            self.delay = delay
+        elif delay > self.delay:
+            raise ChunkError(f"chunk {index} reorders frames deeper ({delay}) than the first chunk ({self.delay})")
+        d = self.delay
+        if self.tail and self.tail[-1] >= shown[0]:
+            raise ChunkError(f"chunk {index} does not follow the one before it (pts {shown[0]} after {self.tail[-1]})")
+        ahead = list(self.tail)[-d:] if d else []
+        for i, p in enumerate(packets):
+            if i < d:
+                dts = ahead[i] if len(ahead) == d else p.dts  # the first chunk: the encoder's own
+            else:
+                dts = shown[i - d]
+            if dts is None or dts > p.pts or (self.last_dts is not None and dts <= self.last_dts):
+                raise ChunkError(f"chunk {index}: no decode timestamp fits packet {i} (pts {p.pts}); it cannot be joined")
+            p.dts = dts
+            self.last_dts = dts
+        self.tail.extend(shown)
+        while len(self.tail) > max(d, 1):
+            self.tail.popleft()
+        return packets
+
+
+# -- the encode stage of a chunked video ---------------------------------------------------------
+_END = object()
+
+
+class _Chunk:
+    """A chunk in flight: its frames' queue and encoder thread, or a finished chunk of an earlier run."""
+
+    def __init__(self, index: int, start: int, first_pts: int | None, record: ChunkRecord | None = None) -> None:
+        self.index, self.start, self.first_pts = index, start, first_pts
+        self.record = record  # set when its file is whole
+        self.frames: queue.Queue = queue.Queue()  # bounded by ChunkedEncode's budget, not here
+        self.ended = threading.Event()  # the encoder thread is done (record or error)
+        self.error: BaseException | None = None
+        self.resumed = record is not None
+        if self.resumed:
+            self.ended.set()
+
+
+class ChunkedEncode:
+    """The encode stage of a chunked video, on one thread (the only one that writes the output):
+    each chunk's frames go to an encoder instance of its own, on a thread of its own, ``encoders``
+    of them at once (each with ``threads`` threads); a finished chunk is written whole to the work
+    folder and recorded; chunks are joined into the output in order as they finish, and the other
+    streams' packets are muxed after the frames that came before them in the input.
+
+    ``new_encoder(threads)`` gives an open encoder (``encode(frame)`` -> packets, ``extradata``);
+    ``mux_video(packet, data, time_base)`` and ``mux_other(item)`` write into the output."""
+
+    def __init__(self, work: WorkFolder, encoders: int, threads: int, new_encoder: Callable, joiner: Joiner,
+                 time_base: Fraction, mux_video: Callable, mux_other: Callable, stop, advance: Callable[[int], None],
+                 held_frames: int, timings=None) -> None:
+        self.work, self.threads, self.new_encoder, self.joiner = work, threads, new_encoder, joiner
+        self.time_base, self.mux_video, self.mux_other, self.stop, self.advance = time_base, mux_video, mux_other, stop, advance
+        self.timings = timings
+        self.slots = threading.Semaphore(encoders)
+        self.budget = threading.Semaphore(max(1, held_frames))  # frames waiting in the encoders' queues
+        self.order: deque[_Chunk] = deque()  # chunks not yet joined, in order
+        self.current: _Chunk | None = None
+        self.held: deque[tuple[int, object]] = deque()  # (frames before it, packet item) not yet muxed
+        self.seen = 0  # frames of the output before the next item (those of resumed chunks too)
+        self.joined = 0  # frames joined into the output
+        self.encoded = 0  # frames encoded by this run
+        self.resumed = 0  # frames taken from an earlier run's chunks
+        self.threads_started: list[threading.Thread] = []
+        self._record_lock = threading.Lock()
+
+    # -- items in ---------------------------------------------------------------------------------
+    def mark(self, mark: Mark) -> None:
+        self._seal()
+        if mark.done is not None:
+            self.order.append(_Chunk(mark.index, mark.start, mark.done.first_pts, mark.done))
+            self.seen += mark.done.frames
+            self.resumed += mark.done.frames
+            self.advance(mark.done.frames)
+        else:
+            self._wait(lambda: self.slots.acquire(timeout=0.05))
+            chunk = _Chunk(mark.index, mark.start, mark.first_pts)
+            thread = threading.Thread(target=self._encode, args=(chunk,), name=f"vsr-encode-{mark.index}", daemon=True)
+            self.order.append(chunk)
+            self.current = chunk
+            self.threads_started.append(thread)
+            thread.start()
+        self.poll()
+
+    def frame(self, frame) -> None:
+        if self.current is None:
+            raise ChunkError("a frame came before the first chunk's mark")
+        self._wait(lambda: self.budget.acquire(timeout=0.05))
+        self.current.frames.put(frame)
+        self.seen += 1
+
+    def packet(self, item) -> None:
+        self.held.append((self.seen, item))
+        self.poll()
+
+    def close(self) -> None:
+        """Every chunk encoded and joined, every packet muxed."""
+        self._seal()
+        while self.order:
+            self._wait(lambda: self.order[0].ended.wait(0.05))
+            self.poll()
+        self._release(None)
+
+    def abort(self) -> None:
+        """Stop every encoder thread (their unfinished chunks are thrown away)."""
+        self._seal()
+        for t in self.threads_started:
+            t.join(timeout=5)
+
+    # -- joining ------------------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Join the chunks at the head of the order that are finished."""
+        while self.order and self.order[0].ended.is_set():
+            chunk = self.order.popleft()
+            if chunk.error is not None:
+                raise chunk.error
+            self._join(chunk)
+        self._release(self.joined)
+
+    def _join(self, chunk: _Chunk) -> None:
+        record = chunk.record
+        path = self.work.chunk_path(chunk.index)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            extradata, time_base, packets = read_chunk(f, path.name)
+            if len(packets) != record.frames:
+                raise ChunkError(f"{path.name} holds {len(packets)} packets for {record.frames} frames; it cannot be joined")
+            for j, p in enumerate(self.joiner.join(chunk.index, extradata, packets)):
+                self._release(chunk.start + j)
+                f.seek(p.offset)
+                self.mux_video(p, f.read(p.size), time_base)
+        self.joined = chunk.start + record.frames
+
+    def _release(self, frames: int | None) -> None:
+        """Mux the held packets that came after at most ``frames`` frames (None: all)."""
+        while self.held and (frames is None or self.held[0][0] <= frames):
+            self.mux_other(self.held.popleft()[1])
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _seal(self) -> None:
+        if self.current is not None:
+            self.current.frames.put(_END)
+            self.current = None
+
+    def _wait(self, attempt: Callable[[], bool]) -> None:
+        """Retry ``attempt`` until it succeeds, joining finished chunks meanwhile (so a failed encoder
+        is noticed) and giving up when the run is stopped."""
+        while not attempt():
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            self.poll()
+
+    def _encode(self, chunk: _Chunk) -> None:
+        """One chunk's encoder thread."""
+        out = None
+        try:
+            encoder = self.new_encoder(self.threads)
+            if (encoder.extradata or b"") != self.joiner.extradata:
+                raise ChunkError(f"the encoder's codec headers for chunk {chunk.index} differ from the output's; "
+                                 f"chunks of this encoder cannot be joined (use --encoders 1 --chunk-seconds 0)")
+            out = ChunkWriter(self.work, chunk.index, chunk.start, encoder.extradata, self.time_base)
+            frames = 0
+            while True:
+                try:
+                    frame = chunk.frames.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set():
+                        break
+                    continue
+                if frame is _END or self.stop.is_set():
+                    break
+                self.budget.release()
+                self._packets(out, encoder.encode(frame))
+                frames += 1
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            self._packets(out, encoder.encode(None))
+            record = out.finish(frames, chunk.first_pts)
+            out = None
+            with self._record_lock:
+                self.work.record(record)
+                self.encoded += frames
+            chunk.record = record
+        except BaseException as exc:  # noqa: BLE001 - handed to the encode stage
+            chunk.error = exc
+            if out is not None:
+                out.abort()
+            while True:  # free what the frames still queued hold
+                try:
+                    if chunk.frames.get_nowait() is not _END:
+                        self.budget.release()
+                except queue.Empty:
+                    break
+        finally:
+            self.slots.release()
+            chunk.ended.set()
+
+    def _packets(self, out: ChunkWriter, packets) -> None:
+        for p in packets:
+            out.packet(p.pts, p.dts, p.duration, p.is_keyframe, bytes(p))
