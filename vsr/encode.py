@@ -20,6 +20,7 @@ import av
 import numpy as np
 from av.subtitles.codeccontext import SubtitleCodecContext
 
+from vsr import hwenc
 from vsr.colour import planes_to_frame, resize_plane, rgb_to_frame, rgba_to_frame
 from vsr.decode import VideoInfo
 from vsr.errors import VsrError
@@ -116,13 +117,17 @@ def _merge_params(opts: dict[str, str], key: str, value: str) -> None:
 
 def encoder_options(enc: av.codec.Codec, options: EncodeOptions) -> dict[str, str]:
     """The encoder's options from ``options``: --crf and --preset where the encoder has them, then
-    --encoder-opt pairs (``x264-params``/``x265-params`` values are appended to vsr's own)."""
+    --encoder-opt pairs (``x264-params``/``x265-params`` values are appended to vsr's own).  A
+    hardware encoder gets its own quality and speed options for them (:mod:`vsr.hwenc`)."""
     private = _private_options(enc)
     opts: dict[str, str] = {}
-    if options.crf is not None and "crf" in private:
-        opts["crf"] = str(options.crf)
-    if options.preset and "preset" in private:
-        opts["preset"] = options.preset
+    if hwenc.family(enc.name):
+        opts.update(hwenc.quality_options(enc.name, options.crf, options.preset, private))
+    else:
+        if options.crf is not None and "crf" in private:
+            opts["crf"] = str(options.crf)
+        if options.preset and "preset" in private:
+            opts["preset"] = options.preset
     if options.quiet and enc.name == "libx265":
         _merge_params(opts, "x265-params", "log-level=error")
     for key, value in options.extra:
@@ -135,6 +140,8 @@ def encoder_options(enc: av.codec.Codec, options: EncodeOptions) -> dict[str, st
 
 def unused_options(enc: av.codec.Codec, options: EncodeOptions, defaults: EncodeOptions) -> list[str]:
     """Options given that this encoder does not have (--preset with VP9/FFV1, --crf with FFV1)."""
+    if hwenc.family(enc.name):
+        return []  # both become its own options (hwenc.quality_options)
     private = _private_options(enc)
     unused = []
     if options.preset != defaults.preset and "preset" not in private:
@@ -176,7 +183,11 @@ def _refused(enc: av.codec.Codec, settings: list[str], error: av.FFmpegError) ->
 
 def check_encoder(options: EncodeOptions, size: tuple[int, int] = (64, 64)) -> None:
     """Open the encoder once with every setting (on a small picture), so an unknown codec, preset,
-    pixel format or option fails before any work; :class:`EncodeError` says what FFmpeg refused."""
+    pixel format or option fails before any work; :class:`EncodeError` says what FFmpeg refused,
+    or, for a hardware encoder that cannot open here, what the machine lacks."""
+    problem = hwenc.hardware_problem(options.codec) if options.codec else None
+    if problem:
+        raise EncodeError(problem)
     enc = check_codec(options.codec, options.pix_fmt)
     pix_fmt = options.pix_fmt or next((f.name for f in enc.video_formats or [] if f.name == "yuv420p"),
                                       (enc.video_formats or [av.VideoFormat("yuv420p")])[0].name)
