@@ -433,10 +433,11 @@ class ChunkedEncode:
 
     def __init__(self, work: WorkFolder, encoders: int, threads: int, new_encoder: Callable, joiner: Joiner,
                  time_base: Fraction, mux_video: Callable, mux_other: Callable, stop, advance: Callable[[int], None],
-                 held_frames: int, timings=None) -> None:
+                 held_frames: int, timings) -> None:
         self.work, self.threads, self.new_encoder, self.joiner = work, threads, new_encoder, joiner
         self.time_base, self.mux_video, self.mux_other, self.stop, self.advance = time_base, mux_video, mux_other, stop, advance
-        self.timings = timings
+        self.timings = timings  # vsr.timing.Timings: "encode", summed over the encoder threads (its lanes)
+        timings.lanes["encode"] = encoders
         self.slots = threading.Semaphore(encoders)
         self.budget = threading.Semaphore(max(1, held_frames))  # frames waiting in the encoders' queues
         self.order: deque[_Chunk] = deque()  # chunks not yet joined, in order
@@ -555,11 +556,13 @@ class ChunkedEncode:
                 if frame is _END or self.stop.is_set():
                     break
                 self.budget.release()
-                self._packets(out, encoder.encode(frame))
+                with self.timings("encode"):
+                    self._packets(out, encoder.encode(frame))
                 frames += 1
             if self.stop.is_set():
                 raise KeyboardInterrupt
-            self._packets(out, encoder.encode(None))
+            with self.timings("encode"):
+                self._packets(out, encoder.encode(None))
             record = out.finish(frames, chunk.first_pts)
             out = None
             with self._record_lock:

@@ -43,6 +43,12 @@ def _positive(ctx, param, value):
     return value
 
 
+def _not_negative(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter(f"expected a number >= 0, got {value}")
+    return value
+
+
 def _key_values(ctx, param, values):
     pairs = []
     for item in values:
@@ -254,7 +260,14 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--encoder-opt", "encoder_opts", multiple=True, metavar="KEY=VALUE", callback=_key_values,
               help="An encoder option (repeatable), as ffmpeg's: tune=film, b=8M, x264-params=keyint=60, ...")
 @click.option("--tag", default=None, help="Codec tag of the video stream (default: hvc1 for HEVC in MP4/MOV).")
-@click.option("-y", "--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--encoders", type=int, default=None, callback=_positive,
+              help="Video encoders at once, each on a chunk of the video and its share of the cores (default: 1 on "
+                   "the CPU, where the model bounds the run; one per 4 cores with a GPU, at most 8).")
+@click.option("--chunk-seconds", type=float, default=None, callback=_not_negative, metavar="SECONDS",
+              help="Length of the chunks a video is encoded in (default: up to 10 s, chosen). Finished chunks are kept "
+                   "beside the output (.NAME.vsr-work), so a stopped run resumes where it was; 0: no chunks, one "
+                   "encoder for the whole video, nothing to resume.")
+@click.option("-y", "--overwrite", is_flag=True, help="Replace an existing output (and start over, not resume).")
 @click.option("--compile/--no-compile", "use_compile", default=None,
               help="torch.compile the model (on CUDA with CUDA graphs; default: on CUDA for a video of 1500+ frames).")
 @click.option("--profile", is_flag=True, help="Print the time spent in each stage and which one bounds throughput.")
@@ -310,7 +323,8 @@ def upscale(input, **kw):
              a.quiet)
     span = Span(a.start or 0.0, a.duration) if (a.start or a.duration) else None
     options = UpscaleOptions(batch_size=batch_size, overwrite=a.overwrite, colour=a.colour, size=size,
-                             deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id, span=span)
+                             deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id, span=span,
+                             encoders=a.encoders, chunk_seconds=a.chunk_seconds)
     if input.is_dir():
         output = Path(a.output) if a.output else input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
         _upscale_folder(input, output, net, options, a, use_compile)
@@ -332,8 +346,13 @@ def upscale(input, **kw):
     if a.as_json:
         print_json([file_record(input, output, result, "damaged" if result.gaps else "done")])
     else:
-        out.print(f"{result.output}: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)")
+        line = f"{result.output}: {result.frames} frames in {result.seconds:.1f} s ({result.fps:.2f} fps)"
+        if result.resumed:
+            line = (f"{result.output}: {result.frames} frames ({result.resumed} kept from an unfinished run; "
+                    f"{result.upscaled} upscaled in {result.seconds:.1f} s, {result.fps:.2f} fps)")
+        out.print(line)
     report_warmup(upscaler, a.quiet)
+    report_pace(result, dev, a.quiet)
     if a.profile:
         print_profile(result)
 
@@ -418,6 +437,21 @@ def cuda_defaults(dev, input: Path, batch_size: int | None, use_compile: bool | 
     return batch_size, use_compile
 
 
+def report_pace(result, dev, quiet: bool) -> None:
+    """After a run the encoder held back while the model idled: what would go faster here."""
+    from vsr import hwenc
+    from vsr.system import usable_cores
+
+    if quiet or result.seconds <= 0 or not result.codec:
+        return
+    busy = result.stages.by_thread()
+    hint = hwenc.speed_hint(busy.get("encode", 0.0) / result.seconds, busy.get("model", 0.0) / result.seconds,
+                            result.encoders, usable_cores(), dev.type, result.codec,
+                            lambda name: hwenc.hardware_problem(name) is None)
+    if hint:
+        err.print(f"note: {hint}", soft_wrap=True)
+
+
 def report_warmup(upscaler, quiet: bool) -> None:
     """Say what compiling cost, or why the model ran uncompiled after all."""
     if upscaler.compile_error:
@@ -447,7 +481,8 @@ def print_profile(result) -> None:
     print_table(table)
     for thread, lanes in result.stages.lanes.items():
         if lanes > 1:
-            out.print(f"{thread} x{lanes}: {lanes} worker threads, each on its own frame; seconds are summed over "
+            unit = "chunk" if thread == "encode" else "frame"
+            out.print(f"{thread} x{lanes}: {lanes} worker threads, each on its own {unit}; seconds are summed over "
                       f"them, % of wall is per worker")
     name, busy = result.stages.bottleneck()
     out.print(f"bounded by the {name} thread: busy {busy:.1f} s of {result.seconds:.1f} s wall "

@@ -33,6 +33,7 @@ from vsr.chunks import (ChunkError, ChunkedEncode, Chunker, Joiner, Mark, WorkFo
 from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Source, Span, VideoInfo,
                         deep_picture, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
+from vsr import hwenc
 from vsr.errors import VsrError
 from vsr.files import PartialFileError, finish, folder_problem, new_partial, remove
 from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, extension, output_kind
@@ -146,6 +147,7 @@ class Result:
     gaps: list[tuple[float, float, int]] = field(default_factory=list)  # damaged spans of the input (DecodeReport)
     resumed: int = 0  # frames taken from the chunks of an earlier, unfinished run (not upscaled again)
     encoders: int = 1  # encoder instances at once (chunks)
+    codec: str = ""  # the video encoder's name
 
     @property
     def upscaled(self) -> int:
@@ -397,11 +399,13 @@ class _Chunks:
     threads: int  # each encoder's
 
 
-def default_encoders(device_type: str, cores: int) -> int:
-    """Encoder instances at once: one where the model bounds the run (the CPU: the model is far
-    slower than x264), else one per 4 cores (x264's frame threads scale well to about that many per
-    instance at 1080p; its lookahead is serial), at most 8."""
-    return 1 if device_type == "cpu" else max(1, min(8, cores // 4))
+def default_encoders(device_type: str, cores: int, codec: str) -> int:
+    """Encoder instances at once: one where the model bounds the run (on the CPU the model is far
+    slower than x264) or the encoder is a chip's (its sessions are few, and cores do not speed it),
+    else as many as fill the cores (:func:`vsr.hwenc.encoders_for`)."""
+    if device_type == "cpu" or hwenc.family(codec):
+        return 1
+    return hwenc.encoders_for(cores)
 
 
 def _chunk_plan(src: Path, dst: Path, info: VideoInfo, writer: Writer, upscaler: Upscaler, options: UpscaleOptions,
@@ -419,7 +423,7 @@ def _chunk_plan(src: Path, dst: Path, info: VideoInfo, writer: Writer, upscaler:
             raise UpscaleError(f"--encoders {asked}: {problem} (use --encoders 1)")
         return None
     cores = usable_cores()
-    encoders = asked or default_encoders(upscaler.device.type, cores)
+    encoders = asked or default_encoders(upscaler.device.type, cores, writer.video.codec_context.name)
     frames = info.frames if options.span is None else options.span.frames(info)
     frame_bytes = writer.size[0] * writer.size[1] * 3  # a prepared frame, 4:2:0 at up to 16 bits
     length = chunk_length(frames, float(info.rate or 25), encoders, frame_bytes, available_memory(), options.chunk_seconds)
@@ -607,7 +611,7 @@ def upscale_file(
         warn(f"{src.name}: wrote {writer.frames_written} frames, the input says it has {info.frames}")
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
                   (gil.mean_ms, gil.max_ms), report.spans(), resumed=encode.resumed if encode else 0,
-                  encoders=plan.chunks.encoders if plan.chunks else 1)
+                  encoders=plan.chunks.encoders if plan.chunks else 1, codec=writer.video.codec_context.name)
 
 
 def _chunked(items: Iterator, chunks: _Chunks, writer: Writer, reporter: Reporter, stop: _Stop,
@@ -626,7 +630,7 @@ def _chunked(items: Iterator, chunks: _Chunks, writer: Writer, reporter: Reporte
     encode = ChunkedEncode(work, chunks.encoders, chunks.threads, writer.chunk_encoder,
                            Joiner(writer.video.codec_context.extradata), tb, writer.mux_video_packet,
                            lambda item: writer.copy_packet(item.packet, item.stream_index, item.time_base),
-                           stop, reporter.advance, chunks.encoders * work.length + queue_size)
+                           stop, reporter.advance, chunks.encoders * work.length + queue_size, writer.timings)
     return cut, encode
 
 

@@ -1,0 +1,332 @@
+"""A video in chunks (#29): several encoder instances, one valid stream, and resume after a stop.
+
+Every chunked output is compared with the same command's unchunked output (``chunk_seconds=0``):
+the same frames at the same pts, the other streams' packets bit for bit, the same tags and
+chapters; and it is read by the ffmpeg binary without a word, with a keyframe at each chunk's start
+and decode timestamps increasing across the joins."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import ffmpeg_packets, make_clip, pyav_video_pts
+from vsr.chunks import ChunkError, ChunkPacket, Joiner, chunk_length, work_folder_of
+from vsr.encode import EncodeOptions, Writer
+from vsr.model import Bicubic
+from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
+from vsr.upscaler import Upscaler
+
+MODEL = "bicubic x2 (test)"
+
+
+def _options(**kw) -> UpscaleOptions:
+    encode = kw.pop("encode", EncodeOptions(preset="fast"))
+    return UpscaleOptions(model_id=MODEL, encode=encode, **kw)
+
+
+def _video_packets(path: Path) -> list[tuple[int, int, bool]]:
+    with av.open(str(path)) as c:
+        return [(p.pts, p.dts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size]
+
+
+def _ffmpeg_warnings(ffmpeg: str, path: Path) -> str:
+    res = subprocess.run([ffmpeg, "-v", "warning", "-i", str(path), "-map", "0", "-f", "null", "-"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return re.sub(r" @ 0x[0-9a-f]+", "", res.stderr.strip())
+
+
+def _frames(ffmpeg: str, path: Path, size: tuple[int, int] = (128, 96)) -> np.ndarray:
+    """Every frame the ffmpeg binary decodes, as RGB, one per frame of the file (no frame-rate conversion)."""
+    res = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True)
+    return np.frombuffer(res.stdout, np.uint8).reshape(-1, size[1], size[0], 3)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """100 frames at 25 fps with B-frames, AAC audio, chapters and tags."""
+    return make_clip(tmp_path_factory.mktemp("chunks") / "in.mp4", frames=100, size=(64, 48), audio=1,
+                     chapters=True, metadata={"title": "a clip", "artist": "someone"})
+
+
+# -- joining, unit -----------------------------------------------------------------------------------
+def _chunk(pts_in_decode_order: list[int], delay: int, step: int = 10) -> list[ChunkPacket]:
+    first = min(pts_in_decode_order)
+    return [ChunkPacket(p, first - (delay - i) * step if i < delay else None, step, i == 0, 0, 1)
+            for i, p in enumerate(pts_in_decode_order)]
+
+
+def test_joined_dts_increase_and_never_pass_pts_with_b_frames():
+    joiner = Joiner(b"hdr")
+    # I P B B: shown 0 30 10 20 (decode order 0, 30, 10, 20), the encoder two packets ahead
+    a = joiner.join(0, b"hdr", _chunk([0, 30, 10, 20, 70, 50, 40, 60], 2))
+    b = joiner.join(1, b"hdr", _chunk([80, 110, 90, 100, 120], 2))
+    dts = [p.dts for p in a + b]
+    assert dts == sorted(set(dts)), dts  # strictly increasing across the join
+    assert all(p.dts <= p.pts for p in a + b)
+    assert [p.dts for p in b[:2]] == [60, 70]  # the previous chunk's last shown frames, not the encoder's guesses
+    assert dts[:2] == [-20, -10]  # the first chunk keeps its encoder's own
+
+
+def test_a_chunk_is_joined_only_under_the_same_headers_and_from_a_keyframe():
+    joiner = Joiner(b"sps-pps")
+    with pytest.raises(ChunkError, match="other codec headers"):
+        joiner.join(0, b"other", _chunk([0, 10], 0))
+    packets = _chunk([0, 10], 0)
+    packets[0].key = False
+    with pytest.raises(ChunkError, match="keyframe"):
+        joiner.join(0, b"sps-pps", packets)
+
+
+def test_chunk_length_is_bounded_by_time_encoders_and_memory():
+    assert chunk_length(100_000, 25, 1, 1, None) == 250  # 10 s at most
+    assert chunk_length(400, 25, 4, 1, None) == 50  # two chunks per encoder
+    assert chunk_length(40, 25, 4, 1, None) == 25  # but not under 1 s
+    assert chunk_length(100_000, 25, 4, 10 << 20, 4 << 30) == 25  # 4 x 25 frames of 10 MiB: a quarter of 4 GiB
+    assert chunk_length(None, 24, 1, 1, None, seconds=0.5) == 12
+
+
+# -- one valid stream -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", ["mp4", "mkv", "ts", "webm"])
+def test_chunked_output_has_the_unchunked_content(tmp_path, clip, ffmpeg, ext):
+    up = Upscaler(Bicubic(2))
+    whole = upscale_file(clip, tmp_path / f"whole.{ext}", up, _options(chunk_seconds=0))
+    chunked = upscale_file(clip, tmp_path / f"chunked.{ext}", up, _options(chunk_seconds=0.5, encoders=2))
+    assert chunked.frames == whole.frames == 100 and chunked.encoders == 2
+    assert not work_folder_of(tmp_path / f"chunked.{ext}").exists()  # assembled: the chunks are gone
+    pts, _tb = pyav_video_pts(tmp_path / f"chunked.{ext}")
+    assert pts == pyav_video_pts(tmp_path / f"whole.{ext}")[0]
+    packets = _video_packets(tmp_path / f"chunked.{ext}")
+    keys = [i for i, (_p, _d, k) in enumerate(packets) if k]
+    assert keys[:9] == [0, 12, 24, 36, 48, 60, 72, 84, 96]  # a keyframe at every chunk start (0.5 s = 12 frames)
+    dts = [d for _p, d, _k in packets if d is not None]  # (Matroska stores none for B-frames)
+    assert len(dts) > 50 and all(b > a for a, b in zip(dts, dts[1:]))
+    assert all(d <= p for p, d, _k in packets if d is not None)
+    assert _ffmpeg_warnings(ffmpeg, tmp_path / f"chunked.{ext}") == _ffmpeg_warnings(ffmpeg, tmp_path / f"whole.{ext}")
+    assert ffmpeg_packets(ffmpeg, tmp_path / f"chunked.{ext}", "a:0") == ffmpeg_packets(ffmpeg, tmp_path / f"whole.{ext}", "a:0")
+    with av.open(str(tmp_path / f"chunked.{ext}")) as c, av.open(str(tmp_path / f"whole.{ext}")) as w:
+        assert dict(c.metadata) == dict(w.metadata)
+        assert ext == "ts" or dict(c.metadata).get("title") == "a clip"  # (.ts: the title is the service name)
+        assert [(ch["start"], ch["end"]) for ch in c.chapters()] == [(ch["start"], ch["end"]) for ch in w.chapters()]
+
+
+def test_chunked_frames_are_as_close_to_a_lossless_output_as_unchunked_ones(tmp_path, clip, ffmpeg):
+    up = Upscaler(Bicubic(2))
+    lossless = upscale_file(clip, tmp_path / "ref.mkv", up, _options(chunk_seconds=0, encode=EncodeOptions(codec="ffv1")))
+    assert lossless.frames == 100
+    upscale_file(clip, tmp_path / "whole.mp4", up, _options(chunk_seconds=0))
+    upscale_file(clip, tmp_path / "chunked.mp4", up, _options(chunk_seconds=0.5, encoders=3))
+    ref = _frames(ffmpeg, tmp_path / "ref.mkv")
+    whole, chunked = _frames(ffmpeg, tmp_path / "whole.mp4"), _frames(ffmpeg, tmp_path / "chunked.mp4")
+    assert len(ref) == len(whole) == len(chunked) == 100  # every frame decodes
+    for i in range(100):
+        assert _psnr(chunked[i], ref[i]) >= _psnr(whole[i], ref[i]) - 1.0, i
+
+
+def test_variable_frame_rate_keeps_every_pts(tmp_path, ffmpeg):
+    rng = np.random.default_rng(3)
+    stamps = np.cumsum(rng.integers(1, 4, 60)) * 1000  # ticks of 1/90000: 11-33 ms apart
+    vfr = make_clip(tmp_path / "vfr.mkv", pts=[int(p) for p in stamps], time_base=Fraction(1, 90000), size=(48, 32))
+    up = Upscaler(Bicubic(2))
+    upscale_file(vfr, tmp_path / "whole.mp4", up, _options(chunk_seconds=0))
+    upscale_file(vfr, tmp_path / "chunked.mp4", up, _options(chunk_seconds=0.2, encoders=2))
+    assert pyav_video_pts(tmp_path / "chunked.mp4") == pyav_video_pts(tmp_path / "whole.mp4")
+    assert len(pyav_video_pts(tmp_path / "chunked.mp4")[0]) == 60
+    assert _ffmpeg_warnings(ffmpeg, tmp_path / "chunked.mp4") == _ffmpeg_warnings(ffmpeg, tmp_path / "whole.mp4")
+
+
+# -- what cannot be chunked -------------------------------------------------------------------------------
+def test_a_container_that_counts_frames_is_refused_when_encoders_are_asked(tmp_path, clip):
+    up = Upscaler(Bicubic(2))
+    with pytest.raises(UpscaleError, match=r"--encoders 2: the avi container.*--encoders 1"):
+        upscale_file(clip, tmp_path / "out.avi", up, _options(chunk_seconds=0.5, encoders=2))
+    assert os.listdir(tmp_path) == []  # nothing half-written
+    result = upscale_file(clip, tmp_path / "out.avi", up, _options(chunk_seconds=0.5))  # left to vsr: one encoder
+    assert result.frames == 100 and result.encoders == 1
+
+
+def test_an_encoder_whose_instances_write_other_headers_is_not_chunked(tmp_path, clip, monkeypatch):
+    """A stand-in for an encoder that cannot guarantee one set of headers: each new instance is
+    given another reference count, which changes x264's SPS."""
+    real = Writer.chunk_encoder
+    count = [0]
+
+    def drifting(self, threads):
+        count[0] += 1
+        name, options, *rest = self._video_setup
+        self._video_setup = (name, {**options, "x264-params": f"ref={4 + count[0]}"}, *rest)
+        try:
+            return real(self, threads)
+        finally:
+            self._video_setup = (name, options, *rest)
+
+    monkeypatch.setattr(Writer, "chunk_encoder", drifting)
+    up = Upscaler(Bicubic(2))
+    with pytest.raises(UpscaleError, match="write different codec headers"):
+        upscale_file(clip, tmp_path / "out.mp4", up, _options(chunk_seconds=0.5, encoders=2))
+    result = upscale_file(clip, tmp_path / "out.mp4", up, _options(chunk_seconds=0.5))
+    assert result.encoders == 1 and result.frames == 100
+    assert not work_folder_of(tmp_path / "out.mp4").exists()
+
+
+# -- resume ---------------------------------------------------------------------------------------------
+class _Counter:
+    """The ``fault`` hook: counts the frames that reach the model, and stops the run (as Ctrl-C)
+    at frame ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.frames, self.stop_at = 0, stop_at
+
+    def __call__(self, index: int) -> None:
+        if self.stop_at is not None and index >= self.stop_at:
+            raise KeyboardInterrupt
+        self.frames += 1
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("long") / "long.mp4", frames=300, size=(48, 32), audio=1, chapters=True)
+
+
+def _stopped_half_way(src: Path, dst: Path, **kw) -> _Counter:
+    first = _Counter(stop_at=150)
+    with pytest.raises(KeyboardInterrupt):
+        upscale_file(src, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4, **kw), fault=first)
+    assert not dst.exists()
+    return first
+
+
+def test_a_stopped_run_resumes_where_it_was(tmp_path, long_clip, ffmpeg):
+    dst = tmp_path / "out.mp4"
+    first = _stopped_half_way(long_clip, dst, encoders=2)
+    work = work_folder_of(dst)
+    done = json.loads((work / "done.json").read_text())["chunks"]
+    assert done and all((work / f"{c['index']:05d}.chunk").exists() for c in done)
+    assert not [p for p in os.listdir(work) if "partial" in p]  # the unfinished chunks were thrown away
+
+    class Lines:
+        info_lines: list[str] = []
+
+    from vsr.report import Reporter
+
+    class Listening(Reporter):
+        def info(self, message):
+            Lines.info_lines.append(message)
+
+    second = _Counter()
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=2), Listening(),
+                          fault=second)
+    assert any(line.startswith("resuming out.mp4") for line in Lines.info_lines), Lines.info_lines
+    assert result.frames == 300 and result.resumed == sum(c["frames"] for c in done) > 0
+    assert result.upscaled == second.frames
+    assert first.frames + second.frames <= 1.1 * 300, (first.frames, second.frames)
+    assert not work.exists()
+    upscale_file(long_clip, tmp_path / "whole.mp4", Upscaler(Bicubic(2)), _options(chunk_seconds=0))
+    assert pyav_video_pts(dst) == pyav_video_pts(tmp_path / "whole.mp4")
+    assert ffmpeg_packets(ffmpeg, dst, "a:0") == ffmpeg_packets(ffmpeg, tmp_path / "whole.mp4", "a:0")
+    assert _ffmpeg_warnings(ffmpeg, dst) == _ffmpeg_warnings(ffmpeg, tmp_path / "whole.mp4")
+    assert len(_frames(ffmpeg, dst, (96, 64))) == 300
+
+
+def test_a_truncated_chunk_is_encoded_again_not_joined(tmp_path, long_clip, ffmpeg):
+    dst = tmp_path / "out.mkv"
+    _stopped_half_way(long_clip, dst, encoders=1)
+    work = work_folder_of(dst)
+    done = json.loads((work / "done.json").read_text())["chunks"]
+    assert len(done) >= 3
+    victim = work / f"{done[1]['index']:05d}.chunk"
+    victim.write_bytes(victim.read_bytes()[:-7])
+    second = _Counter()
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=1), fault=second)
+    kept = sum(c["frames"] for c in done) - done[1]["frames"]
+    assert result.resumed == kept and second.frames == 300 - kept
+    assert len(_frames(ffmpeg, dst, (96, 64))) == 300 and _ffmpeg_warnings(ffmpeg, dst) == ""
+
+
+def test_other_settings_or_overwrite_start_over(tmp_path, long_clip):
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst)
+    warned: list[str] = []
+    from vsr.report import Reporter
+
+    class Listening(Reporter):
+        def warn(self, message):
+            warned.append(message)
+
+    other = _options(chunk_seconds=0.5, encode=EncodeOptions(preset="fast", crf=30))
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), other, Listening())
+    assert result.resumed == 0 and result.frames == 300
+    assert any("other settings" in w and "starting over" in w for w in warned), warned
+    dst.unlink()
+    _stopped_half_way(long_clip, dst)
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, overwrite=True))
+    assert result.resumed == 0
+
+
+def test_sigkill_half_way_then_the_same_command_resumes(tmp_path, ffmpeg):
+    """The real thing: ``vsr upscale`` killed with SIGKILL once half the chunks are recorded."""
+    src = make_clip(tmp_path / "in.mp4", frames=1500, size=(64, 48), audio=1)
+    dst = tmp_path / "out.mp4"
+    cmd = [sys.executable, "-m", "vsr", "upscale", str(src), "-o", str(dst), "--model", "bicubic", "--scale", "2",
+           "--chunk-seconds", "0.5", "--preset", "fast", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    done_file = work_folder_of(dst) / "done.json"
+    killed_at = 0
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            killed_at = len(json.loads(done_file.read_text())["chunks"])
+        except (OSError, ValueError, KeyError):
+            killed_at = 0
+        if killed_at >= 60:  # of 120 chunks
+            proc.kill()
+            break
+        time.sleep(0.01)
+    proc.wait()
+    if killed_at < 60:
+        pytest.skip(f"the run ended before half of it was recorded (exit {proc.returncode})")
+    assert not dst.exists()
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert res.returncode == 0, res.stderr
+    line = res.stdout.strip()
+    kept = int(line.split("(")[1].split(" kept")[0])
+    assert kept >= 600 and "1500 frames" in line  # about half, not upscaled again
+    assert len(_frames(ffmpeg, dst)) == 1500
+    assert _ffmpeg_warnings(ffmpeg, dst) == _ffmpeg_warnings(ffmpeg, src)  # (its audio track's title: FFmpeg 9 warns on both)
+    assert not work_folder_of(dst).exists()
+
+
+def test_cli_encoders_and_chunk_seconds(tmp_path, clip):
+    from vsr.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "o.mp4"
+    res = runner.invoke(main, ["upscale", str(clip), "-o", str(out), "--model", "bicubic", "--scale", "2",
+                               "--encoders", "2", "--chunk-seconds", "0.5", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [i for i, (_p, _d, k) in enumerate(_video_packets(out)) if k][:3] == [0, 12, 24]
+    res = runner.invoke(main, ["upscale", str(clip), "-o", str(tmp_path / "o.ogv"), "--model", "bicubic", "--scale", "2",
+                               "--encoders", "2", "--chunk-seconds", "0.5"])
+    assert res.exit_code == 1 and "--encoders 2: the ogv container's timestamps count frames" in res.output
+    res = runner.invoke(main, ["upscale", str(clip), "-o", str(tmp_path / "p.mp4"), "--model", "bicubic",
+                               "--encoders", "2", "--chunk-seconds", "0"])
+    assert res.exit_code == 1 and "--chunk-seconds 0" in res.output
+    assert not (tmp_path / "p.mp4").exists()
