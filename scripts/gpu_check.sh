@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One script for whoever has a GPU for a few minutes (under 5 on an H100/H200): the whole test suite
-# with the GPU present (CUDA tests included; tests needing the ffmpeg binary skip), then the GPU
-# benchmark (scripts/benchmark.py --device cuda), everything printed and, when $OUT is set, copied
-# there (gpu_tests.log, gpu_benchmark.log).
+# One script for whoever has a GPU for a few minutes (under 9 on an H100/H200): the whole test suite
+# with the GPU present (CUDA tests included; tests needing the ffmpeg binary skip), what FFmpeg says
+# of NVENC there, then the GPU benchmark (scripts/benchmark.py --device cuda: the generator, libx264
+# alone with 1, 2 and 4 instances, end to end with one encoder and with chunks), everything printed
+# and, when $OUT is set, copied there (gpu_tests.log, gpu_benchmark.log).
 #
 # Needs torch with CUDA, numpy, rich, click, safetensors, einops, pytest, PyAV and spandrel. Where pip
 # cannot reach an index (the project's lent GPU machine has all but PyAV and spandrel), carry those two
@@ -30,7 +31,9 @@ PY
 echo "== tests (GPU present: --device auto picks CUDA) =="
 parallel=""
 python3 -c "import xdist" 2>/dev/null && parallel="-n 8"
-timeout 180 python3 -m pytest -q -p no:cacheprovider $parallel -rs --ignore=tests/test_install.py tests 2>&1 | tee "$out/gpu_tests.log"
+timeout 170 python3 -m pytest -q -p no:cacheprovider $parallel -rs --ignore=tests/test_install.py tests 2>&1 | tee "$out/gpu_tests.log"
+echo "== hardware encoders =="
+python3 -c "from vsr import hwenc; [print(n, '->', hwenc.hardware_problem(n) or 'opens') for n in ('h264_nvenc', 'hevc_nvenc', 'av1_nvenc')]" 2>&1 | tee "$out/gpu_hwenc.log"
 echo "== benchmark =="
-timeout 240 python3 scripts/benchmark.py --device cuda --frames 240 --train-seconds 40 "$@" 2>&1 | tee "$out/gpu_benchmark.log"
+timeout 330 python3 scripts/benchmark.py --device cuda --frames 240 --train-seconds 15 "$@" 2>&1 | tee "$out/gpu_benchmark.log"
 echo "logs: $out"

@@ -287,7 +287,8 @@ def test_sigkill_half_way_then_the_same_command_resumes(tmp_path, ffmpeg):
     dst = tmp_path / "out.mp4"
     cmd = [sys.executable, "-m", "vsr", "upscale", str(src), "-o", str(dst), "--model", "bicubic", "--scale", "2",
            "--chunk-seconds", "0.5", "--preset", "fast", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     done_file = work_folder_of(dst) / "done.json"
     killed_at = 0
     deadline = time.monotonic() + 240
@@ -304,7 +305,7 @@ def test_sigkill_half_way_then_the_same_command_resumes(tmp_path, ffmpeg):
     if killed_at < 60:
         pytest.skip(f"the run ended before half of it was recorded (exit {proc.returncode})")
     assert not dst.exists()
-    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     line = res.stdout.strip()
     kept = int(line.split("(")[1].split(" kept")[0])

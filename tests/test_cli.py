@@ -310,25 +310,79 @@ def test_cli_choices_are_the_librarys():
     assert PRECISION_CHOICES == list(PRECISIONS) and COLOUR_CHOICES == list(COLOUR_MODES)
 
 
-def test_cuda_defaults_batch_and_graphs_only_where_measured(tmp_path, clip, monkeypatch):
-    import dataclasses
-
+def test_cuda_defaults_batch_and_graphs_only_where_measured(tmp_path, clip):
     import torch
 
-    import vsr.decode
-    from vsr.cli import COMPILE_MIN_FRAMES, cuda_defaults
+    from vsr.cli import cuda_defaults
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     png = tmp_path / "a.png"
     png.write_bytes(b"")
-    assert cuda_defaults(cuda, clip, None, None) == (8, False)  # 4 frames: capturing graphs costs more than it saves
-    real_probe = vsr.decode.probe
-    monkeypatch.setattr(vsr.decode, "probe", lambda p: dataclasses.replace(real_probe(p), frames=COMPILE_MIN_FRAMES))
-    assert cuda_defaults(cuda, clip, None, None) == (8, True)  # a long video on CUDA: batches, CUDA graphs
-    assert cuda_defaults(cuda, png, None, None) == (8, False)  # one picture: compiling costs more than it saves
-    assert cuda_defaults(cuda, tmp_path, None, None) == (8, False)  # folders: frame sizes vary
-    assert cuda_defaults(cpu, clip, None, None) == (1, False)
-    assert cuda_defaults(cuda, clip, 2, False) == (2, False)  # what the user says stands
+    assert cuda_defaults(cuda, clip, None, None) == (8, False, True)  # a video on CUDA: batches; graphs once the model bounds it
+    assert cuda_defaults(cuda, png, None, None) == (8, False, False)  # one picture: compiling costs more than it saves
+    assert cuda_defaults(cuda, tmp_path, None, None) == (8, False, False)  # folders: frame sizes vary
+    assert cuda_defaults(cpu, clip, None, None) == (1, False, False)
+    assert cuda_defaults(cuda, clip, 2, False) == (2, False, False)  # what the user says stands
+    assert cuda_defaults(cuda, clip, None, True) == (8, True, False)
+
+
+def test_compiling_part_way_only_where_the_model_bounds_the_run_and_it_pays():
+    from vsr.pipeline import COMPILE_SECONDS, COMPILED_SPEEDUP, worth_compiling
+
+    # 100 frames in 5 s, never waiting: the model is the bound
+    pays = COMPILE_SECONDS / (1 - 1 / COMPILED_SPEEDUP)  # seconds left at which compiling breaks even
+    assert worth_compiling(5.0, 0.0, 100, round(20 * pays * 1.2))
+    assert not worth_compiling(5.0, 0.0, 100, round(20 * pays * 0.8))  # too little left
+    assert not worth_compiling(5.0, 2.0, 100, 10**6)  # waited on the encoder 40% of the time
+    assert worth_compiling(5.0, 0.5, 100, None)  # unknown length: long
+
+
+def test_a_run_the_model_bounds_compiles_part_way(tmp_path, monkeypatch):
+    """CompileWhenBound in the pipeline: a model slower than the encoder is compiled once the look
+    is over; with the encoder made the slow side, or compiling not asked, it is not."""
+    import time as _time
+
+    import vsr.pipeline
+    from conftest import make_clip
+    from vsr.encode import Writer
+    from vsr.model import Bicubic
+    from vsr.pipeline import CompileWhenBound, UpscaleOptions, upscale_file
+    from vsr.upscaler import Upscaler
+
+    monkeypatch.setattr(CompileWhenBound, "LOOK_SECONDS", 0.3)
+    monkeypatch.setattr(vsr.pipeline, "COMPILE_SECONDS", 0.0)
+    clip = make_clip(tmp_path / "in.mp4", frames=40)
+    compiled = []
+
+    def upscaler(slow_model: bool) -> Upscaler:
+        up = Upscaler(Bicubic(2))
+        up.compile_now = lambda: compiled.append(True)
+        real = up.upscale_stream
+
+        def stream(batches, *a, **k):
+            for out in real(batches, *a, **k):
+                if slow_model:
+                    _time.sleep(0.03)
+                yield out
+
+        up.upscale_stream = stream
+        return up
+
+    options = UpscaleOptions(compile_if_bound=True, chunk_seconds=0, queue_size=2)
+    upscale_file(clip, tmp_path / "a.mp4", upscaler(True), options)
+    assert compiled == [True]
+    compiled.clear()
+    upscale_file(clip, tmp_path / "b.mp4", upscaler(True), UpscaleOptions(chunk_seconds=0))  # not asked
+    assert compiled == []
+    real_encode = Writer.encode_frame
+
+    def slow_encode(self, frame):
+        _time.sleep(0.03)
+        real_encode(self, frame)
+
+    monkeypatch.setattr(Writer, "encode_frame", slow_encode)
+    upscale_file(clip, tmp_path / "c.mp4", upscaler(False), options)  # the encoder bounds it
+    assert compiled == []
 
 
 def test_precision_and_colour_options(tmp_path, clip):

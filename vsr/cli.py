@@ -269,7 +269,8 @@ def default_output(src: Path, scale: int, size=None) -> Path:
                    "encoder for the whole video, nothing to resume.")
 @click.option("-y", "--overwrite", is_flag=True, help="Replace an existing output (and start over, not resume).")
 @click.option("--compile/--no-compile", "use_compile", default=None,
-              help="torch.compile the model (on CUDA with CUDA graphs; default: on CUDA for a video of 1500+ frames).")
+              help="torch.compile the model (on CUDA with CUDA graphs; default: on CUDA for a video, once the model is "
+                   "measured to bound the run and what is left is long enough to pay for compiling).")
 @click.option("--profile", is_flag=True, help="Print the time spent in each stage and which one bounds throughput.")
 @click.option("-r", "--recursive", is_flag=True, help="Folders: include subfolders.")
 @click.option("--include", multiple=True, help="Folders: only files matching this glob (repeatable).")
@@ -316,7 +317,7 @@ def upscale(input, **kw):
     size = OutputSize(a.outscale, a.out_width, a.out_height) if (a.outscale or a.out_width or a.out_height) else None
     net, model_id = load_model(a.model, a.weights, int(a.scale) if a.scale else None)
     dev = resolve_device(a.device)
-    batch_size, use_compile = cuda_defaults(dev, input, a.batch_size, a.use_compile)
+    batch_size, use_compile, compile_if_bound = cuda_defaults(dev, input, a.batch_size, a.use_compile)
     check_workers(a.cpu_workers, dev, use_compile)
     if a.cpu_workers and dev.type == "cpu" and a.cpu_workers > usable_cores():
         warn(f"--cpu-workers {a.cpu_workers} on {usable_cores()} usable cores: the extra workers only share them",
@@ -324,7 +325,7 @@ def upscale(input, **kw):
     span = Span(a.start or 0.0, a.duration) if (a.start or a.duration) else None
     options = UpscaleOptions(batch_size=batch_size, overwrite=a.overwrite, colour=a.colour, size=size,
                              deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id, span=span,
-                             encoders=a.encoders, chunk_seconds=a.chunk_seconds)
+                             encoders=a.encoders, chunk_seconds=a.chunk_seconds, compile_if_bound=compile_if_bound)
     if input.is_dir():
         output = Path(a.output) if a.output else input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
         _upscale_folder(input, output, net, options, a, use_compile)
@@ -410,31 +411,21 @@ def print_json(records: list[dict]) -> None:
     sys.stdout.flush()
 
 
-COMPILE_MIN_FRAMES = 1500  # a minute at 25 fps: below it, compiling costs more than it saves
-
-
-def cuda_defaults(dev, input: Path, batch_size: int | None, use_compile: bool | None) -> tuple[int, bool]:
-    """Batch size and compilation where the user left them: on CUDA 8 frames a call (measured 1.4x
-    over 1) and, for a video file (one frame size) of at least :data:`COMPILE_MIN_FRAMES` frames (or
-    of unknown length), torch.compile with CUDA graphs (1.7x over eager once captured; the capture
-    costs tens of seconds, which a short clip never earns back: the threshold is that estimate, to
-    be replaced by the warm-up the GPU benchmark measures); on the CPU 1 frame and eager (the
-    measured CPU optimum; compiling gained nothing there)."""
-    from vsr.decode import InputError, probe
+def cuda_defaults(dev, input: Path, batch_size: int | None, use_compile: bool | None) -> tuple[int, bool, bool]:
+    """Batch size and compilation where the user left them: (batch size, compile from the start,
+    compile part-way if the model is measured to bound the run).  On CUDA 8 frames a call (measured
+    1.4x over 1) and, for a video file (one frame size), torch.compile with CUDA graphs once the
+    model is seen to bound the run (:class:`vsr.pipeline.CompileWhenBound`: graphs run it 1.7x
+    faster but cost ~13 s to capture, which a run the encoder bounds never earns back); on the CPU
+    1 frame and eager (the measured CPU optimum; compiling gained nothing there)."""
     from vsr.media import kind_of
 
     cuda = dev.type == "cuda"
     if batch_size is None:
         batch_size = 8 if cuda else 1
-    if use_compile is None:
-        use_compile = cuda and input.is_file() and kind_of(input) == "video"
-        if use_compile:
-            try:
-                frames = probe(input).frames
-            except InputError:
-                frames = None  # the pipeline will say what is wrong with it
-            use_compile = frames is None or frames >= COMPILE_MIN_FRAMES
-    return batch_size, use_compile
+    if use_compile is not None:
+        return batch_size, use_compile, False
+    return batch_size, False, cuda and input.is_file() and kind_of(input) == "video"
 
 
 def report_pace(result, dev, quiet: bool) -> None:

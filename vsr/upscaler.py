@@ -214,6 +214,21 @@ class Upscaler:
             weight[:, :, y0 * s : y1 * s, x0 * s : x1 * s] += ramp
         return out if weight is None else out.div_(weight)
 
+    def compile_now(self) -> None:
+        """Compile the model from the next call on (CUDA: with CUDA graphs), as ``compile=True``
+        would have from the start; for a run measured to be bound by the model part-way
+        (:class:`vsr.pipeline.CompileWhenBound`)."""
+        if self.model is not self._eager or self.compile_error:
+            return
+        self._cudagraphs = self.device.type == "cuda"
+        self.model = torch.compile(self._eager, mode="reduce-overhead" if self._cudagraphs else None)
+        self._warmup_calls = 3
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs compiled (asked at the start or by :meth:`compile_now`)."""
+        return self.model is not self._eager
+
     @property
     def cuda_graphs(self) -> bool:
         """Whether the model runs as captured CUDA graphs (compiled on CUDA, and compiling worked)."""
