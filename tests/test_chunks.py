@@ -331,3 +331,19 @@ def test_cli_encoders_and_chunk_seconds(tmp_path, clip):
                                "--encoders", "2", "--chunk-seconds", "0"])
     assert res.exit_code == 1 and "--chunk-seconds 0" in res.output
     assert not (tmp_path / "p.mp4").exists()
+
+
+def test_batches_of_frames_do_not_move_frames_across_chunks(tmp_path, long_clip, ffmpeg):
+    """Frames go to the model five at a time while chunks are twelve long: every chunk still holds
+    exactly its own frames (a keyframe every 12), and a resumed run joins the same frames."""
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst, encoders=2, batch_size=5)
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=2, batch_size=5))
+    assert result.resumed > 0 and result.frames == 300
+    keys = [i for i, (_p, _d, k) in enumerate(_video_packets(dst)) if k]
+    assert keys[:10] == list(range(0, 120, 12))
+    upscale_file(long_clip, tmp_path / "whole.mp4", Upscaler(Bicubic(2)), _options(chunk_seconds=0))
+    assert pyav_video_pts(dst) == pyav_video_pts(tmp_path / "whole.mp4")
+    whole, chunked = _frames(ffmpeg, tmp_path / "whole.mp4", (96, 64)), _frames(ffmpeg, dst, (96, 64))
+    assert len(chunked) == 300
+    assert min(_psnr(a, b) for a, b in zip(whole, chunked)) > 35  # the same pictures in the same places

@@ -71,7 +71,7 @@ def test_upscale_with_weights_file_and_default_output_name(tmp_path, clip, tiny_
     assert all(h < 32 and w < 48 for _n, _c, h, w in tiled)  # never the whole 48x32 frame
     shapes.clear()
     result = invoke("upscale", clip, "-o", tmp_path / "whole.mkv", "--weights", tiny_weights, "-q", "--codec", "ffv1",
-                    "--cpu-workers", "1", "--precision", "fp32")
+                    "--device", "cpu", "--cpu-workers", "1", "--precision", "fp32")
     assert result.exit_code == 0, result.output
     assert shapes == [(1, 3, 32, 48)] * 4  # the default on the CPU: one whole frame a call
     ffmpeg = ffmpeg_exe()

@@ -152,7 +152,8 @@ def test_two_concurrent_shard_processes_lose_no_record_and_report_no_false_failu
     for k in range(60):
         tiny_png(src / f"p{k:02d}.png", k)
     cmd = [sys.executable, "-m", "vsr", "upscale", str(src), "-o", str(out), "--model", "bicubic", "--json", "-q"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+               OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([*cmd, "--shard", f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env, cwd=tmp_path) for i in (1, 2)]
     results = [p.communicate(timeout=300) for p in procs]
@@ -179,7 +180,7 @@ _RECORDER = textwrap.dedent("""
 
 
 def test_two_processes_recording_at_once_keep_every_entry(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     folder, gate = tmp_path / "out", tmp_path / "gate"
     folder.mkdir()
     gate.mkdir()

@@ -374,16 +374,20 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
 
     Batches handed to the model and packets that arrived behind them wait in ``pending``: on CUDA
     the upscaler keeps one batch in flight while the next is copied in, so results come back one
-    batch late, and packets wait for the frames before them."""
-    pending: deque[list[FrameItem] | PacketItem | Mark] = deque()
+    batch late, and packets wait for the frames before them.  A chunk's :class:`Mark` that arrives
+    while a batch fills goes into the batch, between the frames it separates (a batch is not cut
+    short: another batch size would mean another CUDA graph)."""
+    pending: deque[list[FrameItem | Mark] | PacketItem | Mark] = deque()
 
-    def stack(frames: list[FrameItem]):
+    def stack(batch: list[FrameItem | Mark]):
+        frames = [f for f in batch if isinstance(f, FrameItem)]
         if colour is None:
             return np.stack([f.rgb for f in frames])
         return tuple(np.stack([f.planes[k] for f in frames]) for k in range(len(frames[0].planes)))
 
     def batches() -> Iterator:
-        batch: list[FrameItem] | None = None  # filling; already in ``pending``
+        batch: list[FrameItem | Mark] | None = None  # filling; already in ``pending``
+        size = 0  # frames in it
         while not stop.is_set():  # set by any thread on an error: stop feeding the model at once
             began = time.perf_counter()
             item = _get(q_in, stop)
@@ -391,6 +395,9 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
                 watch.wait(time.perf_counter() - began)
             if item is _END:
                 break
+            if isinstance(item, Mark) and batch is not None:
+                batch.append(item)
+                continue
             if isinstance(item, _PASSED):
                 if pending:
                     pending.append(item)
@@ -405,12 +412,13 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
             if fault is not None:
                 fault(item.index)
             if batch is None:
-                batch = []
+                batch, size = [], 0
                 pending.append(batch)
             batch.append(item)
-            if len(batch) >= batch_size:
+            size += 1
+            if size >= batch_size:
                 if watch is not None:
-                    watch.batch(len(batch))
+                    watch.batch(size)
                 yield stack(batch)
                 batch = None
         if batch and not stop.is_set():
@@ -419,15 +427,26 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
     results = (upscaler.upscale_stream(batches()) if colour is None and resize is None
                else upscaler.upscale_stream(batches(), colour, size=resize))
     for out in results:
-        frames = pending.popleft()
+        batch = pending.popleft()
         if colour is None:
             out = out.numpy()
-            done = [(out[i], f.pts, f.time_base, f.alpha) for i, f in enumerate(frames)]
+            result = lambda i, f: (out[i], f.pts, f.time_base, f.alpha)  # noqa: E731
         else:
             planes = [p.numpy() for p in out]
-            done = [([p[i] for p in planes], f.pts, f.time_base) for i, f in enumerate(frames)]
+            result = lambda i, f: ([p[i] for p in planes], f.pts, f.time_base)  # noqa: E731
         began = time.perf_counter()
-        _put(q_out, done, stop)
+        done, i = [], 0
+        for element in batch:  # frames, and the marks between them
+            if isinstance(element, Mark):
+                if done:
+                    _put(q_out, done, stop)
+                done = []
+                _put(q_out, element, stop)
+            else:
+                done.append(result(i, element))
+                i += 1
+        if done:
+            _put(q_out, done, stop)
         if watch is not None:
             watch.wait(time.perf_counter() - began)
         while pending and isinstance(pending[0], _PASSED):
