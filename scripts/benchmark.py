@@ -326,6 +326,9 @@ def gpu_suite(args) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"[gpu] {name}; torch {torch.__version__}, PyAV {av.__version__}; model {describe(model)}; "
           f"precision {args.precision} = {resolve_precision(args.precision, device)}")
+    if args.e2e_frames:
+        end_to_end_only(args, model, device, tmp)
+        return
     for size in args.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
         frames_n = args.frames  # (several encoders need several chunks: as many frames at every size)
@@ -403,6 +406,30 @@ def gpu_suite(args) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def end_to_end_only(args, model, device: torch.device, tmp: Path) -> None:
+    """``--e2e-frames N``: only `vsr upscale`'s pipeline on an N-frame clip of each size, with one
+    encoder (no chunks), vsr's default and 8 encoders: long enough for chunks of full length."""
+    from vsr.cli import cuda_defaults
+    from vsr.system import usable_cores
+
+    for size in args.sizes.split(","):
+        w, h = (int(v) for v in size.split("x"))
+        src = make_source(tmp / f"long_{w}x{h}.mp4", w, h, args.e2e_frames)
+        batch, compile, if_bound = cuda_defaults(device, src, None, None)
+        for encoders in (1, None, 8):
+            up = Upscaler(model, device, precision=args.precision, compile=compile)
+            options = UpscaleOptions(batch_size=batch, overwrite=True, encoders=encoders,
+                                     chunk_seconds=0 if encoders == 1 else None, compile_if_bound=if_bound)
+            with CpuBusy() as busy:
+                result = upscale_file(src, tmp / "e2e.mp4", up, options)
+            threads = result.stages.by_thread()
+            print(f"[{w}x{h} -> {w * model.scale}x{h * model.scale}, {args.e2e_frames} frames] end to end, "
+                  f"{result.encoders} encoder(s){' (no chunks)' if encoders == 1 else ''} on {usable_cores()} cores: "
+                  f"{result.fps:.1f} fps; CPU busy {100 * busy.share:.0f}%; encoders busy "
+                  f"{100 * threads.get('encode', 0) / result.seconds:.0f}%, model {100 * threads.get('model', 0) / result.seconds:.0f}%; "
+                  f"compiled part-way: {up.compiled}")
+
+
 def train_speed(device: torch.device, seconds: float, precision: str, tmp: Path) -> None:
     """Steps/s of both phases at batch 16 of 96-px crops (frames of the shipped clip; VGG19 conv5_4
     with random weights: the same cost as ImageNet's), the GPU's busy share and the data wait."""
@@ -471,6 +498,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu (the CPU suite) or cuda[:N] (the GPU suite)")
     ap.add_argument("--suite", choices=["auto", "cpu", "gpu"], default="auto", help="auto: gpu on CUDA, else cpu")
     ap.add_argument("--sizes", default="480x270,960x540", help="GPU suite: input sizes")
+    ap.add_argument("--e2e-frames", type=int, default=0,
+                    help="GPU suite: only end to end (one encoder, the default, 8 encoders) on a clip of this many frames")
     ap.add_argument("--precision", default="auto", help="GPU suite: auto|fp32|bf16|fp16")
     ap.add_argument("--train-seconds", type=float, default=60, help="GPU suite: seconds of training to time (0: none)")
     ap.add_argument("--bf16", action="store_true", help="CPU suite: time bf16 even where the CPU has no native bf16")

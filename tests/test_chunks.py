@@ -98,8 +98,8 @@ def test_a_chunk_is_joined_only_under_the_same_headers_and_from_a_keyframe():
 
 def test_chunk_length_is_bounded_by_time_encoders_and_memory():
     assert chunk_length(100_000, 25, 1, 1, None) == 250  # 10 s at most
-    assert chunk_length(400, 25, 4, 1, None) == 50  # two chunks per encoder
-    assert chunk_length(40, 25, 4, 1, None) == 25  # but not under 1 s
+    assert chunk_length(2000, 25, 4, 1, None) == 250 and chunk_length(1200, 25, 4, 1, None) == 150  # two per encoder
+    assert chunk_length(400, 25, 4, 1, None) == 120  # but never under the encoder's pipeline, 120 frames
     assert chunk_length(100_000, 25, 4, 10 << 20, 4 << 30) == 25  # 4 x 25 frames of 10 MiB: a quarter of 4 GiB
     assert chunk_length(None, 24, 1, 1, None, seconds=0.5) == 12
 

@@ -44,6 +44,10 @@ JOINABLE_CONTAINERS = {"mp4", "mov", "matroska", "webm", "mpegts"}
 
 LONGEST_CHUNK_SECONDS = 10.0  # what a kill can cost, at most, per encoder; and what each holds in memory
 SHORTEST_CHUNK_SECONDS = 1.0  # below this, the extra keyframes and encoder starts cost more than they give
+# ... and never fewer frames than an encoder's pipeline holds several times over: x264 medium looks
+# 40 frames ahead and each frame thread holds one more; a chunk of 30 frames at 1080p on an H200 was
+# all start-up and flush (4 encoders on 30-frame chunks ran at the speed of one).
+SHORTEST_CHUNK_FRAMES = 120
 WORK_SUFFIX = ".vsr-work"
 _FORMAT = 1  # of job.json / done.json / the chunk files
 
@@ -66,7 +70,7 @@ def chunk_length(frames: int | None, rate: float, encoders: int, frame_bytes: in
     length = round(LONGEST_CHUNK_SECONDS * rate)
     if frames:
         length = min(length, math.ceil(frames / (2 * encoders)))
-    length = max(length, round(SHORTEST_CHUNK_SECONDS * rate))
+    length = max(length, round(SHORTEST_CHUNK_SECONDS * rate), SHORTEST_CHUNK_FRAMES)
     if memory is not None and encoders > 1:
         length = min(length, max(1, memory // 4 // (encoders * max(1, frame_bytes))))
     return max(1, length)
