@@ -347,3 +347,71 @@ def test_batches_of_frames_do_not_move_frames_across_chunks(tmp_path, long_clip,
     whole, chunked = _frames(ffmpeg, tmp_path / "whole.mp4", (96, 64)), _frames(ffmpeg, dst, (96, 64))
     assert len(chunked) == 300
     assert min(_psnr(a, b) for a, b in zip(whole, chunked)) > 35  # the same pictures in the same places
+
+
+# -- folders ---------------------------------------------------------------------------------------------
+def test_a_folder_run_resumes_the_file_it_was_stopped_in(tmp_path, long_clip):
+    """A folder run replaces the outputs it planned to (its own ``overwrite``), yet a file stopped
+    part-way resumes from its chunks."""
+    from vsr import batch
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    os.link(long_clip, src / "a.mp4")
+    options = _options(chunk_seconds=0.5, queue_size=4)
+    jobs = batch.plan(src, out, batch.BatchOptions(settings=options.settings), 2)
+
+    def stop_half_way(job, index):
+        if index >= 150:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        batch.run(jobs, [Upscaler(Bicubic(2))], options, fault=stop_half_way)
+    assert work_folder_of(out / "a.mp4").exists() and not (out / "a.mp4").exists()
+    jobs = batch.plan(src, out, batch.BatchOptions(settings=options.settings), 2)
+    batch.run(jobs, [Upscaler(Bicubic(2))], options)
+    assert jobs[0].status == "done" and jobs[0].result.resumed > 0 and jobs[0].result.frames == 300
+
+
+def test_folders_keep_several_files_in_flight_per_device(tmp_path, monkeypatch):
+    """--jobs N: N upscalers on the device, each file's encoder on its share of the cores; and the
+    files really are upscaled at the same time."""
+    import threading
+
+    from vsr import batch
+    from vsr.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        make_clip(src / f"c{k}.mp4", frames=6)
+    seen = {}
+    real_run = batch.run
+
+    def spying(jobs, upscalers, options, reporter=None, fault=None):
+        seen["upscalers"], seen["threads"] = len(upscalers), options.encode.threads
+        active, most = set(), [0]
+        lock = threading.Lock()
+
+        def overlap(job, index):
+            with lock:
+                active.add(job.rel)
+                most[0] = max(most[0], len(active))
+            time.sleep(0.05)
+            if index == 5:
+                with lock:
+                    active.discard(job.rel)
+
+        result = real_run(jobs, upscalers, options, reporter, fault=overlap)
+        seen["most"] = most[0]
+        return result
+
+    monkeypatch.setattr(batch, "run", spying)
+    res = CliRunner().invoke(main, ["upscale", str(src), "-o", str(tmp_path / "out"), "--model", "bicubic",
+                                    "--scale", "2", "--device", "cpu", "--jobs", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    from vsr.system import usable_cores
+
+    assert seen["upscalers"] == 2 and seen["threads"] == max(1, usable_cores() // 2)
+    assert seen["most"] == 2
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 3

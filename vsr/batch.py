@@ -293,7 +293,7 @@ def run(
     reporter: BatchReporter | None = None,
     fault: Callable[[Job, int], None] | None = None,
 ) -> list[Job]:
-    """Convert the jobs; one worker thread per upscaler (device), files handed out from one queue.
+    """Convert the jobs; one worker thread per upscaler (a device may have several), files handed out from one queue.
 
     A failed file is recorded and the batch goes on; Ctrl-C stops the whole batch (no partial files).
     """

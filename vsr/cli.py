@@ -279,8 +279,11 @@ def default_output(src: Path, scale: int, size=None) -> Path:
 @click.option("--dry-run", is_flag=True, help="Folders: show what would be converted or skipped, and why.")
 @click.option("--redo-changed", is_flag=True,
               help="Folders: redo outputs that exist but were made with other settings (model, scale, encoder).")
-@click.option("--devices", default=None, help="Folders: one worker per device, e.g. cuda:0,cuda:1.")
+@click.option("--devices", default=None, help="Folders: the devices to use, e.g. cuda:0,cuda:1 (--jobs files in flight on each).")
 @click.option("--shard", default=None, help="Folders: process the I-th of N slices of the file list (I/N).")
+@click.option("--jobs", type=int, default=None, callback=_positive,
+              help="Folders: files in flight per device, sharing the cores (default: 1 on the CPU, where the model "
+                   "bounds the run; one per 4 cores on a GPU, where the encoders do).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON result per file (input, output, frames, seconds, fps, warnings, status) on stdout "
                    "instead of the result line or summary table.")
@@ -302,7 +305,8 @@ def upscale(input, **kw):
     check_input(input)
     if input.is_file():
         for flag, given in (("--recursive", a.recursive), ("--include", a.include), ("--exclude", a.exclude),
-                            ("--ext", a.ext), ("--dry-run", a.dry_run), ("--devices", a.devices), ("--shard", a.shard)):
+                            ("--ext", a.ext), ("--dry-run", a.dry_run), ("--devices", a.devices), ("--shard", a.shard),
+                            ("--jobs", a.jobs)):
             if given:
                 warn(f"{flag} applies to folder inputs; it does nothing for a single file", a.quiet)
     encode = encode_options(a)
@@ -325,7 +329,8 @@ def upscale(input, **kw):
     span = Span(a.start or 0.0, a.duration) if (a.start or a.duration) else None
     options = UpscaleOptions(batch_size=batch_size, overwrite=a.overwrite, colour=a.colour, size=size,
                              deinterlace=a.deinterlace, strict=a.strict, encode=encode, model_id=model_id, span=span,
-                             encoders=a.encoders, chunk_seconds=a.chunk_seconds, compile_if_bound=compile_if_bound)
+                             encoders=a.encoders, chunk_seconds=a.chunk_seconds, compile_if_bound=compile_if_bound,
+                             resume=not a.overwrite)
     if input.is_dir():
         output = Path(a.output) if a.output else input.resolve().with_name(f"{input.resolve().name}_x{int(net.scale)}")
         _upscale_folder(input, output, net, options, a, use_compile)
@@ -484,9 +489,11 @@ def print_profile(result) -> None:
 
 
 def _upscale_folder(src: Path, dst: Path, net, options, a, use_compile: bool) -> None:
-    """A folder: the plan (what to convert, skip or keep), one upscaler per device, the summary.
-    ``a``: the command's arguments (folder options, tiles, devices, --json, -q)."""
+    """A folder: the plan (what to convert, skip or keep), upscalers on each device (--jobs files in
+    flight on each), the summary.  ``a``: the command's arguments (folder options, tiles, devices,
+    --json, -q)."""
     import copy
+    import dataclasses
 
     from vsr import batch
     from vsr.device import resolve_device
@@ -518,9 +525,18 @@ def _upscale_folder(src: Path, dst: Path, net, options, a, use_compile: bool) ->
     total = sum(f for f in frames if f) if all(frames) else None
     if skipped and not a.quiet:
         err.print(f"{len(skipped)} done earlier, skipped")
-    upscalers = [Upscaler(net if k == 0 else copy.deepcopy(net), d, tile=a.tile, precision=a.precision, compile=use_compile,
-                          workers=a.cpu_workers if d.type == "cpu" else None)
-                 for k, d in enumerate(device_list)]
+    from vsr import hwenc
+    from vsr.system import usable_cores
+
+    per_device = [a.jobs or (1 if d.type == "cpu" else hwenc.encoders_for(usable_cores())) for d in device_list]
+    if sum(per_device) > 1:  # files in flight share the cores: each encoder its part
+        options = dataclasses.replace(options, encode=dataclasses.replace(
+            options.encode, threads=max(1, usable_cores() // sum(per_device))))
+    upscalers = []
+    for k, (d, n) in enumerate(zip(device_list, per_device)):
+        model = net if k == 0 else copy.deepcopy(net)  # one copy of the weights per device, shared by its files
+        upscalers += [Upscaler(model, d, tile=a.tile, precision=a.precision, compile=use_compile,
+                               workers=a.cpu_workers if d.type == "cpu" else None) for _ in range(n)]
     progress = BatchProgress(err, total_files=len(todo), total_frames=total, quiet=a.quiet)
     try:
         batch.run(jobs, upscalers, options, progress)

@@ -104,6 +104,7 @@ class EncodeOptions:
     extra: tuple[tuple[str, str], ...] = ()  # encoder options (--encoder-opt KEY=VALUE), after vsr's own
     tag: str | None = None  # codec tag (FourCC); None: hvc1 for HEVC in MP4/MOV (what Apple players open)
     quiet: bool = False  # encoders that print to stderr themselves (x265) print errors only
+    threads: int | None = None  # the cores this file's encoders share (None: all usable; a folder run with several files in flight gives each its share)
 
 
 def _params_key(encoder: str) -> str | None:
@@ -364,7 +365,7 @@ class Writer:
             elif self.deep:
                 pix_fmt = DEEP_OUTPUTS[ext]
             options = EncodeOptions(codec=codec, crf=None, preset=None, pix_fmt=pix_fmt, quality=options.quality,
-                                    quiet=options.quiet)
+                                    quiet=options.quiet, threads=options.threads)
         codec = options.codec
         if codec is None and info.hdr is not None and _hdr10_encoder(self.output):
             # HDR10 is kept by x265 in every frame (its SEI travels with the parameter sets); x264
@@ -394,8 +395,8 @@ class Writer:
         cc = vs.codec_context
         # Encoder threads from the cores this process may use.  FFmpeg's "auto" (0) counts the
         # affinity mask only; under a cgroup CPU quota that over-subscribes the cores we get.
-        cores = usable_cores()
-        cc.thread_count = cores if cores < (os.cpu_count() or cores) else 0
+        cores = options.threads or usable_cores()
+        cc.thread_count = cores if options.threads or cores < (os.cpu_count() or cores) else 0
         tag = options.tag or ("hvc1" if enc.canonical_name == "hevc" and self.output.format.name in ("mp4", "mov") else None)
         if tag:
             cc.codec_tag = tag

@@ -117,6 +117,9 @@ class UpscaleOptions:
     # torch.compile the model part-way if it is measured to bound the run (CompileWhenBound): what
     # the CLI asks on CUDA where the user did not say --compile/--no-compile.
     compile_if_bound: bool = False
+    # Chunks an earlier run of the same job finished are used (the CLI: unless --overwrite); False:
+    # thrown away.  (Not ``overwrite``: a folder run replaces outputs it planned to, and still resumes.)
+    resume: bool = True
 
     @property
     def settings(self) -> str | None:
@@ -506,7 +509,7 @@ def _chunk_plan(src: Path, dst: Path, info: VideoInfo, writer: Writer, upscaler:
         if asked and asked > 1:
             raise UpscaleError(f"--encoders {asked}: {problem} (use --encoders 1)")
         return None
-    cores = usable_cores()
+    cores = options.encode.threads or usable_cores()
     encoders = asked or default_encoders(upscaler.device.type, cores, writer.video.codec_context.name)
     frames = info.frames if options.span is None else options.span.frames(info)
     frame_bytes = writer.size[0] * writer.size[1] * 3  # a prepared frame, 4:2:0 at up to 16 bits
@@ -516,7 +519,7 @@ def _chunk_plan(src: Path, dst: Path, info: VideoInfo, writer: Writer, upscaler:
     st = os.stat(src)
     job = {"input": os.fspath(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
            "output": extension(dst), "settings": options.settings}
-    fresh = options.overwrite or options.settings is None  # no settings to tie chunks to: never resumed
+    fresh = not options.resume or options.settings is None  # no settings to tie chunks to: never resumed
     try:
         work = WorkFolder.open(dst, job, length, fresh, warn)
     except ChunkError as exc:
