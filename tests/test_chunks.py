@@ -277,7 +277,7 @@ def test_other_settings_or_overwrite_start_over(tmp_path, long_clip):
     assert any("other settings" in w and "starting over" in w for w in warned), warned
     dst.unlink()
     _stopped_half_way(long_clip, dst)
-    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, overwrite=True))
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, resume=False))  # (-y)
     assert result.resumed == 0
 
 

@@ -175,22 +175,25 @@ class WorkFolder:
         path = work_folder_of(dst)
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise ChunkError(f"{os.fspath(path)!r} is in the way of vsr's work folder (a link or a file); remove it")
-        earlier = None if fresh or not path.exists() else _read_json(path / "job.json")
-        if path.exists() and (earlier is None or earlier.get("job") != job):
-            if earlier is not None and not fresh:
-                warn(f"an unfinished run of {dst.name} was made with other settings or another input; starting over")
-            _remove_tree(path)
         path.mkdir(exist_ok=True)
         work = cls(path, job, length)
-        work._take_lock(dst)
-        if earlier is not None and earlier.get("job") == job:
-            work.length = int(earlier.get("length", length))
-            work._load_done()
-        else:
+        work._take_lock(dst)  # before anything in it is read or removed: another run may be using it
+        try:
+            earlier = None if fresh else _read_json(path / "job.json")
+            if earlier is not None and earlier.get("job") == job and isinstance(earlier.get("length"), int) \
+                    and earlier["length"] > 0:
+                work.length = earlier["length"]
+                work._load_done()
+                return work
+            if earlier is not None:
+                warn(f"an unfinished run of {dst.name} was made with other settings or another input; starting over")
             work._clear_files()
             with written_whole(path / "job.json") as tmp:
                 tmp.write_text(json.dumps({"format": _FORMAT, "job": job, "length": length}, indent=1))
-        return work
+            return work
+        except BaseException:
+            work.close()
+            raise
 
     def _take_lock(self, dst: Path) -> None:
         fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -203,12 +206,10 @@ class WorkFolder:
 
     def _load_done(self) -> None:
         listed = _read_json(self.path / "done.json") or {}
-        for raw in listed.get("chunks", []):
-            try:
-                record = ChunkRecord(**raw)
-            except TypeError:
-                continue
-            if self.whole(record):
+        chunks = listed.get("chunks")
+        for raw in chunks if isinstance(chunks, list) else []:
+            record = _record_of(raw)
+            if record is not None and record.index not in self.done and self.whole(record):
                 self.done[record.index] = record
         keep = {self.chunk_path(i).name for i in self.done} | {"job.json", "done.json", "lock"}
         for entry in self.path.iterdir():  # partial files of a killed run, chunks not (or badly) recorded
@@ -259,6 +260,20 @@ class WorkFolder:
         _remove_tree(self.path)
 
 
+def _record_of(raw) -> ChunkRecord | None:
+    """A record of done.json, or None where it is not one (wrong keys or types, impossible values)."""
+    try:
+        record = ChunkRecord(**raw)
+    except TypeError:
+        return None
+    ints = (record.index, record.start, record.frames, record.bytes)
+    if not all(type(v) is int for v in ints) or min(ints) < 0 or record.frames == 0 or record.index > 10**7:
+        return None
+    if not (record.first_pts is None or type(record.first_pts) is int) or not isinstance(record.sha256, str):
+        return None
+    return record
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -281,6 +296,7 @@ _MAGIC = b"VSR-CHUNK\n"
 _HEAD = struct.Struct("<I")
 _PACKET = struct.Struct("<qqqBI")  # pts, dts, duration, flags (1: keyframe), size
 _NONE = -(2**63)
+_MOST_HEAD = 1 << 20  # the time base and the codec headers (tens of bytes to a few KiB)
 
 
 @dataclass
@@ -334,6 +350,8 @@ def read_chunk(f: BinaryIO, name: str) -> tuple[bytes, Fraction, list[ChunkPacke
         raise ChunkError(f"{name} is not a vsr chunk")
     try:
         (n,) = _HEAD.unpack(f.read(_HEAD.size))
+        if n > _MOST_HEAD:
+            raise ChunkError(f"{name}: its header claims {n} bytes")
         head = json.loads(f.read(n))
         extradata, time_base = bytes.fromhex(head["extradata"]), Fraction(*head["time_base"])
     except (struct.error, ValueError, KeyError, TypeError) as exc:
