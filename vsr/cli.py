@@ -400,11 +400,12 @@ def encode_options(a):
 
 
 def file_record(src, dst, result, status: str, error: str | None = None) -> dict:
-    """One file's outcome, for --json."""
+    """One file's outcome, for --json (``fps``: of the frames this run upscaled)."""
     return {"input": os.fspath(src), "output": os.fspath(dst) if dst else None,
             "frames": result.frames if result else None,
             "seconds": round(result.seconds, 3) if result else None,
             "fps": round(result.fps, 3) if result else None,
+            "resumed": result.resumed if result else None,  # frames kept from an unfinished run, not upscaled again
             "warnings": list(result.warnings) if result else [],
             "status": status, "error": error or None}
 
