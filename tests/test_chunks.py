@@ -415,3 +415,17 @@ def test_folders_keep_several_files_in_flight_per_device(tmp_path, monkeypatch):
     assert seen["upscalers"] == 2 and seen["threads"] == max(1, usable_cores() // 2)
     assert seen["most"] == 2
     assert len(list((tmp_path / "out").glob("*.mp4"))) == 3
+
+
+def test_a_fifo_or_folder_where_a_chunk_was_is_redone_not_waited_on(tmp_path, long_clip):
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst, encoders=1)
+    work = work_folder_of(dst)
+    done = json.loads((work / "done.json").read_text())["chunks"]
+    fifo, folder = work / f"{done[0]['index']:05d}.chunk", work / f"{done[1]['index']:05d}.chunk"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    folder.unlink()
+    folder.mkdir()
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=1))
+    assert result.frames == 300 and result.resumed == sum(c["frames"] for c in done[2:])

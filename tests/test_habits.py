@@ -83,7 +83,8 @@ def test_json_result_per_file(tmp_path, clip):
     res = invoke("upscale", clip, "-o", tmp_path / "o.mp4", "--model", "bicubic", "--json", "-q")
     (record,) = json.loads(res.stdout)
     assert record["status"] == "done" and record["frames"] == 4 and record["output"].endswith("o.mp4")
-    assert set(record) == {"input", "output", "frames", "seconds", "fps", "warnings", "status", "error"}
+    assert set(record) == {"input", "output", "frames", "seconds", "fps", "resumed", "warnings", "status", "error"}
+    assert record["resumed"] == 0
     folder = tmp_path / "f"
     folder.mkdir()
     make_clip(folder / "good.mp4", frames=2)

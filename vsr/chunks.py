@@ -213,27 +213,26 @@ class WorkFolder:
                 self.done[record.index] = record
         keep = {self.chunk_path(i).name for i in self.done} | {"job.json", "done.json", "lock"}
         for entry in self.path.iterdir():  # partial files of a killed run, chunks not (or badly) recorded
-            if entry.name not in keep and not entry.is_dir():
-                remove(entry)
+            if entry.name not in keep:
+                _remove_entry(entry)
         self._write_done()
 
     def _clear_files(self) -> None:
         for entry in self.path.iterdir():
-            if entry.name != "lock" and not entry.is_dir():
-                remove(entry)
+            if entry.name != "lock":
+                _remove_entry(entry)
 
     def chunk_path(self, index: int) -> Path:
         return self.path / f"{index:05d}.chunk"
 
     def whole(self, record: ChunkRecord) -> bool:
         """The chunk file is exactly what was recorded: a regular file of its size and SHA-256."""
-        path = self.chunk_path(record.index)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            f = _open_regular(self.chunk_path(record.index))
         except OSError:
             return False
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode) or os.fstat(f.fileno()).st_size != record.bytes:
+        with f:
+            if os.fstat(f.fileno()).st_size != record.bytes:
                 return False
             digest = hashlib.sha256()
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -242,6 +241,11 @@ class WorkFolder:
 
     def record(self, record: ChunkRecord) -> None:
         self.done[record.index] = record
+        self._write_done()
+
+    def forget(self, index: int) -> None:
+        """Drop a chunk's record (its file is encoded again by the next run)."""
+        self.done.pop(index, None)
         self._write_done()
 
     def _write_done(self) -> None:
@@ -258,6 +262,16 @@ class WorkFolder:
         """The output is assembled: the chunks go."""
         self.close()
         _remove_tree(self.path)
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (never a link, a FIFO that would block,
+    a device or a folder), else OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path.name} is not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def _record_of(raw) -> ChunkRecord | None:
@@ -282,6 +296,15 @@ def _read_json(path: Path) -> dict | None:
         return data if isinstance(data, dict) and data.get("format") == _FORMAT else None
     except (OSError, ValueError, RecursionError):
         return None
+
+
+def _remove_entry(entry: Path) -> None:
+    """Something in vsr's own work folder that is not a recorded chunk: a file, link or FIFO is
+    unlinked (a link's target is never touched), a folder removed with what it holds."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        remove(entry)
 
 
 def _remove_tree(path: Path) -> None:
@@ -344,8 +367,9 @@ class ChunkWriter:
         remove(self.tmp)
 
 
-def read_chunk(f: BinaryIO, name: str) -> tuple[bytes, Fraction, list[ChunkPacket]]:
-    """(codec headers, time base, packets in decode order: where their data lies) of a chunk file."""
+def read_chunk(f: BinaryIO, name: str, most: int | None = None) -> tuple[bytes, Fraction, list[ChunkPacket]]:
+    """(codec headers, time base, packets in decode order: where their data lies) of a chunk file;
+    ``most``: packets it may hold (ChunkError past it, before more memory is spent)."""
     if f.read(len(_MAGIC)) != _MAGIC:
         raise ChunkError(f"{name} is not a vsr chunk")
     try:
@@ -354,7 +378,9 @@ def read_chunk(f: BinaryIO, name: str) -> tuple[bytes, Fraction, list[ChunkPacke
             raise ChunkError(f"{name}: its header claims {n} bytes")
         head = json.loads(f.read(n))
         extradata, time_base = bytes.fromhex(head["extradata"]), Fraction(*head["time_base"])
-    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        if time_base <= 0:
+            raise ValueError(time_base)
+    except (struct.error, ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
         raise ChunkError(f"{name}: its header is damaged") from exc
     end = os.fstat(f.fileno()).st_size
     packets = []
@@ -369,6 +395,8 @@ def read_chunk(f: BinaryIO, name: str) -> tuple[bytes, Fraction, list[ChunkPacke
             raise ChunkError(f"{name} is cut short")
         packets.append(ChunkPacket(None if pts == _NONE else pts, None if dts == _NONE else dts, duration,
                                    bool(flags & 1), at, size))
+        if most is not None and len(packets) > most:
+            raise ChunkError(f"{name} holds more than the {most} packets recorded; it cannot be joined")
         at += size
         f.seek(at)
     return extradata, time_base, packets
@@ -517,20 +545,29 @@ class ChunkedEncode:
 
     # -- joining ------------------------------------------------------------------------------------
     def poll(self) -> None:
-        """Join the chunks at the head of the order that are finished."""
-        while self.order and self.order[0].ended.is_set():
-            chunk = self.order.popleft()
+        """Join the chunks at the head of the order that are finished; an encoder that failed,
+        wherever it is in the order, fails the run at once."""
+        for chunk in self.order:
             if chunk.error is not None:
                 raise chunk.error
-            self._join(chunk)
+        while self.order and self.order[0].ended.is_set():
+            chunk = self.order.popleft()
+            try:
+                self._join(chunk)
+            except (ChunkError, OSError) as exc:
+                if not chunk.resumed:
+                    raise
+                self.work.forget(chunk.index)  # not joined, and not to be tried again as it is
+                raise ChunkError(f"{exc}; its record is dropped: the same command encodes that chunk again") from exc
         self._release(self.joined)
 
     def _join(self, chunk: _Chunk) -> None:
         record = chunk.record
         path = self.work.chunk_path(chunk.index)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            extradata, time_base, packets = read_chunk(f, path.name)
+        with _open_regular(path) as f:
+            extradata, time_base, packets = read_chunk(f, path.name, record.frames)
+            if time_base != self.time_base:
+                raise ChunkError(f"{path.name} is in another time base ({time_base}) than the output's; it cannot be joined")
             if len(packets) != record.frames:
                 raise ChunkError(f"{path.name} holds {len(packets)} packets for {record.frames} frames; it cannot be joined")
             for j, p in enumerate(self.joiner.join(chunk.index, extradata, packets)):

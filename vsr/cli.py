@@ -44,8 +44,8 @@ def _positive(ctx, param, value):
 
 
 def _not_negative(ctx, param, value):
-    if value is not None and value < 0:
-        raise click.BadParameter(f"expected a number >= 0, got {value}")
+    if value is not None and not 0 <= value <= 3600:  # (NaN fails too)
+        raise click.BadParameter(f"expected a number of seconds from 0 to 3600, got {value}")
     return value
 
 
