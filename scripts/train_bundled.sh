@@ -7,13 +7,15 @@
 #   vsr_x2_psnr       vsr_x4_psnr_gen1 -> vsr_x2_psnr
 #   vsr_x4_degraded   vsr_x4_psnr_gen1 -> vsr_x4_degraded
 #   vsr_x4_srgan      vsr_x4_psnr_gen1 -> vsr_x4_degraded -> vsr_x4_srgan
+#   vsr_x4_fast       vsr_x4_fast (from scratch; the fast tier, #31)
+#   vsr_x2_fast       vsr_x2_fast (from scratch)
 #
 # vsr_x4_psnr_gen1 is the first vsr_x4_psnr (weights/ held it until c45de6b; `git show
 # c546bc0:weights/vsr_x4_psnr.safetensors` is that file). The experiments that chose each recipe, their results and
 # the commits whose scripts ran them are in weights/README.md.
 #
 # Usage: [DATA=DIR] [OUT=DIR] scripts/train_bundled.sh [--dry-run | --check] NAME...
-#   NAME        one of the four shipped names, vsr_x4_psnr_gen1, or all
+#   NAME        one of the six shipped names, vsr_x4_psnr_gen1, or all
 #   DATA        as made by `scripts/prepare_data.sh DATA` (default: data)
 #   OUT         where each stage writes STAGE.safetensors and STAGE.log, and the frame cache (default: bundled).
 #               A stage whose STAGE.safetensors is already there is not trained again (remove it to train it again;
@@ -26,7 +28,8 @@
 #
 # As made (2 CPU cores, no GPU): the first generation 65 min, vsr_x2_psnr 65 min and vsr_x4_degraded 30 min in fp32;
 # vsr_x4_psnr 1 h 41 min and vsr_x4_srgan 16 min in bf16 (AVX512_BF16; on a CPU without it bf16 is emulated and
-# about 15x slower). vsr_x4_srgan ran on one core (OMP_NUM_THREADS=1 taskset -c 0) beside another run. The trainer
+# about 15x slower). vsr_x4_fast (53 min) and vsr_x2_fast (20 min) ran in bf16 side by side, one thread each
+# (OMP_NUM_THREADS=1, nice 19), through vsr finetune's options with the upsampler set to shuffle. vsr_x4_srgan ran on one core (OMP_NUM_THREADS=1 taskset -c 0) beside another run. The trainer
 # that made the files has changed since (--seed fixes the discriminator's initial weights only from 8d76e8f, and
 # every stage but vsr_x4_srgan ran before it): these commands make each file's recipe, not its exact bytes.
 set -euo pipefail
@@ -73,7 +76,18 @@ stage() {
         --content-layer vgg16:conv5_3 --vgg-weights "$vgg" --gan-pixel-weight 0.1 --gan-colour-weight 1
         --gan-grid-weight 10 --batch-size 8 --patch-size 96 --val-every 370 --checkpoint-every 50
         --seed 5 --precision bf16) ;;
-    *) echo "unknown name '$1' (vsr_x4_psnr, vsr_x2_psnr, vsr_x4_degraded, vsr_x4_srgan, vsr_x4_psnr_gen1, all)" >&2
+    vsr_x4_fast)  # the fast tier (#31): from scratch, 10 blocks x 32 channels and the shuffle upsampler (one 3x3 conv
+      # and PixelShuffle(4): 1/10.3 of vsr_x4_psnr's FLOPs per pixel), L1 only
+      from=""; record="weights/vsr_x4_fast.safetensors"
+      args=("$data/train" --val "$data/val" --from scratch --scale 4 --blocks 10 --channels 32 --no-batch-norm
+        --global-skip bicubic --upsampler shuffle --no-gan --steps 30000 --lr 5e-4 --batch-size 16 --patch-size 96
+        --val-every 2500 --checkpoint-every 500 --seed 0 --precision bf16) ;;
+    vsr_x2_fast)  # its x2 twin: 8 blocks x 32 channels, shuffle upsampler (1/8.6 of vsr_x2_psnr's FLOPs), 64-px crops
+      from=""; record="weights/vsr_x2_fast.safetensors"
+      args=("$data/train" --val "$data/val" --from scratch --scale 2 --blocks 8 --channels 32 --no-batch-norm
+        --global-skip bicubic --upsampler shuffle --no-gan --steps 12000 --lr 5e-4 --batch-size 16 --patch-size 64
+        --val-every 2000 --checkpoint-every 500 --seed 0 --precision bf16) ;;
+    *) echo "unknown name '$1' (vsr_x4_psnr, vsr_x2_psnr, vsr_x4_degraded, vsr_x4_srgan, vsr_x4_fast, vsr_x2_fast, vsr_x4_psnr_gen1, all)" >&2
        exit 2 ;;
   esac
   # every run: L1, EMA 0.999, frames sampled at most 2048 px a side and 32 a video, one frame cache
@@ -84,7 +98,7 @@ stage() {
 
 chain() {  # chain NAME: the stages that make NAME, in order (each stage's $from first)
   if [[ $1 == all ]]; then
-    echo vsr_x4_psnr_gen1 vsr_x4_psnr vsr_x2_psnr vsr_x4_degraded vsr_x4_srgan
+    echo vsr_x4_psnr_gen1 vsr_x4_psnr vsr_x2_psnr vsr_x4_degraded vsr_x4_srgan vsr_x4_fast vsr_x2_fast
     return
   fi
   stage "$1"
@@ -118,6 +132,7 @@ from pathlib import Path
 import vsr.finetune
 from vsr import cli
 from vsr.data import find_media
+from vsr.model import GeneratorConfig
 from vsr.train import TrainConfig
 from vsr.weights import read_metadata, training_info
 
@@ -174,8 +189,11 @@ if [s for s, _ in rec["validation"]] != expected:
 started = rec["started_from"]
 if (started == "scratch") != (opts.start == "scratch") or started.endswith("(head and body)") != opts.body_only:
     diff.append(f"start: recorded {started!r}, this command --from {opts.start}{' --body-only' if opts.body_only else ''}")
-if opts.scale and opts.scale != json.loads(read_metadata(shipped(record_spec))["vsr.config"])["scale"]:
+network = GeneratorConfig.from_json(read_metadata(shipped(record_spec))["vsr.config"])
+if opts.scale and opts.scale != network.scale:
     diff.append(f"scale: this command {opts.scale}, the file's config differs")
+if opts.start == "scratch" and opts.scratch_config != network:  # the network a run from scratch builds
+    diff.append(f"network: this command {opts.scratch_config}, the file's {network}")
 if start_spec:
     start = record_of(start_spec)
     earlier = rec.get("earlier_training")

@@ -242,6 +242,25 @@ def test_finetune_writes_ema_weights_that_upscale_takes(folder, tmp_path):
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # the user's umask, not safetensors' 0600
 
 
+def test_finetune_trains_the_shuffle_upsampler_from_scratch_and_resumes(folder, tmp_path):
+    """The fast tier's network (upsampler="shuffle"): trained from scratch, checkpointed, resumed,
+    saved, loaded and run by the upscaler as the paper's is."""
+    from vsr.upscaler import Upscaler
+
+    out = tmp_path / "fast.safetensors"
+    shuffle = dataclasses.replace(TINY, upsampler="shuffle")
+    opts = _opts(folder, out, train={"steps": 2, "pretrain_steps": 4})
+    opts.scratch_config = shuffle
+    run_finetune(opts)
+    log = StepLog()
+    run_finetune(_opts(folder, out, train={"steps": 4, "pretrain_steps": 4}, resume=out.with_suffix(".ckpt")), log)
+    assert log.started == (2, 4)
+    model = load_generator(out)
+    assert model.config == shuffle and training_info(out)["started_from"] == "scratch"
+    frames = np.random.default_rng(0).integers(0, 256, (1, 12, 16, 3), dtype=np.uint8)
+    assert Upscaler(model, "cpu", precision="fp32").upscale(frames).shape == (1, 48, 64, 3)
+
+
 def test_the_seed_makes_a_run_repeatable(folder, tmp_path):
     """Same seed, same weights, bit for bit, whatever torch's global generator held before (the
     discriminator's initial weights come from it); another seed, other weights."""

@@ -616,6 +616,9 @@ def models(files):
 @click.option("--batch-norm/--no-batch-norm", default=False, show_default=True, help="BN in the generator (--from scratch; the paper has it).")
 @click.option("--global-skip", type=click.Choice(["bicubic", "none"]), default="bicubic", show_default=True,
               help="Add bicubic upsampling of the input to the output (--from scratch).")
+@click.option("--upsampler", type=click.Choice(["stages", "shuffle"]), default="stages", show_default=True,
+              help="Upsampling (--from scratch): the paper's sub-pixel stages and 9x9 conv at the output size, or one "
+                   "3x3 conv and PixelShuffle(scale), all at the input size (ESPCN; the fast tier, vsr_x4_fast).")
 @click.option("--steps", type=int, default=2000, show_default=True, callback=_positive, help="Total steps, both phases.")
 @click.option("--pretrain-steps", type=int, default=500, show_default=True, help="Pixel-loss warm-up steps (phase 1).")
 @click.option("--batch-size", type=int, default=16, show_default=True, callback=_positive)
@@ -665,7 +668,7 @@ def models(files):
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
               help="Mixed precision (auto: bf16 on GPUs and CPUs that have it, else fp32 on the CPU; fp16 with loss scaling).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
-def finetune(folder, output, start, scale, body_only, blocks, channels, batch_norm, global_skip, steps, pretrain_steps, batch_size,
+def finetune(folder, output, start, scale, body_only, blocks, channels, batch_norm, global_skip, upsampler, steps, pretrain_steps, batch_size,
              patch_size, lr, gan_lr, pixel_loss, no_gan, content_layer, vgg_weights, adv_weight, gan_pixel_weight,
              gan_colour_weight, gan_grid_weight, gan_artifact_weight, gan_loss, content_before_activation, d_norm, d_arch,
              ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
@@ -685,7 +688,8 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
             gan_artifact_weight=gan_artifact_weight, gan_loss=gan_loss, content_before_activation=content_before_activation,
             d_norm=d_norm or ("spectral" if d_arch == "unet" else "batch"), d_arch=d_arch, ema_decay=ema_decay, degrade=degrade, seed=seed,
         )
-        scratch = GeneratorConfig(scale=int(scale or 4), blocks=blocks, channels=channels, batch_norm=batch_norm, global_skip=global_skip)
+        scratch = GeneratorConfig(scale=int(scale or 4), blocks=blocks, channels=channels, batch_norm=batch_norm, global_skip=global_skip,
+                                  upsampler=upsampler)
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     opts = FinetuneOptions(

@@ -34,6 +34,8 @@ class FastGenerator(nn.Module):
     * Eval-mode BatchNorm is folded into the conv before it.
     * Residual additions are done in place, ``acc += conv(x)``: on the CPU as one oneDNN call (a
       convolution with a fused add) when PyTorch offers it (:func:`conv_add_`).
+    * With the shuffle upsampler (``upsampler="shuffle"``) there is no last stage to rewrite: the
+      tail adds onto the bicubic skip in PixelShuffle(scale)'s layout at the input size.
     """
 
     def __init__(self, g: Generator) -> None:
@@ -46,6 +48,12 @@ class FastGenerator(nn.Module):
             nn.Sequential(_fold_bn(b.conv1, b.bn1), b.act, _fold_bn(b.conv2, b.bn2)) for b in g.body
         )
         self.body_tail = _fold_bn(*g.body_tail)
+        if cfg.upsampler == "shuffle":
+            self.early = self.last_conv = self.prelu = nn.Identity()
+            self.tail = g.tail
+            self.shuffle = nn.PixelShuffle(cfg.scale)
+            self.skip = BicubicPhases(cfg.scale, phases=cfg.scale) if cfg.global_skip == "bicubic" else None
+            return
         *early, last_conv, _shuffle, last_prelu = list(g.upsample)
         self.early = nn.Sequential(*early)
         self.last_conv = last_conv
@@ -86,24 +94,27 @@ class FastGenerator(nn.Module):
 class BicubicPhases(nn.Module):
     """Bicubic upsampling by ``scale`` (exactly ``F.interpolate(mode="bicubic", align_corners=False)``)
     in the layout of :class:`FastGenerator`'s tail: 12 channels at ``scale // 2`` times the input
-    size, channel ``c*4 + a*2 + b`` holding output pixels ``(2Y + a, 2X + b)`` of colour ``c``.
+    size, channel ``c*4 + a*2 + b`` holding output pixels ``(2Y + a, 2X + b)`` of colour ``c``; with
+    ``phases=p``, ``3*p*p`` channels at ``scale // p`` times the input size (``phases=scale``: the
+    input size, PixelShuffle(scale)'s layout, for the shuffle upsampler).
 
     Output pixel ``o = scale*i + r`` samples source position ``i + (r + 0.5)/scale - 0.5``, whose four
     cubic taps (A = -0.75) lie within input pixels ``i-2 .. i+2``; edges are replicated, as
-    F.interpolate clamps its taps.  So it is one depthwise 5x5 conv and a PixelShuffle(scale // 2).
+    F.interpolate clamps its taps.  So it is one depthwise 5x5 conv and a PixelShuffle(scale // phases).
     """
 
-    def __init__(self, scale: int) -> None:
+    def __init__(self, scale: int, phases: int = 2) -> None:
         super().__init__()
-        g = scale // 2  # the tail's grid, in input pixels
+        p = phases
+        g = scale // p  # the tail's grid, in input pixels
         taps = phase_taps(scale)
-        kernel = torch.zeros(3, 2, 2, g, g, 5, 5, dtype=torch.float64)  # colour, a, b, s, t
-        for a in (0, 1):
-            for b in (0, 1):
+        kernel = torch.zeros(3, p, p, g, g, 5, 5, dtype=torch.float64)  # colour, a, b, s, t
+        for a in range(p):
+            for b in range(p):
                 for s in range(g):
                     for t in range(g):
-                        kernel[:, a, b, s, t] = torch.outer(taps[2 * s + a], taps[2 * t + b])
-        self.register_buffer("kernel", kernel.reshape(12 * g * g, 1, 5, 5).float(), persistent=False)
+                        kernel[:, a, b, s, t] = torch.outer(taps[p * s + a], taps[p * t + b])
+        self.register_buffer("kernel", kernel.reshape(3 * p * p * g * g, 1, 5, 5).float(), persistent=False)
         self.shuffle = nn.PixelShuffle(g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

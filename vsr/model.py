@@ -11,8 +11,11 @@ conv-BN-PReLU-conv-BN, conv-BN plus the long skip, log2(scale) sub-pixel stages,
 * ``global_skip="bicubic"`` adds a bicubic upsampling of the input to the
   output, and the last conv is zero-initialised, so an untrained network is
   exactly bicubic and training only has to learn the residual detail.
+* ``upsampler="shuffle"`` replaces the sub-pixel stages and the 9x9 conv at the output size by one
+  3x3 conv from the body to ``3 * scale**2`` channels and one PixelShuffle(scale) (ESPCN, Shi et
+  al. 2016): all the work at the input size, for the fast tier (``vsr_x4_fast``).
 
-The bundled weights use both (see ``weights/README.md``); ``GeneratorConfig()``
+The bundled weights use the first two (see ``weights/README.md``); ``GeneratorConfig()``
 with no arguments is the paper's network.
 """
 
@@ -31,6 +34,7 @@ from torch import nn
 
 SCALES = (2, 4)
 GLOBAL_SKIPS = ("none", "bicubic")
+UPSAMPLERS = ("stages", "shuffle")  # the paper's sub-pixel stages and 9x9 tail, or one 3x3 conv and PixelShuffle(scale)
 MAX_BLOCKS, MAX_CHANNELS = 256, 1024  # far past any SRResNet trained (the paper's: 16 x 64); a file asking more is refused
 
 
@@ -43,6 +47,7 @@ class GeneratorConfig:
     channels: int = 64
     batch_norm: bool = True
     global_skip: str = "none"
+    upsampler: str = "stages"
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -55,9 +60,20 @@ class GeneratorConfig:
             raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
         if self.global_skip not in GLOBAL_SKIPS:
             raise ValueError(f"global_skip must be one of {GLOBAL_SKIPS}, got {self.global_skip!r}")
+        if self.upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {self.upsampler!r}")
+
+    @property
+    def architecture(self) -> str:
+        """The network's name, as ``vsr models`` and the upscaler show it: "SRResNet 16x64" (+ " BN", " shuffle")."""
+        return (f"SRResNet {self.blocks}x{self.channels}" + (" BN" if self.batch_norm else "")
+                + (" shuffle" if self.upsampler == "shuffle" else ""))
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if self.upsampler == "stages":
+            del data["upsampler"]  # written as before the key existed, so a vsr without it reads the file
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "GeneratorConfig":
@@ -83,6 +99,8 @@ class GeneratorConfig:
         macs = 9 * 9 * 3 * c  # head
         macs += self.blocks * 2 * 9 * c * c  # residual blocks
         macs += 9 * c * c  # conv after the blocks
+        if self.upsampler == "shuffle":
+            return 2.0 * (macs + 9 * c * 3 * s * s)  # one 3x3 conv to 3 * scale**2 channels; PixelShuffle is free
         area = 1
         for _ in range(int(math.log2(s))):
             macs += area * 9 * c * 4 * c  # conv before PixelShuffle(2), at the current size
@@ -93,12 +111,18 @@ class GeneratorConfig:
     def peak_bytes_per_pixel(self, dtype_bytes: int = 4) -> int:
         """Activation bytes per *input* pixel at the network's peak: about three live feature maps
         of ``channels`` at the output size (``scale**2`` pixels per input pixel) in the last stage.
-        The one formula tile sizes (CUDA) and CPU worker counts are derived from."""
+        The one formula tile sizes (CUDA) and CPU worker counts are derived from.  With the
+        shuffle upsampler the feature maps stay at the input size: three of them, the output and
+        its bicubic skip."""
+        if self.upsampler == "shuffle":
+            return (3 * self.channels + 2 * 3 * self.scale**2) * dtype_bytes
         return 3 * self.channels * self.scale**2 * dtype_bytes
 
     def receptive_radius(self) -> int:
         """How many input pixels on each side influence one output pixel (rounded up)."""
         radius = 4 + 2 * self.blocks + 1  # head 9x9, residual convs, body tail
+        if self.upsampler == "shuffle":
+            return max(radius + 1, 2)  # the 3x3 conv at the input size
         size = 1.0
         for _ in range(int(math.log2(self.scale))):
             radius += 1 / size  # conv before each PixelShuffle, at the current size
@@ -171,10 +195,13 @@ class Generator(nn.Module):
         self.body = nn.Sequential(*[ResidualBlock(c, bn) for _ in range(config.blocks)])
         self.body_tail = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=not bn), _norm(c, bn))
         stages: list[nn.Module] = []
-        for _ in range(int(math.log2(config.scale))):
-            stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(c)]
+        if config.upsampler == "shuffle":  # the tail makes every output pixel; forward shuffles them into place
+            self.tail = nn.Conv2d(c, 3 * config.scale**2, 3, padding=1)
+        else:
+            for _ in range(int(math.log2(config.scale))):
+                stages += [nn.Conv2d(c, 4 * c, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(c)]
+            self.tail = nn.Conv2d(c, 3, 9, padding=4)
         self.upsample = nn.Sequential(*stages)
-        self.tail = nn.Conv2d(c, 3, 9, padding=4)
         if config.global_skip == "bicubic":
             # Start as exact bicubic: the network learns only the residual.
             nn.init.zeros_(self.tail.weight)
@@ -190,13 +217,14 @@ class Generator(nn.Module):
         from vsr.fastgen import FastGenerator
 
         cfg = self.config
-        name = f"SRResNet {cfg.blocks}x{cfg.channels}" + (" BN" if cfg.batch_norm else "")
-        return ModelFacts(FastGenerator(self.eval()), name, cfg.scale, cfg.receptive_radius(), cfg.peak_bytes_per_pixel(4))
+        return ModelFacts(FastGenerator(self.eval()), cfg.architecture, cfg.scale, cfg.receptive_radius(), cfg.peak_bytes_per_pixel(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.head(x)
         feat = feat + self.body_tail(self.body(feat))
         out = self.tail(self.upsample(feat))
+        if self.config.upsampler == "shuffle":
+            out = F.pixel_shuffle(out, self.config.scale)
         if self.config.global_skip == "bicubic":
             out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
         return out

@@ -365,7 +365,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
            "trained": "", "validation": ""}
     if isinstance(model, Generator):
         cfg = model.config
-        row.update(architecture=f"SRResNet {cfg.blocks}x{cfg.channels}" + (" BN" if cfg.batch_norm else ""), fp16=True)
+        row.update(architecture=cfg.architecture, fp16=True)
         if is_vsr_weights(path):  # a checkpoint has no records
             try:
                 row.update(_records(path, cfg.scale))
