@@ -113,7 +113,6 @@ class Chunker:
         self.size = 0  # frames in the current chunk
         self.frame = 0  # output frames so far
         self.skipping = 0  # frames of a done chunk still to drop
-        self.skipped = 0  # frames dropped so far
 
     def _cut(self, keyframe: bool) -> bool:
         if self.index < 0:
@@ -128,7 +127,6 @@ class Chunker:
                 continue
             if self.skipping:
                 self.skipping -= 1
-                self.skipped += 1
                 self.frame += 1
                 continue
             if self._cut(is_keyframe(item)):
@@ -139,7 +137,6 @@ class Chunker:
                 if record is not None and record.start == self.frame and record.first_pts == first_pts:
                     yield Mark(self.index, self.frame, first_pts, record)
                     self.skipping = record.frames - 1
-                    self.skipped += 1
                     self.frame += 1
                     self.size = 1 << 62  # the next frame starts the next chunk, as in the run that made it
                     continue
@@ -495,7 +492,6 @@ class ChunkedEncode:
         self.held: deque[tuple[int, object]] = deque()  # (frames before it, packet item) not yet muxed
         self.seen = 0  # frames of the output before the next item (those of resumed chunks too)
         self.joined = 0  # frames joined into the output
-        self.encoded = 0  # frames encoded by this run
         self.resumed = 0  # frames taken from an earlier run's chunks
         self.threads_started: list[threading.Thread] = []
         self._record_lock = threading.Lock()
@@ -626,7 +622,6 @@ class ChunkedEncode:
             out = None
             with self._record_lock:
                 self.work.record(record)
-                self.encoded += frames
             chunk.record = record
         except BaseException as exc:  # noqa: BLE001 - handed to the encode stage
             chunk.error = exc
