@@ -22,7 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import ffmpeg_packets, make_clip, pyav_video_pts
-from vsr.chunks import ChunkError, ChunkPacket, Joiner, chunk_length, work_folder_of
+from vsr.chunks import (ChunkedEncode, ChunkError, ChunkPacket, ChunkRecord, Chunker, Joiner, Mark, WorkFolder,
+                        chunk_length, held_frames, work_folder_of)
 from vsr.encode import EncodeOptions, Writer
 from vsr.model import Bicubic
 from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
@@ -102,6 +103,115 @@ def test_chunk_length_is_bounded_by_time_encoders_and_memory():
     assert chunk_length(400, 25, 4, 1, None) == 120  # but never under the encoder's pipeline, 120 frames
     assert chunk_length(100_000, 25, 4, 10 << 20, 4 << 30) == 25  # 4 x 25 frames of 10 MiB: a quarter of 4 GiB
     assert chunk_length(None, 24, 1, 1, None, seconds=0.5) == 12
+
+
+def test_a_chunk_that_does_not_follow_or_reorders_deeper_is_not_joined():
+    joiner = Joiner(b"h")
+    joiner.join(0, b"h", _chunk([0, 30, 10, 20], 1))
+    with pytest.raises(ChunkError, match="does not follow"):
+        joiner.join(1, b"h", _chunk([30, 40], 1))  # pts 30 was shown already
+    with pytest.raises(ChunkError, match="deeper"):
+        joiner.join(1, b"h", _chunk([40, 70, 50, 60], 2))
+    out = joiner.join(1, b"h", _chunk([40, 70, 50, 60], 1))
+    assert [p.dts for p in out] == [30, 40, 50, 60]  # the delay of the first chunk, the pts before it
+
+
+def test_no_decode_timestamp_is_made_up_when_none_fits():
+    joiner = Joiner(b"h")
+    packets = _chunk([0, 10, 20], 0)
+    packets[1].pts = None
+    with pytest.raises(ChunkError, match="without timestamps"):
+        joiner.join(0, b"h", packets)
+    # a packet whose encoder-given dts goes backwards (the first chunk keeps its encoder's own)
+    with pytest.raises(ChunkError, match="no decode timestamp fits"):
+        Joiner(b"h").join(0, b"h", [ChunkPacket(0, 5, 10, True, 0, 1), ChunkPacket(10, -10, 10, False, 0, 1),
+                                     ChunkPacket(20, None, 10, False, 0, 1)])
+
+
+def _cuts(length: int, keys=(), done=None, n: int = 40) -> tuple[list[Mark], list[int]]:
+    """(the marks, the frames that pass) of frames 0..n-1 (pts 10 per frame; ``keys``: source keyframes)."""
+    out = list(Chunker(length, done or {}, lambda i: i * 10).items(range(n), lambda i: True, lambda i: i in keys))
+    return [m for m in out if isinstance(m, Mark)], [i for i in out if not isinstance(i, Mark)]
+
+
+def test_chunks_are_cut_before_source_keyframes_once_half_full():
+    marks, frames = _cuts(10, keys={2, 7, 13})
+    assert [m.start for m in marks] == [0, 7, 13, 23, 33]  # 2: too early; 7 and 13: half full; then every 10
+    assert [m.first_pts for m in marks] == [0, 70, 130, 230, 330] and frames == list(range(40))
+    assert [m.start for m in _cuts(10)[0]] == [0, 10, 20, 30]
+
+
+def test_only_a_done_chunk_that_starts_where_this_run_cuts_is_skipped():
+    record = lambda start, pts: ChunkRecord(1, start, 10, pts, 5, "x")  # noqa: E731
+    marks, frames = _cuts(10, done={1: record(10, 100)})
+    assert marks[1].done is not None and frames == list(range(10)) + list(range(20, 40))
+    assert [m.start for m in marks] == [0, 10, 20, 30]  # the next chunk starts after it, as in the run that made it
+    for other in (record(11, 100), record(10, 90)):  # another cut, or another first frame: encoded again
+        marks, frames = _cuts(10, done={1: other})
+        assert all(m.done is None for m in marks) and frames == list(range(40))
+
+
+def test_the_frames_held_for_the_encoders_are_bounded():
+    assert held_frames(1, 250, 16, 1, None) == 16  # one encoder: a queue's worth, not a chunk
+    assert held_frames(4, 250, 16, 1, None) == 3 * 250 + 16
+    assert held_frames(4, 3600 * 25, 16, 10 << 20, 4 << 30) == 102  # a long chunk asked: a quarter of memory
+    assert held_frames(4, 250, 16, 1 << 40, 4 << 30) == 16
+
+
+class _SlowEncoder:
+    """A stand-in encoder instance: one packet per frame, each taking a while."""
+
+    extradata = b"h"
+
+    def __init__(self, threads: int) -> None:
+        self.pts: list[int] = []
+
+    def encode(self, frame):
+        if frame is None:
+            return []
+        time.sleep(0.002)
+        first = not self.pts
+        self.pts.append(frame)
+        return [type("P", (), {"pts": frame, "dts": frame, "duration": 1, "is_keyframe": first,
+                               "__bytes__": lambda self: b"x"})()]
+
+
+def test_the_encode_stage_holds_no_more_frames_than_its_budget(tmp_path):
+    import threading
+
+    from vsr.timing import Timings
+
+    work = WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 20, True, lambda m: None)
+    muxed: list[int] = []
+    others: list[tuple[int, int]] = []  # (frames before the packet in the input, video packets muxed before it)
+    stop = threading.Event()
+    encode = ChunkedEncode(work, 2, 1, _SlowEncoder, Joiner(b"h"), Fraction(1, 25),
+                           lambda p, data, tb: muxed.append(p.pts), lambda item: others.append((item, len(muxed))),
+                           stop, lambda n: None, 24, Timings())
+    most = 0
+    for i in range(100):
+        if i % 20 == 0:
+            encode.mark(Mark(i // 20, i, i))
+        encode.frame(i)
+        encode.packet(i + 1)  # an audio packet after frame i
+        most = max(most, sum(c.frames.qsize() for c in encode.order))
+    encode.close()
+    work.close()
+    assert muxed == list(range(100))
+    assert most <= 24 + 2  # the budget, give or take the end marks
+    # each other packet is muxed after the frames before it, and as soon as they are joined
+    assert [k for k, _n in others] == list(range(1, 101))
+    assert all(0 <= n - k <= 1 for k, n in others), others
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    first = WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 10, False, lambda m: None)
+    try:
+        with pytest.raises(ChunkError, match="another vsr run is writing out.mp4"):
+            WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 10, True, lambda m: None)
+    finally:
+        first.close()
+    WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 10, True, lambda m: None).close()  # free again
 
 
 # -- one valid stream -----------------------------------------------------------------------------------
@@ -281,6 +391,66 @@ def test_other_settings_or_overwrite_start_over(tmp_path, long_clip):
     assert result.resumed == 0
 
 
+def test_an_input_rewritten_with_its_size_and_time_kept_starts_over(tmp_path, long_clip):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    src.write_bytes(long_clip.read_bytes())
+    _stopped_half_way(src, dst)
+    st = os.stat(src)
+    data = bytearray(src.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)  # the same size, other bytes; then its old time back (as cp -p does)
+    src.write_bytes(bytes(data))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    warned: list[str] = []
+    from vsr.report import Reporter
+
+    class Listening(Reporter):
+        def warn(self, message):
+            warned.append(message)
+
+    result = upscale_file(src, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4), Listening())
+    assert result.resumed == 0 and any("another input" in w for w in warned), warned
+
+
+def test_other_streams_stay_interleaved_with_the_joined_chunks(tmp_path, clip):
+    def order(path: Path) -> list[int]:
+        """Per audio packet in file order, how many video packets come before it."""
+        seen, counts = 0, []
+        with av.open(str(path)) as c:
+            for p in c.demux():
+                if p.size and p.stream.type == "video":
+                    seen += 1
+                elif p.size and p.stream.type == "audio":
+                    counts.append(seen)
+        return counts
+
+    up = Upscaler(Bicubic(2))
+    upscale_file(clip, tmp_path / "whole.mkv", up, _options(chunk_seconds=0))
+    upscale_file(clip, tmp_path / "chunked.mkv", up, _options(chunk_seconds=0.5, encoders=2))
+    whole, chunked = order(tmp_path / "whole.mkv"), order(tmp_path / "chunked.mkv")
+    assert len(whole) == len(chunked) > 50
+    assert max(abs(a - b) for a, b in zip(whole, chunked)) <= 3, (whole[:12], chunked[:12])
+
+
+def test_a_killed_runs_partial_output_is_removed_by_the_next_run_and_nothing_else(tmp_path, long_clip):
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst)
+    work = work_folder_of(dst)
+    stale = tmp_path / ".out.abc123.vsr-partial.mp4"  # what a SIGKILLed run leaves (a real one: the SIGKILL test)
+    stale.write_bytes(b"half a file")
+    (work / "output.json").write_text(json.dumps({"format": 1, "name": stale.name}))
+    upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4))
+    assert not stale.exists() and dst.exists()
+    for planted in ("keep.mp4", "../keep.mp4", ".out.x.vsr-partial.mkv"):  # not a partial file of out.mp4: kept
+        victim = tmp_path / planted
+        victim.write_bytes(b"mine")
+        dst.unlink()
+        _stopped_half_way(long_clip, dst)
+        (work / "output.json").write_text(json.dumps({"format": 1, "name": planted}))
+        upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4))
+        assert victim.read_bytes() == b"mine", planted
+
+
 def test_sigkill_half_way_then_the_same_command_resumes(tmp_path, ffmpeg):
     """The real thing: ``vsr upscale`` killed with SIGKILL once half the chunks are recorded."""
     src = make_clip(tmp_path / "in.mp4", frames=1500, size=(64, 48), audio=1)
@@ -305,6 +475,8 @@ def test_sigkill_half_way_then_the_same_command_resumes(tmp_path, ffmpeg):
     if killed_at < 60:
         pytest.skip(f"the run ended before half of it was recorded (exit {proc.returncode})")
     assert not dst.exists()
+    partial = lambda: [p for p in os.listdir(tmp_path) if ".vsr-partial" in p]  # noqa: E731
+    assert partial()  # what the kill left beside the output ...
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
     line = res.stdout.strip()
@@ -313,6 +485,7 @@ def test_sigkill_half_way_then_the_same_command_resumes(tmp_path, ffmpeg):
     assert len(_frames(ffmpeg, dst)) == 1500
     assert _ffmpeg_warnings(ffmpeg, dst) == _ffmpeg_warnings(ffmpeg, src)  # (its audio track's title: FFmpeg 9 warns on both)
     assert not work_folder_of(dst).exists()
+    assert not partial()  # ... the next run removed
 
 
 def test_cli_encoders_and_chunk_seconds(tmp_path, clip):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from vsr.errors import VsrError
-from vsr.files import finish, new_partial, remove, written_whole
+from vsr.files import PARTIAL, finish, new_partial, remove, written_whole
 
 # Output containers whose video can be joined from chunks: each holds a stream whose packets carry
 # their own pts and dts, and a keyframe may start anywhere.  (Ogg and AVI count frames instead;
@@ -74,6 +74,18 @@ def chunk_length(frames: int | None, rate: float, encoders: int, frame_bytes: in
     if memory is not None and encoders > 1:
         length = min(length, max(1, memory // 4 // (encoders * max(1, frame_bytes))))
     return max(1, length)
+
+
+def held_frames(encoders: int, length: int, queue: int, frame_bytes: int, memory: int | None) -> int:
+    """Frames the encode stage may hold waiting in its encoders' queues.  The encoders work on
+    consecutive chunks and the frames come in order, so while the last of ``encoders`` chunks is fed
+    the others may still hold all of theirs: ``(encoders - 1) * length`` plus a queue's worth (one
+    encoder holds a queue's worth only).  Never more than a quarter of ``memory`` (a long chunk
+    asked for, or kept from an earlier run, does not grow the process), never under ``queue``."""
+    held = (encoders - 1) * length + queue
+    if memory is not None:
+        held = min(held, memory // 4 // max(1, frame_bytes))
+    return max(1, queue, held)
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,23 @@ class Chunker:
 
 
 # -- the work folder -----------------------------------------------------------------------------
+_SAMPLE = 1 << 20  # bytes of the input hashed at its start, middle and end
+
+
+def file_identity(path: Path) -> dict:
+    """What tells this input file from another one at the same path: its size, modification time
+    and a SHA-256 of three 1 MiB samples (start, middle, end), which catches a file rewritten with
+    its size and time kept (``cp -p``, ``touch -r``) as far as those bytes show it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.sha256()
+        for offset in sorted({0, max(0, size // 2 - _SAMPLE // 2), max(0, size - _SAMPLE)}):
+            f.seek(offset)
+            digest.update(f.read(_SAMPLE))
+        return {"input": os.fspath(path.resolve()), "size": size, "mtime_ns": os.fstat(f.fileno()).st_mtime_ns,
+                "sample_sha256": digest.hexdigest()}
+
+
 def work_folder_of(dst: Path) -> Path:
     return dst.parent / f".{dst.name}{WORK_SUFFIX}"
 
@@ -157,8 +186,9 @@ class WorkFolder:
     of another job (other settings, another input) are thrown away, never joined.  Locked while a
     run uses it."""
 
-    def __init__(self, path: Path, job: dict, length: int) -> None:
+    def __init__(self, path: Path, job: dict, length: int, output: Path) -> None:
         self.path = path
+        self.output = output
         self.job = job
         self.length = length  # frames per chunk: fixed by the job's first run
         self.done: dict[int, ChunkRecord] = {}
@@ -173,7 +203,7 @@ class WorkFolder:
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise ChunkError(f"{os.fspath(path)!r} is in the way of vsr's work folder (a link or a file); remove it")
         path.mkdir(exist_ok=True)
-        work = cls(path, job, length)
+        work = cls(path, job, length, dst)
         work._take_lock(dst)  # before anything in it is read or removed: another run may be using it
         try:
             earlier = None if fresh else _read_json(path / "job.json")
@@ -192,6 +222,18 @@ class WorkFolder:
             work.close()
             raise
 
+    def own_partial(self, tmp: Path) -> None:
+        """``tmp`` is the output's temporary file for this run (vsr.files.new_partial, beside the
+        output).  A run killed outright (SIGKILL, a power cut) leaves its own behind: the file the
+        last run recorded here is removed first, if it is still one of vsr's partial files of the same
+        output (this run holds the lock: no other chunked run is writing it)."""
+        earlier = _read_json(self.path / "output.json")
+        name = earlier.get("name") if earlier else None
+        if isinstance(name, str) and name != tmp.name and _is_partial_of(name, self.output):
+            remove(self.output.parent / name)  # unlinked, never followed
+        with written_whole(self.path / "output.json") as f:
+            f.write_text(json.dumps({"format": _FORMAT, "name": tmp.name}))
+
     def _take_lock(self, dst: Path) -> None:
         fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
@@ -208,7 +250,7 @@ class WorkFolder:
             record = _record_of(raw)
             if record is not None and record.index not in self.done and self.whole(record):
                 self.done[record.index] = record
-        keep = {self.chunk_path(i).name for i in self.done} | {"job.json", "done.json", "lock"}
+        keep = {self.chunk_path(i).name for i in self.done} | {"job.json", "done.json", "lock", "output.json"}
         for entry in self.path.iterdir():  # partial files of a killed run, chunks not (or badly) recorded
             if entry.name not in keep:
                 _remove_entry(entry)
@@ -216,7 +258,7 @@ class WorkFolder:
 
     def _clear_files(self) -> None:
         for entry in self.path.iterdir():
-            if entry.name != "lock":
+            if entry.name not in ("lock", "output.json"):
                 _remove_entry(entry)
 
     def chunk_path(self, index: int) -> Path:
@@ -259,6 +301,12 @@ class WorkFolder:
         """The output is assembled: the chunks go."""
         self.close()
         _remove_tree(self.path)
+
+
+def _is_partial_of(name: str, dst: Path) -> bool:
+    """``name`` is one that vsr.files.new_partial gives a temporary file of ``dst`` (no folder part)."""
+    return (os.path.basename(name) == name and name.startswith(f".{dst.stem[:80]}.")
+            and name.endswith(f"{PARTIAL}{dst.suffix}"))
 
 
 def _open_regular(path: Path) -> BinaryIO:
@@ -495,6 +543,7 @@ class ChunkedEncode:
         self.resumed = 0  # frames taken from an earlier run's chunks
         self.threads_started: list[threading.Thread] = []
         self._record_lock = threading.Lock()
+        self.cancelled = threading.Event()  # abort(): the encoder threads stop at their next frame
 
     # -- items in ---------------------------------------------------------------------------------
     def mark(self, mark: Mark) -> None:
@@ -535,6 +584,7 @@ class ChunkedEncode:
 
     def abort(self) -> None:
         """Stop every encoder thread (their unfinished chunks are thrown away)."""
+        self.cancelled.set()
         self._seal()
         for t in self.threads_started:
             t.join(timeout=5)
@@ -591,6 +641,9 @@ class ChunkedEncode:
                 raise KeyboardInterrupt
             self.poll()
 
+    def _stopping(self) -> bool:
+        return self.stop.is_set() or self.cancelled.is_set()
+
     def _encode(self, chunk: _Chunk) -> None:
         """One chunk's encoder thread."""
         out = None
@@ -605,16 +658,16 @@ class ChunkedEncode:
                 try:
                     frame = chunk.frames.get(timeout=0.1)
                 except queue.Empty:
-                    if self.stop.is_set():
+                    if self._stopping():
                         break
                     continue
-                if frame is _END or self.stop.is_set():
+                if frame is _END or self._stopping():
                     break
                 self.budget.release()
                 with self.timings("encode"):
                     self._packets(out, encoder.encode(frame))
                 frames += 1
-            if self.stop.is_set():
+            if self._stopping():
                 raise KeyboardInterrupt
             with self.timings("encode"):
                 self._packets(out, encoder.encode(None))

@@ -603,6 +603,12 @@ class Writer:
             pass
 
     # -- chunks: several encoder instances, one stream --------------------------------------------
+    @property
+    def frame_bytes(self) -> int:
+        """Memory one prepared frame holds (the encoder's pixel format at the output size)."""
+        fmt = av.VideoFormat(self.pix_fmt, *self.size)
+        return sum(-(-c.bits // 8) * c.width * c.height for c in fmt.components)
+
     def chunk_problem(self) -> str | None:
         """Why this output's video cannot be joined from chunks encoded separately, or None.  The
         headers of an encoder instance made for a chunk must be the output's own (compared on the

@@ -27,13 +27,14 @@ from typing import Any, Callable, Iterator
 
 import av
 import numpy as np
+import torch
 
-from vsr.chunks import (ChunkError, ChunkedEncode, Chunker, Joiner, Mark, WorkFolder, chunk_length,
-                        work_folder_of)
+from vsr.chunks import (ChunkError, ChunkedEncode, Chunker, Joiner, Mark, WorkFolder, chunk_length, file_identity,
+                        held_frames, work_folder_of)
 from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Source, Span, VideoInfo,
                         deep_picture, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
-from vsr import hwenc
+from vsr import __version__, hwenc
 from vsr.errors import VsrError
 from vsr.files import PartialFileError, finish, folder_problem, new_partial, remove
 from vsr.media import ALPHA_OUTPUTS, DEEP_OUTPUTS, OUTPUT_EXTENSION, extension, output_kind
@@ -353,6 +354,11 @@ class CompileWhenBound:
         if self.began is not None:
             self.waited += seconds
 
+    def skip(self, frames: int) -> None:
+        """``frames`` of the video will not come: an earlier run's chunks hold them."""
+        if self.total is not None:
+            self.total = max(0, self.total - frames)
+
     def batch(self, frames: int) -> None:
         """``frames`` more were handed to the model."""
         if self.decided is not None:
@@ -398,6 +404,8 @@ def _model_stage(q_in: queue.Queue, q_out: queue.Queue, upscaler: Upscaler, colo
                 watch.wait(time.perf_counter() - began)
             if item is _END:
                 break
+            if isinstance(item, Mark) and item.done is not None and watch is not None:
+                watch.skip(item.done.frames)
             if isinstance(item, Mark) and batch is not None:
                 batch.append(item)
                 continue
@@ -512,13 +520,21 @@ def _chunk_plan(src: Path, dst: Path, info: VideoInfo, writer: Writer, upscaler:
     cores = options.encode.threads or usable_cores()
     encoders = asked or default_encoders(upscaler.device.type, cores, writer.video.codec_context.name)
     frames = info.frames if options.span is None else options.span.frames(info)
-    frame_bytes = writer.size[0] * writer.size[1] * 3  # a prepared frame, 4:2:0 at up to 16 bits
-    length = chunk_length(frames, float(info.rate or 25), encoders, frame_bytes, available_memory(), options.chunk_seconds)
+    length = chunk_length(frames, float(info.rate or 25), encoders, writer.frame_bytes, available_memory(),
+                          options.chunk_seconds)
     if frames is not None and frames <= length and not work_folder_of(dst).exists():
         return None  # one chunk: nothing to share or resume
-    st = os.stat(src)
-    job = {"input": os.fspath(src.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-           "output": extension(dst), "settings": options.settings}
+    # The input, and what decides the chunks' pixels and bits: the settings a folder run records, and
+    # also the arithmetic (precision, device, where colours are converted) and the libraries.  (Not the
+    # tiles or the batch: vsr sizes them from the memory free, and they change no more than rounding.)
+    try:
+        job = file_identity(src)
+    except OSError as exc:
+        raise UpscaleError(f"cannot read {src.name}: {exc.strerror or exc}") from exc
+    job.update(output=extension(dst), settings=options.settings,
+               arithmetic=f"{upscaler.dtype} on {upscaler.device.type}, colour {options.colour}",
+               libraries=f"vsr {__version__}, torch {torch.__version__}, PyAV {av.__version__}, "
+                         f"libavcodec {av.library_versions['libavcodec']}")
     fresh = not options.resume or options.settings is None  # no settings to tie chunks to: never resumed
     try:
         work = WorkFolder.open(dst, job, length, fresh, warn)
@@ -548,8 +564,16 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
     try:
         if not plan.image_out and not plan.info.is_image:
             plan.chunks = _chunk_plan(src, dst, plan.info, plan.writer, upscaler, options, warn, reporter)
+            if plan.chunks is not None:
+                try:
+                    plan.chunks.work.own_partial(plan.tmp)
+                except OSError as exc:
+                    raise UpscaleError(f"cannot write in the work folder {plan.chunks.work.path.name!r}: "
+                                       f"{exc.strerror or exc}") from exc
         return plan
     except BaseException:
+        if plan.chunks is not None:
+            plan.chunks.work.close()
         plan.writer.abort()
         remove(plan.tmp)
         source.close()
@@ -720,7 +744,8 @@ def _chunked(items: Iterator, chunks: _Chunks, writer: Writer, reporter: Reporte
     encode = ChunkedEncode(work, chunks.encoders, chunks.threads, writer.chunk_encoder,
                            Joiner(writer.video.codec_context.extradata), tb, writer.mux_video_packet,
                            lambda item: writer.copy_packet(item.packet, item.stream_index, item.time_base),
-                           stop, reporter.advance, chunks.encoders * work.length + queue_size, writer.timings)
+                           stop, reporter.advance, held_frames(chunks.encoders, work.length, queue_size, writer.frame_bytes,
+                                                               available_memory()), writer.timings)
     return cut, encode
 
 
