@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from vsr.system import keep_freed_memory  # noqa: E402
 from vsr.model import Bicubic, Generator, GeneratorConfig  # noqa: E402
+from vsr.flops import frame_flops  # noqa: E402
 from vsr.pipeline import UpscaleOptions, upscale_file  # noqa: E402
 from vsr.upscaler import Upscaler  # noqa: E402
 from vsr.weights import WeightsError, load_model as load_weights, resolve_weights  # noqa: E402
@@ -87,20 +88,6 @@ def stream_seconds(up: Upscaler, frames: list[np.ndarray], batch: int) -> float:
     for _ in up.upscale_stream(batches):
         pass
     return time.perf_counter() - t0
-
-
-def frame_flops(model, width: int, height: int) -> float:
-    """FLOPs of one frame: the paper's layers for vsr's generator (its config's count), counted by
-    torch's FlopCounterMode for any other model (community models via --weights FILE)."""
-    if isinstance(model, Generator):
-        return model.config.flops_per_pixel() * width * height
-    from torch.utils.flop_counter import FlopCounterMode
-
-    weight = next(model.parameters())  # an earlier Upscaler may have moved (and cast) the model
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model(torch.rand(1, 3, height, width, device=weight.device, dtype=weight.dtype))
-    return float(counter.get_total_flops())
 
 
 def describe(model) -> str:

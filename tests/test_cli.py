@@ -200,6 +200,43 @@ def test_held_out_scores_recorded_in_the_weights_file(tmp_path):
     assert read_metadata(other) == {}
 
 
+def models_rows(output: str) -> dict[str, dict[str, str]]:
+    """`vsr models`' table as {file name: {column: cell}} (a table off a terminal is 200 columns wide, not wrapped)."""
+    lines = [line for line in output.splitlines() if line.startswith(("┃", "│"))]
+    cells = [[c.strip() for c in line.strip("┃│").split("┃" if line.startswith("┃") else "│")] for line in lines]
+    header, rows = cells[0], cells[1:]
+    return {row[0]: dict(zip(header, row)) for row in rows}
+
+
+def test_models_lists_the_work_of_a_1080p_frame_for_every_model(tmp_path):
+    """The FLOPs column: GFLOP to make one 1920x1080 frame, from the generator's config (the fast
+    tier about 1/10 of vsr_x4_psnr's; an x2 model reads 4x the pixels of an x4 one for it), and for
+    a model of another kind (a community model) counted from its operations."""
+    from vsr.flops import frame_flops, reference_frame_flops
+    from vsr.model import GeneratorConfig
+    from vsr.weights import load_generator, weights_dir
+
+    r = invoke("models")
+    assert r.exit_code == 0, r.output
+    rows = models_rows(r.output)
+    gflop = {name: float(row["GFLOP/1080p frame"]) for name, row in rows.items()}
+    assert set(gflop) >= {"vsr_x4_fast.safetensors", "vsr_x4_psnr.safetensors", "vsr_x2_psnr.safetensors"}
+    assert 8 < gflop["vsr_x4_psnr.safetensors"] / gflop["vsr_x4_fast.safetensors"] < 12
+    assert gflop["vsr_x4_psnr.safetensors"] == round(GeneratorConfig().flops_per_pixel() * 480 * 270 / 1e9)
+    psnr = load_generator(weights_dir() / "vsr_x4_psnr.safetensors").config
+    x2 = load_generator(weights_dir() / "vsr_x2_psnr.safetensors").config
+    assert gflop["vsr_x2_psnr.safetensors"] == pytest.approx(
+        gflop["vsr_x4_psnr.safetensors"] * 4 * x2.flops_per_pixel() / psnr.flops_per_pixel(), rel=0.01)
+
+    # Another kind of module: counted from what it runs, without running it (meta) or changing it.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 48, 3, padding=1), torch.nn.PixelShuffle(4))
+    before = [p.detach().clone() for p in net.parameters()]
+    assert frame_flops(net, 40, 30) == 2 * 9 * (3 * 8 + 8 * 48) * 40 * 30
+    assert reference_frame_flops(net, 4) == 2 * 9 * (3 * 8 + 8 * 48) * 480 * 270
+    assert all(p.device.type == "cpu" and torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
 def test_network_interpolation(tmp_path):
     """scripts/interpolate_weights.py's core: weights (1-a)*A + a*B of like models, ends exact."""
     from vsr.errors import UsageError

@@ -338,6 +338,134 @@ def test_a_fine_tuned_file_records_its_whole_history(folder, tmp_path):
     assert describe(first)["trained"] == "3 steps"
 
 
+TIMING = ("seconds_this_run", "steps_per_second", "data_wait_fraction")  # the only parts of a record that vary run to run
+
+
+def test_snapshots_are_whole_weights_files_of_their_step_and_leave_the_output_alone(folder, tmp_path):
+    """--snapshot-every 2 of a 5-step run: the EMA weights of steps 2 and 4 (not 5: that is the
+    output), each a weights file vsr loads, with the run's record as it stood then; they differ from
+    each other and from the output, which is the file of the same run without snapshots, bit for bit."""
+    from vsr.finetune import snapshot_path
+    from vsr.weights import load_model
+
+    plain, snapped = tmp_path / "plain" / "w.safetensors", tmp_path / "snapped" / "w.safetensors"
+    for out, every in ((plain, None), (snapped, 2)):
+        out.parent.mkdir()
+        run_finetune(_opts(folder, out, train={"steps": 5}, snapshot_every=every))
+    assert sorted(p.name for p in snapped.parent.glob("*.safetensors")) == ["w.safetensors", "w.step2.safetensors",
+                                                                         "w.step4.safetensors"]
+    assert snapshot_path(snapped, 4) == snapped.parent / "w.step4.safetensors"
+    assert sorted(p.name for p in plain.parent.iterdir() if p.name != "cache") == ["w.ckpt", "w.safetensors"]
+    final, without = load_generator(snapped).state_dict(), load_generator(plain).state_dict()
+    assert all(torch.equal(final[k], without[k]) for k in final)
+    record, record_without = training_info(snapped), training_info(plain)
+    assert {k: v for k, v in record.items() if k not in TIMING} == {k: v for k, v in record_without.items() if k not in TIMING}
+    assert "snapshot" not in record
+    states = []
+    for step, validated in ((2, [2]), (4, [2, 4])):
+        path = snapshot_path(snapped, step)
+        info = training_info(path)
+        assert info["snapshot"] is True and info["steps"] == info["total_steps"] == step
+        assert info["train_config"] == record["train_config"] and [s for s, _ in info["validation"]] == validated
+        assert info["validation"] == record["validation"][: len(validated)]
+        assert path.stat().st_mode & 0o777 == snapped.stat().st_mode & 0o777
+        model = load_model(path)
+        assert model.config == TINY
+        states.append(model.state_dict())
+    states.append(final)
+    for a, b in zip(states, states[1:]):
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert not [p for p in snapped.parent.iterdir() if "partial" in p.name]
+
+
+def test_snapshots_of_a_resumed_run_are_those_of_the_whole_run(folder, tmp_path):
+    """Snapshots count the run's steps, not the resumed command's: a 4-step run stopped at step 1
+    and resumed writes step 2's snapshot as the uninterrupted run does."""
+    from vsr.finetune import snapshot_path
+
+    whole, part = tmp_path / "a" / "w.safetensors", tmp_path / "b" / "w.safetensors"
+    whole.parent.mkdir()
+    part.parent.mkdir()
+    run_finetune(_opts(folder, whole, train={"steps": 4}, snapshot_every=2))
+    run_finetune(_opts(folder, part, train={"steps": 1}, snapshot_every=2))
+    assert not snapshot_path(part, 2).exists()
+    run_finetune(_opts(folder, part, train={"steps": 4}, snapshot_every=2, resume=part.with_suffix(".ckpt")))
+    a, b = load_generator(snapshot_path(whole, 2)).state_dict(), load_generator(snapshot_path(part, 2)).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert training_info(snapshot_path(part, 2))["steps"] == 2
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, "2"])
+def test_snapshot_every_must_be_a_positive_whole_number(folder, tmp_path, value):
+    with pytest.raises(FinetuneError, match=f"expected a positive whole number, got {value!r}"):
+        _opts(folder, tmp_path / "w.safetensors", snapshot_every=value)
+
+
+GPU_TRAIN = Path(__file__).resolve().parent.parent / "scripts" / "gpu_train.sh"
+
+
+def gpu_train(tmp_path, *args, runs: str = "", **env):
+    """scripts/gpu_train.sh as the device tool calls it, $OUT a temporary folder, PACK a tiny pack."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PACK": str(tmp_path / "pack"), **env}
+    return subprocess.run(["bash", str(GPU_TRAIN), *map(str, args)], input=runs, capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+@pytest.fixture
+def tiny_pack(tmp_path) -> Path:
+    """What scripts/packed_frames.py pack writes: pictures in train/ (JPEG) and val/ (PNG)."""
+    from PIL import Image
+
+    for part, count, ext in (("train", 3, "jpg"), ("val", 1, "png")):
+        (tmp_path / "pack" / part).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(textured(i + 10 * (part == "val"))).save(tmp_path / "pack" / part / f"p{i}.{ext}")
+    return tmp_path / "pack"
+
+
+def test_gpu_train_runs_several_at_once_and_brings_each_back_as_one_tar(tiny_pack, tmp_path):
+    """Two runs of one call at once: the one that trains comes back as ok.tar (its weights, log and
+    snapshots, thinned evenly to the bytes a run may bring back, the latest kept); the one that fails
+    as bad.tar (its log), and the call's exit status says a run failed."""
+    import tarfile
+
+    common = ["--from", "scratch", "--blocks", "1", "--channels", "4", "--no-gan", "--patch-size", "32", "--batch-size", "2",
+              "--val-every", "2", "--snapshot-every", "1", "--device", "cpu", "--precision", "fp32"]
+    r = gpu_train(tmp_path, "--runs", "-", *common, runs="# name from steps options\nok scratch 4 --seed 1\n\nbad scratch 2 --lr x\n",
+                  OUT_TOTAL_BYTES=str(2 * 40 * 1024))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "== ok: finished" in r.stdout and "== bad: FAILED (exit 2)" in r.stdout and "'x' is not a valid float" in r.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bad.tar", "ok.tar"]
+    assert "snapshots of steps 3 (1); left out, over 40 KiB: snapshots of steps 1, 2 (2)" in r.stdout
+    with tarfile.open(tmp_path / "out" / "ok.tar") as tar:
+        assert sorted(tar.getnames()) == ["ok/ok.log", "ok/ok.safetensors", "ok/ok.step3.safetensors"]
+        tar.extractall(tmp_path / "back", filter="data")
+    assert (tmp_path / "out" / "ok.tar").stat().st_size <= 40 * 1024
+    with tarfile.open(tmp_path / "out" / "bad.tar") as tar:
+        assert tar.getnames() == ["bad/bad.log"]
+    back = tmp_path / "back" / "ok"
+    assert training_info(back / "ok.step3.safetensors")["steps"] == 3 and training_info(back / "ok.safetensors")["steps"] == 4
+    assert training_info(back / "ok.safetensors")["train_config"]["seed"] == 1
+    assert load_generator(back / "ok.step3.safetensors").config.channels == 4
+    assert "wrote" in (back / "ok.log").read_text()
+
+
+@pytest.mark.parametrize(("args", "runs", "says"), [
+    (["--runs", "-"], "a scratch 2\na scratch 3\n", "expected each run NAME once, got 'a' twice"),
+    (["--runs", "-"], "../a scratch 2\n", "expected a run NAME of letters, digits, '.', '_' and '-'"),
+    (["--runs", "-"], "a scratch\n", "expected a run line NAME FROM STEPS [options...], got 'a scratch'"),
+    (["--runs", "-"], "# nothing\n", "expected runs in '-', got none"),
+    (["--runs", "-"], "".join(f"r{i} scratch 2\n" for i in range(9)), "expected at most 8 runs (one file back each), got 9"),
+    (["--runs", "nothere.txt"], "", "expected a runs file, got 'nothere.txt' (no such file)"),
+    (["one", "scratch", "1e3"], "", "run one: expected STEPS, a positive whole number, got '1e3'"),
+    (["one", "scratch"], "", "usage:"),
+])
+def test_gpu_train_refuses_what_it_cannot_run_before_starting_any(tmp_path, args, runs, says):
+    r = gpu_train(tmp_path, *args, runs=runs)
+    assert r.returncode == 2 and says in r.stderr and "torch" not in r.stdout, r.stdout + r.stderr
+    assert not list((tmp_path / "out").iterdir())
+
+
 def test_starting_weights_of_another_scale_are_refused(folder, tmp_path):
     x2 = tmp_path / "x2.safetensors"
     save_generator(x2, tiny_generator(scale=2))
@@ -359,6 +487,24 @@ def test_cli_finetune_no_gan_then_upscale(folder, tmp_path):
     clip = make_clip(tmp_path / "v.mp4", frames=2)
     r = CliRunner().invoke(main, ["upscale", str(clip), "--weights", str(out), "-q"])
     assert r.exit_code == 0, r.output
+
+
+def test_cli_finetune_snapshot_every(folder, tmp_path):
+    """--snapshot-every N through the command line: the snapshots beside the output, named by their
+    step; a value that is not a positive whole number is a one-line usage error that trains nothing."""
+    out = tmp_path / "cli.safetensors"
+    common = [folder, "-o", out, "--from", "scratch", "--blocks", "1", "--channels", "4", "--steps", "3", "--no-gan",
+              "--patch-size", "32", "--batch-size", "2", "--cache-dir", tmp_path / "c", "-q"]
+    for bad, says in (("0", "expected a positive number, got 0"), ("-1", "expected a positive number, got -1"),
+                      ("x", "'x' is not a valid integer"), ("1.5", "'1.5' is not a valid integer")):
+        r = invoke(*common, "--snapshot-every", bad)
+        assert r.exit_code == 2 and "--snapshot-every" in r.output and says in " ".join(r.output.split()), r.output
+        assert "Traceback" not in r.output and not out.exists()
+    r = invoke(*common, "--snapshot-every", "1")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["cli.safetensors", "cli.step1.safetensors",
+                                                                      "cli.step2.safetensors"]
+    assert [training_info(tmp_path / f"cli.step{k}.safetensors")["steps"] for k in (1, 2)] == [1, 2]
 
 
 @pytest.mark.parametrize("case", ["empty", "undecodable", "too_small", "unwritable", "missing_folder", "no_vgg"])

@@ -574,25 +574,29 @@ def _upscale_folder(src: Path, dst: Path, net, options, a, use_compile: bool) ->
 @main.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 def models(files):
-    """List the bundled models, and any model FILES given: architecture, scale, parameters, fp16
-    support, and for vsr's own files their training steps and held-out gain over bicubic: PSNR-Y
-    (and NIQE) on whole held-out images where ``scripts/evaluate.py --record`` stored them, else the
-    trainer's last validation on held-out crops (weights/README.md has the full tables)."""
-    from vsr.weights import WeightsError, bundled_weights, describe, weights_dir
+    """List the bundled models, and any model FILES given: architecture, scale, parameters, the
+    work of one frame (GFLOP to make a 1920x1080 output frame, whatever the scale: the cost to compare,
+    speed aside), fp16 support, and for vsr's own files their training steps and held-out gain over
+    bicubic: PSNR-Y (and NIQE) on whole held-out images where ``scripts/evaluate.py --record`` stored
+    them, else the trainer's last validation on held-out crops (weights/README.md has the full tables)."""
+    from vsr.flops import reference_frame_flops
+    from vsr.weights import WeightsError, bundled_weights, describe, load_model, weights_dir
 
     table = Table(title="models", show_lines=False)
-    for col in ("name", "architecture", "scale", "params", "fp16", "trained", "held-out PSNR-Y gain"):
+    for col in ("name", "architecture", "scale", "params", "GFLOP/1080p frame", "fp16", "trained", "held-out PSNR-Y gain"):
         table.add_column(col)
     failed = []
     paths = [weights_dir() / n for n in bundled_weights()] + list(files)
     for path in paths:
         try:
             d = describe(path)
+            gflop = reference_frame_flops(load_model(path), d["scale"]) / 1e9
         except WeightsError as exc:
             failed.append(str(exc))
             continue
         table.add_row(d["name"], d["architecture"], f"x{d['scale']}", f"{d['parameters'] / 1e6:.2f} M",
-                      "yes" if d["fp16"] else "no", d["trained"], d["validation"])
+                      f"{gflop:.0f}" if gflop >= 100 else f"{gflop:.3g}", "yes" if d["fp16"] else "no", d["trained"],
+                      d["validation"])
     print_table(table)
     for message in failed:
         err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
@@ -658,6 +662,9 @@ def models(files):
 @click.option("--val-every", type=int, default=200, show_default=True, callback=_positive)
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint file (default: OUTPUT with .ckpt).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, callback=_positive)
+@click.option("--snapshot-every", type=int, default=None, callback=_positive, metavar="N",
+              help="Also write the EMA weights every N steps, as OUTPUT with .stepK before its suffix "
+                   "(finetuned.step1000.safetensors): weights like the output's, for a curve of one run.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue from a checkpoint.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Where extracted frames are cached (default: ~/.cache/vsr/frames; `vsr clear-cache` empties it).")
@@ -671,8 +678,8 @@ def models(files):
 def finetune(folder, output, start, scale, body_only, blocks, channels, batch_norm, global_skip, upsampler, steps, pretrain_steps, batch_size,
              patch_size, lr, gan_lr, pixel_loss, no_gan, content_layer, vgg_weights, adv_weight, gan_pixel_weight,
              gan_colour_weight, gan_grid_weight, gan_artifact_weight, gan_loss, content_before_activation, d_norm, d_arch,
-             ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, resume, cache_dir,
-             frames_per_video, max_side, seed, device, precision, quiet):
+             ema_decay, degrade, val_folder, val_fraction, val_every, checkpoint, checkpoint_every, snapshot_every, resume,
+             cache_dir, frames_per_video, max_side, seed, device, precision, quiet):
     """Train the generator on FOLDER's videos and images; write weights for `vsr upscale --weights`."""
     from vsr.errors import VsrError
     from vsr.finetune import FinetuneOptions, run_finetune, start_distributed, stop_distributed
@@ -696,7 +703,8 @@ def finetune(folder, output, start, scale, body_only, blocks, channels, batch_no
         folder=folder, output=output, train=cfg, start=start, scratch_config=scratch, scale=int(scale) if scale else None,
         body_only=body_only,
         vgg_weights=vgg_weights, val_folder=val_folder, val_fraction=val_fraction, val_every=val_every,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, cache_dir=cache_dir,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, snapshot_every=snapshot_every, resume=resume,
+        cache_dir=cache_dir,
         frames_per_video=frames_per_video, max_side=max_side, device=device, precision=precision,
     )
     progress = TrainProgress(err, quiet=quiet)

@@ -55,6 +55,7 @@ class FinetuneOptions:
     val_every: int = 200
     checkpoint: Path | None = None
     checkpoint_every: int = 500
+    snapshot_every: int | None = None  # also write the EMA weights every this many steps (snapshot_path)
     resume: Path | None = None
     cache_dir: Path | None = None
     frames_per_video: int = 32
@@ -62,6 +63,24 @@ class FinetuneOptions:
     device: str = "auto"
     precision: str = "auto"  # auto|fp32|bf16|fp16 (vsr.device.resolve_precision, training=True)
     perceptual: torch.nn.Module | None = None  # a ready feature extractor (tests); else loaded from content_layer
+
+    def __post_init__(self) -> None:
+        every = self.snapshot_every
+        if every is not None and (type(every) is not int or every < 1):
+            raise FinetuneError(f"snapshots are taken every N steps: expected a positive whole number, got {every!r}")
+
+
+def snapshot_path(output: Path, step: int) -> Path:
+    """Where a run writing ``output`` puts its snapshot of step ``step``: ``w.safetensors`` ->
+    ``w.step1000.safetensors``, beside it (``--snapshot-every``)."""
+    return output.with_name(f"{output.stem}.step{step}{output.suffix}")
+
+
+def _write_weights(path: Path, model: Generator, record: dict[str, Any]) -> None:
+    """A weights file (the output, or a snapshot) written whole; safetensors writes 0600, but a
+    weights file is for sharing, like any output: the user's umask."""
+    with written_whole(path, mode=0o666) as tmp:
+        save_generator(tmp, model, training=record)
 
 
 def start_distributed(device: str) -> None:
@@ -197,12 +216,9 @@ def _finetune(opts: FinetuneOptions, cb: TrainReporter, saved: list[tuple[Path, 
     if rank == 0:
         cb.info(f"training on {device} in {precision_name(trainer.amp_dtype)}"
                 + (" (fp16 with loss scaling)" if trainer.scaler.is_enabled() else ""))
-    summary = _train(opts, start, trainer, data, history, cb, saved, device, rank)
-    summary.update(precision=precision_name(trainer.amp_dtype), world_size=world)
+    summary = _train(opts, start, trainer, data, history, cb, saved, device, rank, world)
     if rank == 0:
-        # safetensors writes 0600; a weights file is for sharing, like any output: the user's umask
-        with written_whole(opts.output, mode=0o666) as tmp:
-            save_generator(tmp, trainer.ema, training=summary)
+        _write_weights(opts.output, trainer.ema, summary)
     if distributed:
         _barrier()  # rank 0 has written the weights
     return summary
@@ -371,8 +387,8 @@ class _Watch:
 
 def _train(opts: FinetuneOptions, start: _Start, trainer: train_mod.Trainer, data: _Data,
            history: list[tuple[int, dict[str, float]]], cb: TrainReporter, saved: list[tuple[Path, int]], device,
-           rank: int) -> dict[str, Any]:
-    """The training loop with its checkpoints; returns the record the weights file keeps."""
+           rank: int, world: int) -> dict[str, Any]:
+    """The training loop with its checkpoints and snapshots; returns the record the weights file keeps."""
     cfg = trainer.cfg
     checkpoint_path = opts.checkpoint or opts.output.with_suffix(".ckpt")
     batches = data_mod.Prefetcher(data.sampler, cfg.batch_size, pin=device.type == "cuda")
@@ -387,28 +403,39 @@ def _train(opts: FinetuneOptions, start: _Start, trainer: train_mod.Trainer, dat
         )
         saved.append((checkpoint_path, trainer.step))
 
+    def record() -> dict[str, Any]:
+        """What a weights file written now records of the run (the output's at the end, a snapshot's on the way)."""
+        seconds = time.monotonic() - began
+        return {
+            "steps": trainer.step,
+            "started_from": start.started_from,
+            # the starting file's own record, so the history travels with the file; steps in all, its too
+            "earlier_training": start.earlier,
+            "total_steps": trainer.step + total_steps(start.earlier),
+            "train_config": dataclasses.asdict(cfg),
+            "final_losses": {k: round(float(v), 6) for k, v in watch.recent.items()},
+            "data": data.summary,
+            "validation": [[s, {k: round(v, 4) for k, v in sc.items()}] for s, sc in history],
+            "seconds_this_run": round(seconds, 1),
+            "steps_per_second": round((trainer.step - start_step) / seconds, 4) if seconds > 0 else None,
+            # the share of the run the loop waited for batches (the device idle for want of data)
+            "data_wait_fraction": round(batches.wait_seconds / seconds, 4) if seconds > 0 else None,
+            "precision": precision_name(trainer.amp_dtype),
+            "world_size": world,
+        }
+
+    def snapshot() -> None:
+        path = snapshot_path(opts.output, trainer.step)
+        _write_weights(path, trainer.ema, {**record(), "snapshot": True})
+        cb.info(f"snapshot of step {trainer.step}: {path}")
+
     cb.start(trainer.step, cfg.steps)
     began = time.monotonic()
     start_step = trainer.step
     try:
         train_mod.run(trainer, batches.next, data.val_images, val_every=opts.val_every, checkpoint=checkpoint,
                       checkpoint_every=opts.checkpoint_every, on_step=watch.on_step, on_validate=watch.on_validate,
-                      is_main=rank == 0)
+                      snapshot=snapshot, snapshot_every=opts.snapshot_every, is_main=rank == 0)
     finally:
         batches.close()
-    seconds = time.monotonic() - began
-    return {
-        "steps": trainer.step,
-        "started_from": start.started_from,
-        # the starting file's own record, so the history travels with the file; steps in all, its too
-        "earlier_training": start.earlier,
-        "total_steps": trainer.step + total_steps(start.earlier),
-        "train_config": dataclasses.asdict(cfg),
-        "final_losses": {k: round(float(v), 6) for k, v in watch.recent.items()},
-        "data": data.summary,
-        "validation": [[s, {k: round(v, 4) for k, v in sc.items()}] for s, sc in history],
-        "seconds_this_run": round(seconds, 1),
-        "steps_per_second": round((trainer.step - start_step) / seconds, 4) if seconds > 0 else None,
-        # the share of the run the loop waited for batches (the device idle for want of data)
-        "data_wait_fraction": round(batches.wait_seconds / seconds, 4) if seconds > 0 else None,
-    }
+    return record()

@@ -439,10 +439,13 @@ def run(
     checkpoint_every: int = 500,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_validate: Callable[[int, dict[str, float]], None] | None = None,
+    snapshot: Callable[[], None] | None = None,
+    snapshot_every: int | None = None,
     is_main: bool = True,
 ) -> None:
     """The loop: steps until ``cfg.steps``, validating (scores go to ``on_validate``) and
-    checkpointing along the way.
+    checkpointing along the way, and calling ``snapshot`` after every ``snapshot_every``-th step
+    before the last (whose weights are the run's output).
 
     On KeyboardInterrupt a checkpoint is written before the exception goes on, if a step was taken
     since the last one (stopped before the first step, nothing is written: a file at that path from
@@ -465,6 +468,8 @@ def run(
             if is_main and checkpoint is not None and (done % checkpoint_every == 0 or done == cfg.steps):
                 checkpoint()
                 saved_step = done
+            if is_main and snapshot is not None and snapshot_every and done % snapshot_every == 0 and done < cfg.steps:
+                snapshot()
     except KeyboardInterrupt:
         if is_main and checkpoint is not None and trainer.step > saved_step:
             checkpoint()
