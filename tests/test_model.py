@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -153,11 +154,11 @@ def test_resolve_bundled_names(tmp_path, monkeypatch):
         resolve_weights("other")
 
 
-@pytest.mark.parametrize("upsampler", ["stages", "shuffle"])
-def test_receptive_radius_covers_the_network(upsampler):
+@pytest.mark.parametrize("upsampler, anchor", [("stages", 0), ("shuffle", 0), ("stages", 3), ("shuffle", 3)])
+def test_receptive_radius_covers_the_network(upsampler, anchor):
     """Changing an input pixel farther away than the radius leaves an output pixel unchanged."""
     torch.manual_seed(0)
-    g = tiny_generator(blocks=2, channels=4, batch_norm=False, global_skip="bicubic", upsampler=upsampler)
+    g = tiny_generator(blocks=2, channels=4, batch_norm=False, global_skip="bicubic", upsampler=upsampler, colour_anchor=anchor)
     r = g.config.receptive_radius()
     assert model_facts(g).radius == r
     x = torch.rand(1, 3, 2 * r + 9, 2 * r + 9)
@@ -223,6 +224,116 @@ def test_fast_generator_is_the_same_function(cfg):
         # channels_last, as Upscaler runs it on the CPU (fused conv+add when oneDNN offers it)
         fast = fast.to(memory_format=torch.channels_last)
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the colour anchor (GeneratorConfig.colour_anchor)
+def _anchored(upsampler="stages", scale=4, anchor=2, seed=3):
+    """A tiny bicubic-skip generator with the anchor, its tail random (the untrained tail is zero)."""
+    torch.manual_seed(seed)
+    g = Generator(GeneratorConfig(scale=scale, blocks=1, channels=8, batch_norm=False, global_skip="bicubic",
+                                  upsampler=upsampler, colour_anchor=anchor)).eval()
+    with torch.no_grad():
+        g.tail.weight.normal_(0, 0.05)
+        g.tail.bias.normal_(0, 0.05)
+    return g
+
+
+def test_colour_anchor_is_off_by_default_and_validated():
+    """Off unless asked, and then not even written into a file's config (every file made before it
+    loads and runs as before); a value out of range, or without the bicubic skip it acts on, is refused."""
+    assert GeneratorConfig().colour_anchor == 0
+    plain = GeneratorConfig(batch_norm=False, global_skip="bicubic")
+    assert "colour_anchor" not in json.loads(plain.to_json())
+    assert plain.receptive_radius() == 40 and plain.anchor_radius() == 0 and plain.anchor_flops_per_pixel() == 0
+    anchored = GeneratorConfig(batch_norm=False, global_skip="bicubic", colour_anchor=8)
+    assert json.loads(anchored.to_json())["colour_anchor"] == 8
+    assert GeneratorConfig.from_json(anchored.to_json()) == anchored
+    assert anchored.receptive_radius() == 40 + 8 + 1  # the box's 8 and the bilinear upsampling's one block
+    assert anchored.architecture == plain.architecture
+    with pytest.raises(ValueError, match="needs global_skip='bicubic', got 'none'"):
+        GeneratorConfig(colour_anchor=4)
+    for bad in (-1, 65, True, 2.0):
+        with pytest.raises(ValueError, match="colour_anchor must be an integer from 0"):
+            GeneratorConfig(global_skip="bicubic", colour_anchor=bad)
+
+
+def test_colour_anchor_costs_almost_nothing():
+    """The anchor runs on 3 channels: against the 16x64 network it adds well under 0.1 % of the
+    operations (measured 1.7e-4 at K = 8)."""
+    plain = GeneratorConfig(batch_norm=False, global_skip="bicubic")
+    for k in (1, 8, 64):
+        anchored = GeneratorConfig(batch_norm=False, global_skip="bicubic", colour_anchor=k)
+        extra = anchored.flops_per_pixel() - plain.flops_per_pixel()
+        assert extra == anchored.anchor_flops_per_pixel() > 0
+        assert extra < 1e-3 * plain.flops_per_pixel()
+    fast = GeneratorConfig(blocks=10, channels=32, batch_norm=False, global_skip="bicubic", upsampler="shuffle")
+    assert dataclasses.replace(fast, colour_anchor=8).anchor_flops_per_pixel() < 3e-3 * fast.flops_per_pixel()
+
+
+@pytest.mark.parametrize("upsampler", ["stages", "shuffle"])
+def test_colour_anchor_removes_a_constant_colour_offset_of_the_residual(upsampler):
+    """A residual that is one colour everywhere (here the tail's bias: a cast of +25, -13, +5 levels) is
+    all smooth part: with the anchor the output is exactly bicubic; without it, bicubic plus the cast.
+    Detail finer than an input pixel passes untouched: a checker of period 2 output pixels has no
+    block mean."""
+    from vsr.model import anchor_lowpass
+
+    for anchor in (0, 3):
+        torch.manual_seed(0)
+        g = Generator(GeneratorConfig(blocks=1, channels=8, batch_norm=False, global_skip="bicubic",
+                                      upsampler=upsampler, colour_anchor=anchor)).eval()
+        with torch.no_grad():  # the tail's weights stay zero; its bias is the cast
+            g.tail.bias.copy_(torch.tensor([0.1, -0.05, 0.02]).repeat_interleave(g.tail.bias.numel() // 3))
+        x = torch.rand(1, 3, 20, 24)
+        bic = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+        with torch.inference_mode():
+            cast = (g(x) - bic).mean((0, 2, 3))
+            fast = model_facts(g).module(x) - bic
+        want = torch.zeros(3) if anchor else torch.tensor([0.1, -0.05, 0.02])
+        assert torch.allclose(cast, want, atol=1e-6), (anchor, cast)
+        assert torch.allclose(fast.mean((0, 2, 3)), want, atol=1e-6) and fast.abs().amax((0, 2, 3)).sub(want.abs()).abs().max() < 1e-5
+    yy, xx = torch.meshgrid(torch.arange(80), torch.arange(96), indexing="ij")
+    checker = ((yy + xx) % 2 * 2 - 1).float().expand(1, 3, 80, 96)
+    assert anchor_lowpass(checker, 4, 3).abs().max() < 1e-6
+    ramp = (xx / 95.0).float().expand(1, 3, 80, 96)  # a smooth gradient is smooth part (away from the borders)
+    assert torch.allclose(anchor_lowpass(ramp, 4, 3)[..., 16:-16], ramp[..., 16:-16], atol=1e-5)
+    with pytest.raises(ValueError, match="4x the input's size"):
+        anchor_lowpass(torch.zeros(1, 3, 10, 16), 4, 3)
+
+
+@pytest.mark.parametrize("upsampler", ["stages", "shuffle"])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_anchored_fast_rewrite_is_the_same_function(upsampler, scale):
+    """What the upscaler runs (the fast rewrite, the anchor taken from the output less the skip's
+    block means) gives the generator's outputs, borders included, NCHW and channels_last."""
+    g = _anchored(upsampler, scale)
+    x = torch.rand(2, 3, 17, 29)
+    module = model_facts(g).module.eval()
+    plain = Generator(dataclasses.replace(g.config, colour_anchor=0)).eval()
+    plain.load_state_dict(g.state_dict())
+    with torch.inference_mode():
+        want = g(x)
+        assert (want - plain(x)).abs().max() > 1e-3  # the anchor does change this network's output
+        assert torch.allclose(module(x), want, atol=1e-5)
+        module = module.to(memory_format=torch.channels_last)
+        assert torch.allclose(module(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("upsampler", ["stages", "shuffle"])
+def test_anchored_tiles_stitch_exactly(upsampler):
+    """The anchor widens the receptive field; the tile margin (the config's radius) covers it, so a
+    tiled run equals an untiled one. With the margin of the network alone it would not."""
+    g = _anchored(upsampler, anchor=4)
+    x = torch.rand(1, 3, 52, 70)
+    whole = Upscaler(g, "cpu", precision="fp32", workers=1)
+    tiled = Upscaler(g, "cpu", tile=16, precision="fp32", workers=1)
+    assert tiled.margin == g.config.receptive_radius() == dataclasses.replace(g.config, colour_anchor=0).receptive_radius() + 5
+    with torch.inference_mode():
+        want = whole.forward(x)
+        assert torch.allclose(tiled.forward(x), want, atol=1e-5)
+        short = Upscaler(g, "cpu", tile=16, precision="fp32", workers=1)
+        short.margin = dataclasses.replace(g.config, colour_anchor=0).receptive_radius()
+        assert (short.forward(x) - want).abs().max() > 1e-4
 
 
 def _conv_add_case():
@@ -304,7 +415,7 @@ def test_freed_memory_is_reused_without_page_faults(env, keep):
         assert faults > 8 * 2 * 16384  # glibc's default: fresh mmaps, every page faulted in again
 
 
-@pytest.mark.parametrize("name, steps", [("vsr_x4_psnr", 9000), ("vsr_x4_srgan", 740), ("vsr_x2_psnr", 2000),
+@pytest.mark.parametrize("name, steps", [("vsr_x4_psnr", 10000), ("vsr_x4_srgan", 740), ("vsr_x2_psnr", 2000),
                                          ("vsr_x4_fast", 30000), ("vsr_x2_fast", 12000)])
 def test_bundled_weights_load_and_beat_or_sharpen_bicubic(name, steps):
     """The shipped files load with their config and training record, and do what they are for on a
@@ -328,7 +439,19 @@ def test_bundled_weights_load_and_beat_or_sharpen_bicubic(name, steps):
         sr = g(lr).clamp(0, 1)
         bic = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
     if name == "vsr_x4_psnr":
-        assert psnr_y(sr, hr) > psnr_y(bic, hr) + 0.8  # measured +1.09 dB (first generation +2.9; on held-out photos the second is 0.3 dB better)
+        # The third generation (10000 GPU steps on frames packed at 1024 px) gains only +0.25 dB on this smooth synthetic
+        # texture (the second +1.09, the first +2.9) and +0.33 on the octave texture below (second +0.66), while on real
+        # pictures it gains more than the second: +0.08 dB more on val, +0.03 on selection, +0.66 against +0.61 dB on the
+        # sample clip's first frame. It sharpens more, which band-limited noise punishes. So: a real frame, and a lower bar here.
+        assert psnr_y(sr, hr) > psnr_y(bic, hr) + 0.15  # measured +0.25 dB
+        with av.open(str(SAMPLE)) as container:
+            frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+        hr = torch.from_numpy(frame[: frame.shape[0] // 4 * 4, : frame.shape[1] // 4 * 4].copy()).permute(2, 0, 1)[None] / 255
+        lr = downscale(hr, 4)
+        with torch.inference_mode():
+            sr = g(lr).clamp(0, 1)
+        bic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+        assert psnr_y(sr, hr) > psnr_y(bic, hr) + 0.55  # measured +0.66 dB (the second generation +0.61)
     elif name == "vsr_x4_fast":
         assert psnr_y(sr, hr) > psnr_y(bic, hr) + 0.8  # measured +1.24 dB
     elif name in ("vsr_x2_psnr", "vsr_x2_fast"):
@@ -361,6 +484,23 @@ def test_bundled_weights_load_and_beat_or_sharpen_bicubic(name, steps):
         assert detail(sr) > 1.15 * detail(sr_psnr)  # measured 1.24x (vsr_x4_psnr is 1.24x bicubic)
         # and no colour cast (the issue's target: under 1 level per channel): measured 0.16
         assert ((sr - hr).mean((0, 2, 3)) * 255).abs().max() < 1.0
+
+
+def test_only_the_adversarial_bundled_model_has_the_colour_anchor():
+    """vsr_x4_srgan ships with colour_anchor 2 (#31: its colour casts taken out at inference); every other
+    bundled file keeps the default, so its config, outputs and margins are as before."""
+    from vsr.weights import bundled_weights, read_metadata
+
+    names = bundled_weights()
+    assert "vsr_x4_srgan.safetensors" in names and len(names) >= 6
+    for name in names:
+        config = load_generator(resolve_weights(name)).config
+        written = json.loads(read_metadata(resolve_weights(name))["vsr.config"])
+        if name == "vsr_x4_srgan.safetensors":
+            assert config.colour_anchor == written["colour_anchor"] == 2
+            assert config.receptive_radius() == 40 + 3
+        else:
+            assert config.colour_anchor == 0 and "colour_anchor" not in written, name
 
 
 def test_stages_run_by_several_workers_count_per_worker():

@@ -14,8 +14,15 @@ conv-BN-PReLU-conv-BN, conv-BN plus the long skip, log2(scale) sub-pixel stages,
 * ``upsampler="shuffle"`` replaces the sub-pixel stages and the 9x9 conv at the output size by one
   3x3 conv from the body to ``3 * scale**2`` channels and one PixelShuffle(scale) (ESPCN, Shi et
   al. 2016): all the work at the input size, for the fast tier (``vsr_x4_fast``).
+* ``colour_anchor=K`` (with the bicubic skip) removes the smooth part of the network's residual over
+  the skip before adding it (:func:`anchor_lowpass`): the residual's mean over each input pixel's
+  ``scale x scale`` output block, box-blurred over ``2K + 1`` input pixels and bilinearly upsampled.
+  The antialiased downscaling that makes the LR keeps local means, so bicubic already has the
+  right local colour and brightness; an adversarial model's drawn texture may shift them, and this
+  takes that shift back out (issue #31: colour casts), for about 1.5e-4 of a 16x64 network's operations.
 
-The bundled weights use the first two (see ``weights/README.md``); ``GeneratorConfig()``
+The bundled weights use the first two, the fast tier the shuffle upsampler too, and ``vsr_x4_srgan``
+the colour anchor (see ``weights/README.md``); ``GeneratorConfig()``
 with no arguments is the paper's network.
 """
 
@@ -35,6 +42,7 @@ from torch import nn
 SCALES = (2, 4)
 GLOBAL_SKIPS = ("none", "bicubic")
 UPSAMPLERS = ("stages", "shuffle")  # the paper's sub-pixel stages and 9x9 tail, or one 3x3 conv and PixelShuffle(scale)
+MAX_COLOUR_ANCHOR = 64  # input pixels of the anchor's box radius a file may ask (it widens every tile's margin)
 MAX_BLOCKS, MAX_CHANNELS = 256, 1024  # far past any SRResNet trained (the paper's: 16 x 64); a file asking more is refused
 
 
@@ -48,6 +56,7 @@ class GeneratorConfig:
     batch_norm: bool = True
     global_skip: str = "none"
     upsampler: str = "stages"
+    colour_anchor: int = 0  # 0: off; K: the residual's smooth part (box radius K input pixels) is removed
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -62,6 +71,12 @@ class GeneratorConfig:
             raise ValueError(f"global_skip must be one of {GLOBAL_SKIPS}, got {self.global_skip!r}")
         if self.upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {self.upsampler!r}")
+        if not (type(self.colour_anchor) is int and 0 <= self.colour_anchor <= MAX_COLOUR_ANCHOR):
+            raise ValueError(f"colour_anchor must be an integer from 0 (off) to {MAX_COLOUR_ANCHOR} input pixels, "
+                             f"got {self.colour_anchor!r}")
+        if self.colour_anchor and self.global_skip != "bicubic":
+            raise ValueError(f"colour_anchor acts on the residual over the bicubic skip: it needs global_skip='bicubic', "
+                             f"got {self.global_skip!r}")
 
     @property
     def architecture(self) -> str:
@@ -73,6 +88,8 @@ class GeneratorConfig:
         data = dataclasses.asdict(self)
         if self.upsampler == "stages":
             del data["upsampler"]  # written as before the key existed, so a vsr without it reads the file
+        if not self.colour_anchor:
+            del data["colour_anchor"]  # likewise: only a file that uses it needs a vsr that knows it
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -94,19 +111,29 @@ class GeneratorConfig:
             return {k: tuple(v.shape) for k, v in Generator(self).state_dict().items()}
 
     def flops_per_pixel(self) -> float:
-        """Multiply-adds x2 per *input* pixel (convolutions only)."""
+        """Multiply-adds x2 per *input* pixel (convolutions, and the colour anchor when on)."""
         c, s = self.channels, self.scale
         macs = 9 * 9 * 3 * c  # head
         macs += self.blocks * 2 * 9 * c * c  # residual blocks
         macs += 9 * c * c  # conv after the blocks
         if self.upsampler == "shuffle":
-            return 2.0 * (macs + 9 * c * 3 * s * s)  # one 3x3 conv to 3 * scale**2 channels; PixelShuffle is free
+            return 2.0 * (macs + 9 * c * 3 * s * s) + self.anchor_flops_per_pixel()  # one 3x3 conv; PixelShuffle is free
         area = 1
         for _ in range(int(math.log2(s))):
             macs += area * 9 * c * 4 * c  # conv before PixelShuffle(2), at the current size
             area *= 4
         macs += area * 9 * 9 * c * 3  # tail at the output size
-        return 2.0 * macs
+        return 2.0 * macs + self.anchor_flops_per_pixel()
+
+    def anchor_flops_per_pixel(self) -> float:
+        """The colour anchor's operations per *input* pixel, as the upscaler runs it (0 when off): per
+        colour, the block mean of the output (``scale**2`` adds) less the same of the skip (a 5x5
+        depthwise conv: 25 multiply-adds), the two box-blur passes (``2K + 1`` adds each), the
+        bilinear upsampling (4 multiply-adds per output pixel) and the subtraction (1 per output pixel)."""
+        if not self.colour_anchor:
+            return 0.0
+        s, k = self.scale, self.colour_anchor
+        return 3.0 * (s * s + 2 * 25 + 2 * (2 * k + 1) + s * s * (2 * 4 + 1))
 
     def peak_bytes_per_pixel(self, dtype_bytes: int = 4) -> int:
         """Activation bytes per *input* pixel at the network's peak: about three live feature maps
@@ -122,13 +149,18 @@ class GeneratorConfig:
         """How many input pixels on each side influence one output pixel (rounded up)."""
         radius = 4 + 2 * self.blocks + 1  # head 9x9, residual convs, body tail
         if self.upsampler == "shuffle":
-            return max(radius + 1, 2)  # the 3x3 conv at the input size
+            return max(radius + 1, 2) + self.anchor_radius()  # the 3x3 conv at the input size
         size = 1.0
         for _ in range(int(math.log2(self.scale))):
             radius += 1 / size  # conv before each PixelShuffle, at the current size
             size *= 2
         radius += 4 / size  # 9x9 tail at the output size
-        return int(math.ceil(max(radius, 2)))  # the bicubic skip needs 2
+        return int(math.ceil(max(radius, 2))) + self.anchor_radius()  # the bicubic skip needs 2
+
+    def anchor_radius(self) -> int:
+        """Input pixels the colour anchor adds to the receptive radius: its box blur's ``K`` and the
+        one block on each side its bilinear upsampling reads (0 when off)."""
+        return self.colour_anchor + 1 if self.colour_anchor else 0
 
 
 FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16})
@@ -217,7 +249,10 @@ class Generator(nn.Module):
         from vsr.fastgen import FastGenerator
 
         cfg = self.config
-        return ModelFacts(FastGenerator(self.eval()), cfg.architecture, cfg.scale, cfg.receptive_radius(), cfg.peak_bytes_per_pixel(4))
+        module: nn.Module = FastGenerator(self.eval())
+        if cfg.colour_anchor:
+            module = AnchoredOutput(module, cfg.scale, cfg.colour_anchor)
+        return ModelFacts(module, cfg.architecture, cfg.scale, cfg.receptive_radius(), cfg.peak_bytes_per_pixel(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.head(x)
@@ -225,9 +260,53 @@ class Generator(nn.Module):
         out = self.tail(self.upsample(feat))
         if self.config.upsampler == "shuffle":
             out = F.pixel_shuffle(out, self.config.scale)
+        if self.config.colour_anchor:  # the residual, less its smooth part
+            out = out - anchor_lowpass(out, self.config.scale, self.config.colour_anchor)
         if self.config.global_skip == "bicubic":
             out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
         return out
+
+
+def anchor_lowpass(residual: torch.Tensor, scale: int, radius: int) -> torch.Tensor:
+    """The smooth part of an output-size ``residual`` (N, C, scale*H, scale*W) that the colour anchor
+    removes: its mean over each ``scale x scale`` block (one value per input pixel), a box blur of
+    ``2 * radius + 1`` of those (means of what lies inside the picture at its borders), and a
+    bilinear upsampling back to the output size (smooth: no block edges, so no ``scale``-periodic
+    grid).  Linear and shift-equivariant for shifts by whole input pixels, so tiles stitch exactly
+    when their margin covers :meth:`GeneratorConfig.anchor_radius` more."""
+    if residual.shape[-2] % scale or residual.shape[-1] % scale:
+        raise ValueError(f"expected an output of {scale}x the input's size, got sides {tuple(residual.shape[-2:])}")
+    with torch.autocast(residual.device.type, enabled=False):
+        m = F.avg_pool2d(residual, scale)
+        m = F.avg_pool2d(m, (2 * radius + 1, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+        m = F.avg_pool2d(m, (1, 2 * radius + 1), stride=1, padding=(0, radius), count_include_pad=False)
+        return F.interpolate(m, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+class AnchoredOutput(nn.Module):
+    """The colour anchor around :class:`vsr.fastgen.FastGenerator`, which adds the bicubic skip inside
+    its tail: the residual's block means are the output's block means less the skip's, and the
+    skip's block mean is a fixed 5x5 filter of the input (the mean of bicubic's ``scale**2`` phase
+    filters), so the residual itself is never formed.  The same function as
+    :class:`Generator` with ``colour_anchor`` (tested)."""
+
+    def __init__(self, fast: nn.Module, scale: int, radius: int) -> None:
+        super().__init__()
+        from vsr.yuv import phase_taps
+
+        self.fast, self.scale, self.radius = fast, scale, radius
+        taps = phase_taps(scale).mean(0)  # (5,): bicubic's taps averaged over the output phases
+        self.register_buffer("block_mean", torch.outer(taps, taps).float().expand(3, 1, 5, 5).contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fast(x)
+        s, k = self.scale, self.radius
+        with torch.autocast(x.device.type, enabled=False):
+            skip_mean = F.conv2d(F.pad(x.to(y.dtype), (2, 2, 2, 2), mode="replicate"), self.block_mean.to(y.dtype), groups=3)
+            m = F.avg_pool2d(y, s) - skip_mean
+            m = F.avg_pool2d(m, (2 * k + 1, 1), stride=1, padding=(k, 0), count_include_pad=False)
+            m = F.avg_pool2d(m, (1, 2 * k + 1), stride=1, padding=(0, k), count_include_pad=False)
+            return y - F.interpolate(m, scale_factor=s, mode="bilinear", align_corners=False)
 
 
 class Bicubic(nn.Module):
