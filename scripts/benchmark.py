@@ -6,7 +6,8 @@ Measures, on the machine it runs on:
      CPU workers included) vs the fp32 GEMM rate, the two measured alternately in the same run;
   2. pipeline efficiency: end-to-end `upscale_file` fps vs model-only fps on the same frames;
   3. the naive baseline (decode -> model -> encode, one frame at a time, one thread) and our speed-up;
-  4. flat memory: peak RSS of the pipeline on a clip and on one 10x longer (separate processes);
+  4. flat memory: peak RSS of the pipeline on a clip and on one 10x longer (separate processes; both in
+     1-s chunks, --memory-chunk-seconds);
   5. optionally (--sweep) CPU workers and batch sizes, and (--compile) torch.compile.
 
 Usage: python scripts/benchmark.py [--weights NAME|PATH|COMMUNITY.pth] [--frames 12] [--sweep] [--compile] [--memory-model bicubic]
@@ -146,11 +147,11 @@ def trimmed_clip(src: Path, dst: Path, frames: int) -> Path:
     return dst
 
 
-def rss_child(path: str, out: str, weights: str | None) -> None:
+def rss_child(path: str, out: str, weights: str | None, chunk_seconds: float) -> None:
     """Run in a subprocess, as the CLI does: upscale and report peak RSS (kB)."""
     keep_freed_memory()
     model = Bicubic(4) if weights == "bicubic" else load_model(weights)
-    upscale_file(path, out, Upscaler(model), UpscaleOptions(overwrite=True))
+    upscale_file(path, out, Upscaler(model), UpscaleOptions(overwrite=True, chunk_seconds=chunk_seconds))
     print(json.dumps({"peak_rss_kb": peak_rss_self_kb()}))
 
 
@@ -166,8 +167,8 @@ def peak_rss_self_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def peak_rss(path: Path, out: Path, weights: str | None) -> int:
-    return in_subprocess("rss_child", path, out, weights)["peak_rss_kb"]
+def peak_rss(path: Path, out: Path, weights: str | None, chunk_seconds: float) -> int:
+    return in_subprocess("rss_child", path, out, weights, chunk_seconds)["peak_rss_kb"]
 
 
 # ------------------------------------------------------------------------------------------ GPU suite
@@ -482,6 +483,10 @@ def main() -> None:
     ap.add_argument("--memory-frames", type=int, default=50,
                     help="short clip length for the RSS test (long = 10x; x264 needs ~50 frames to fill its lookahead)")
     ap.add_argument("--memory-model", default=None, help="model for the RSS test (default: as --weights; 'bicubic' is fast)")
+    ap.add_argument("--memory-chunk-seconds", type=float, default=1.0,
+                    help="chunk length of both RSS runs (0: not chunked). Default 1 s, so that the short clip is "
+                         "chunked too and the two runs compare the same pipeline (by default a clip under 120 "
+                         "frames is encoded whole)")
     ap.add_argument("--device", default="cpu", help="cpu (the CPU suite) or cuda[:N] (the GPU suite)")
     ap.add_argument("--suite", choices=["auto", "cpu", "gpu"], default="auto", help="auto: gpu on CUDA, else cpu")
     ap.add_argument("--sizes", default="480x270,960x540", help="GPU suite: input sizes")
@@ -587,12 +592,14 @@ def main() -> None:
     short = trimmed_clip(SAMPLE, tmp / "short.mp4", args.memory_frames)
     long = trimmed_clip(SAMPLE, tmp / "long.mp4", args.memory_frames * 10)
     memory_model = args.memory_model or args.weights
-    rss_short = peak_rss(short, tmp / "short_x4.mp4", memory_model)
-    rss_long = peak_rss(long, tmp / "long_x4.mp4", memory_model)
+    chunk_seconds = args.memory_chunk_seconds
+    rss_short = peak_rss(short, tmp / "short_x4.mp4", memory_model, chunk_seconds)
+    rss_long = peak_rss(long, tmp / "long_x4.mp4", memory_model, chunk_seconds)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"[memory] peak RSS {args.memory_frames} frames {rss_short / 1024:.0f} MiB, {args.memory_frames * 10} frames "
           f"{rss_long / 1024:.0f} MiB: ratio {rss_long / rss_short:.3f} (target <= 1.10; model "
-          f"{memory_model or 'bundled'}, same pipeline as the CLI)")
+          f"{memory_model or 'bundled'}, same pipeline as the CLI, "
+          f"{f'in {chunk_seconds:g}-s chunks' if chunk_seconds else 'not chunked'})")
 
 
 if __name__ == "__main__":

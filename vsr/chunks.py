@@ -36,6 +36,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from vsr.errors import VsrError
 from vsr.files import PARTIAL, finish, new_partial, remove, written_whole
+from vsr.system import return_freed_memory
 
 # Output containers whose video can be joined from chunks: each holds a stream whose packets carry
 # their own pts and dts, and a keyframe may start anywhere.  (Ogg and AVI count frames instead;
@@ -646,7 +647,7 @@ class ChunkedEncode:
 
     def _encode(self, chunk: _Chunk) -> None:
         """One chunk's encoder thread."""
-        out = None
+        out = encoder = None
         try:
             encoder = self.new_encoder(self.threads)
             if (encoder.extradata or b"") != self.joiner.extradata:
@@ -687,6 +688,10 @@ class ChunkedEncode:
                 except queue.Empty:
                     break
         finally:
+            # the encoder freed before its slot is: the next chunk's instance then reuses its memory
+            # (two x264 instances at once for a moment grew the process by one instance per chunk)
+            encoder = None
+            return_freed_memory()
             self.slots.release()
             chunk.ended.set()
 
