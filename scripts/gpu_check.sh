@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One script for whoever has a GPU for a few minutes (under 9 on an H100/H200): the whole test suite
+# One script for whoever has a GPU for a few minutes (under 10 on an H100/H200): the whole test suite
 # with the GPU present (CUDA tests included; tests needing the ffmpeg binary skip), what FFmpeg says
 # of NVENC there, then the GPU benchmark (scripts/benchmark.py --device cuda: the generator, libx264
-# alone with 1, 2 and 4 instances, end to end with one encoder and with chunks), everything printed
-# and, when $OUT is set, copied there (gpu_tests.log, gpu_benchmark.log).
+# alone with 1, 2 and 4 instances, end to end with one encoder and with chunks), then end to end alone
+# on a 1440-frame 1080p clip (1, the default and 8 encoders), everything printed and, when $OUT is set,
+# copied there (gpu_tests.log, gpu_benchmark.log, gpu_e2e.log). At most 10 minutes in all (the timeouts).
 #
 # Needs torch with CUDA, numpy, rich, click, safetensors, einops, pytest, PyAV and spandrel. Where pip
 # cannot reach an index (the project's lent GPU machine has all but PyAV and spandrel), carry those two
@@ -35,5 +36,11 @@ timeout 170 python3 -m pytest -q -p no:cacheprovider $parallel -rs --ignore=test
 echo "== hardware encoders =="
 python3 -c "from vsr import hwenc; [print(n, '->', hwenc.hardware_problem(n) or 'opens') for n in ('h264_nvenc', 'hevc_nvenc', 'av1_nvenc')]" 2>&1 | tee "$out/gpu_hwenc.log"
 echo "== benchmark =="
-timeout 330 python3 scripts/benchmark.py --device cuda --frames 240 --train-seconds 15 "$@" 2>&1 | tee "$out/gpu_benchmark.log"
+timeout 300 python3 scripts/benchmark.py --device cuda --frames 240 --train-seconds 15 "$@" 2>&1 | tee "$out/gpu_benchmark.log"
+echo "== end to end on a long clip (issue #29's targets: chunks need a clip of many chunks per encoder) =="
+# The suite above runs end to end on its 240-frame clips: two 120-frame chunks, so at most two encoders
+# work, and the last starts only after the first chunk's frames are made (the H200's 47.7 fps against 64
+# for four x264 instances alone). 1440 frames at 1080p are 12 chunks, three per encoder: the ramp and the
+# tail amortise (longer is fairer still; the device tool stops a command at 600 s).
+timeout 110 python3 scripts/benchmark.py --device cuda --e2e-frames 1440 --sizes 480x270 2>&1 | tee "$out/gpu_e2e.log"
 echo "logs: $out"
