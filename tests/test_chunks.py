@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -19,14 +20,18 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from conftest import ffmpeg_packets, make_clip, pyav_video_pts
 from vsr.chunks import (ChunkedEncode, ChunkError, ChunkPacket, ChunkRecord, Chunker, Joiner, Mark, WorkFolder,
                         chunk_length, held_frames, work_folder_of)
+import vsr.pipeline as pipeline
 from vsr.encode import EncodeOptions, Writer
 from vsr.model import Bicubic
 from vsr.pipeline import UpscaleError, UpscaleOptions, upscale_file
+from vsr.report import Reporter
+from vsr.timing import Timings
 from vsr.upscaler import Upscaler
 
 MODEL = "bicubic x2 (test)"
@@ -177,10 +182,6 @@ class _SlowEncoder:
 
 
 def test_the_encode_stage_holds_no_more_frames_than_its_budget(tmp_path):
-    import threading
-
-    from vsr.timing import Timings
-
     work = WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 20, True, lambda m: None)
     muxed: list[int] = []
     others: list[tuple[int, int]] = []  # (frames before the packet in the input, video packets muxed before it)
@@ -602,3 +603,108 @@ def test_a_fifo_or_folder_where_a_chunk_was_is_redone_not_waited_on(tmp_path, lo
     folder.mkdir()
     result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=1))
     assert result.frames == 300 and result.resumed == sum(c["frames"] for c in done[2:])
+
+
+# -- from the attack review of the budget, the stale partial and the job's identity -------------------------
+class _Warned(Reporter):
+    def __init__(self):
+        super().__init__()
+        self.warned = []
+
+    def warn(self, message):
+        self.warned.append(message)
+
+
+def test_abort_stops_the_encoders_at_their_next_frame(tmp_path):
+    class Slower(_SlowEncoder):
+        def encode(self, frame):
+            if frame is not None:
+                time.sleep(0.02)
+            return super().encode(frame)
+
+    work = WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 1000, True, lambda m: None)
+    encode = ChunkedEncode(work, 1, 1, Slower, Joiner(b"h"), Fraction(1, 25), lambda *a: None, lambda i: None,
+                           threading.Event(), lambda n: None, 1000, Timings())
+    encode.mark(Mark(0, 0, 0))
+    for i in range(200):
+        encode.frame(i)
+    began = time.monotonic()
+    encode.abort()
+    took = time.monotonic() - began
+    work.close()
+    assert took < 1.0 and not work.done, (took, work.done)
+
+
+def test_the_pipeline_gives_the_encoders_the_bounded_budget(tmp_path, long_clip, monkeypatch):
+    seen = []
+    real = pipeline.ChunkedEncode
+
+    def spy(*args):
+        seen.append(args[10])  # held_frames
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "ChunkedEncode", spy)
+    upscale_file(long_clip, tmp_path / "out.mp4", Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=1, queue_size=4))
+    assert seen == [4]  # one encoder: a queue's worth, not a chunk more
+
+
+def test_a_stale_partial_goes_also_when_the_next_run_starts_over(tmp_path, long_clip):
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst)
+    stale = tmp_path / ".out.abc123.vsr-partial.mp4"
+    stale.write_bytes(b"half a file")
+    (work_folder_of(dst) / "output.json").write_text(json.dumps({"format": 1, "name": stale.name}))
+    other = _options(chunk_seconds=0.5, encode=EncodeOptions(preset="fast", crf=30))
+    upscale_file(long_clip, dst, Upscaler(Bicubic(2)), other)
+    assert not stale.exists()
+
+
+def test_a_name_through_a_folder_is_not_followed(tmp_path, long_clip):
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst)
+    (tmp_path / ".out.").mkdir()
+    victim = tmp_path / "keep.vsr-partial.mp4"
+    victim.write_bytes(b"mine")
+    (work_folder_of(dst) / "output.json").write_text(json.dumps({"format": 1, "name": ".out./../keep.vsr-partial.mp4"}))
+    upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4))
+    assert victim.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("change", ["libraries", "precision"])
+def test_other_libraries_or_precision_start_over(tmp_path, long_clip, monkeypatch, change):
+    dst = tmp_path / "out.mp4"
+    first = Upscaler(Bicubic(2), precision="fp32")
+    with pytest.raises(KeyboardInterrupt):
+        upscale_file(long_clip, dst, first, _options(chunk_seconds=0.5, queue_size=4), fault=_Counter(stop_at=150))
+    if change == "libraries":
+        monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+        second = Upscaler(Bicubic(2), precision="fp32")
+    else:
+        second = Upscaler(Bicubic(2), precision="bf16")
+        assert second.dtype != first.dtype
+    r = _Warned()
+    result = upscale_file(long_clip, dst, second, _options(chunk_seconds=0.5, queue_size=4), r)
+    assert result.resumed == 0 and any("starting over" in w for w in r.warned), r.warned
+
+
+def test_the_partial_of_another_output_is_kept(tmp_path, long_clip):
+    """Fails on 375bd05: '.out.' + anything + '.vsr-partial.mp4' also names out.v2.mp4's partial."""
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst)
+    other = tmp_path / ".out.v2.abcd1234.vsr-partial.mp4"  # a run writing out.v2.mp4
+    other.write_bytes(b"another run's output")
+    (work_folder_of(dst) / "output.json").write_text(json.dumps({"format": 1, "name": other.name}))
+    upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4))
+    assert other.exists()
+
+
+@pytest.mark.parametrize("name", [".out.dir.vsr-partial.mp4", ".out.\x00.vsr-partial.mp4"])
+def test_a_recorded_name_that_cannot_be_removed_does_not_stop_every_run(tmp_path, long_clip, name):
+    """Fails on 375bd05: EISDIR -> 'cannot write in the work folder' on every run (-y too); NUL -> ValueError."""
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst)
+    if "\x00" not in name:
+        (tmp_path / name).mkdir()
+    (work_folder_of(dst) / "output.json").write_text(json.dumps({"format": 1, "name": name}))
+    upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4))
+    assert dst.exists()

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import queue
+import re
 import shutil
 import stat
 import struct
@@ -231,7 +232,12 @@ class WorkFolder:
         earlier = _read_json(self.path / "output.json")
         name = earlier.get("name") if earlier else None
         if isinstance(name, str) and name != tmp.name and _is_partial_of(name, self.output):
-            remove(self.output.parent / name)  # unlinked, never followed
+            stale = self.output.parent / name
+            try:  # a regular file only, unlinked, never followed; one that cannot go never fails the run
+                if stat.S_ISREG(os.lstat(stale).st_mode):
+                    remove(stale)
+            except OSError:
+                pass
         with written_whole(self.path / "output.json") as f:
             f.write_text(json.dumps({"format": _FORMAT, "name": tmp.name}))
 
@@ -306,8 +312,9 @@ class WorkFolder:
 
 def _is_partial_of(name: str, dst: Path) -> bool:
     """``name`` is one that vsr.files.new_partial gives a temporary file of ``dst`` (no folder part)."""
-    return (os.path.basename(name) == name and name.startswith(f".{dst.stem[:80]}.")
-            and name.endswith(f"{PARTIAL}{dst.suffix}"))
+    head, tail = f".{dst.stem[:80]}.", f"{PARTIAL}{dst.suffix}"
+    return (name.startswith(head) and name.endswith(tail) and len(name) > len(head) + len(tail)
+            and re.fullmatch(r"[a-z0-9_]+", name[len(head):len(name) - len(tail)]) is not None)
 
 
 def _open_regular(path: Path) -> BinaryIO:

@@ -154,27 +154,35 @@ def unused_options(enc: av.codec.Codec, options: EncodeOptions, defaults: Encode
 
 def try_open(enc: av.codec.Codec, size: tuple[int, int], pix_fmt: str, time_base: Fraction, rate: Fraction,
              options: dict[str, str], qscale: int | None = None, no_b_frames: bool = False) -> av.FFmpegError | None:
-    """Open a throwaway ``enc`` with these settings: None if it takes them, else FFmpeg's error.
-    (x265 is told to print errors only: it prints a banner on every open.)"""
-    cc = av.CodecContext.create(enc.name, "w")
-    cc.width, cc.height = size
-    cc.pix_fmt = pix_fmt
-    cc.time_base = time_base
-    cc.framerate = rate
-    cc.thread_count = 1
-    if qscale is not None:
-        cc.qscale = qscale
-    if no_b_frames:
-        cc.max_b_frames = 0
-    trial = dict(options)
-    if enc.name == "libx265":
-        _merge_params(trial, "x265-params", "log-level=error")
-    cc.options = trial
+    """Open a throwaway ``enc`` with these settings: None if it takes them, else FFmpeg's error."""
+    cc = new_encoder(enc.name, size, pix_fmt, time_base, rate, options, qscale, no_b_frames, threads=1)
     try:
         cc.open()
         return None
     except av.FFmpegError as exc:
         return exc
+
+
+def new_encoder(name: str, size: tuple[int, int], pix_fmt: str, time_base: Fraction, rate: Fraction,
+                options: dict[str, str], qscale: int | None, no_b_frames: bool, threads: int) -> av.CodecContext:
+    """An encoder context, not yet open, with the settings every instance of an output's encoder
+    shares (the trial open of the up-front check, and each chunk's instance).  x265 is told to
+    print errors only: it prints a banner on every open."""
+    cc = av.CodecContext.create(name, "w")
+    cc.width, cc.height = size
+    cc.pix_fmt = pix_fmt
+    cc.time_base = time_base
+    cc.framerate = rate
+    cc.thread_count = threads
+    if qscale is not None:
+        cc.qscale = qscale
+    if no_b_frames:
+        cc.max_b_frames = 0
+    opts = dict(options)
+    if name == "libx265":
+        _merge_params(opts, "x265-params", "log-level=error")
+    cc.options = opts
+    return cc
 
 
 def _refused(enc: av.codec.Codec, settings: list[str], error: av.FFmpegError) -> EncodeError:
@@ -634,26 +642,15 @@ class Writer:
         """A new encoder instance, open, with this output's video settings and ``threads`` threads."""
         name, options, rate, qscale, no_b_frames = self._video_setup
         model = self.video.codec_context
-        cc = av.CodecContext.create(name, "w")
-        cc.width, cc.height, cc.pix_fmt = model.width, model.height, model.pix_fmt
-        cc.time_base = self.time_base
-        cc.framerate = rate
+        cc = new_encoder(name, (model.width, model.height), model.pix_fmt, self.time_base, rate, options, qscale,
+                         no_b_frames, threads)
         cc.flags = model.flags  # global headers where the container wants them
-        cc.thread_count = threads
-        if qscale is not None:
-            cc.qscale = qscale
-        if no_b_frames:
-            cc.max_b_frames = 0
         if self.sample_aspect_ratio:
             cc.sample_aspect_ratio = self.sample_aspect_ratio
         if self.field_order:
             cc.field_order = self.field_order
         for attr in ("colorspace", "color_primaries", "color_trc", "color_range"):
             setattr(cc, attr, getattr(model, attr))
-        opts = dict(options)
-        if name == "libx265":
-            _merge_params(opts, "x265-params", "log-level=error")
-        cc.options = opts
         cc.open()
         return cc
 
