@@ -670,14 +670,17 @@ def test_a_name_through_a_folder_is_not_followed(tmp_path, long_clip):
     assert victim.read_bytes() == b"mine"
 
 
-@pytest.mark.parametrize("change", ["libraries", "precision"])
+@pytest.mark.parametrize("change", ["libraries", "code", "precision"])
 def test_other_libraries_or_precision_start_over(tmp_path, long_clip, monkeypatch, change):
     dst = tmp_path / "out.mp4"
     first = Upscaler(Bicubic(2), precision="fp32")
     with pytest.raises(KeyboardInterrupt):
         upscale_file(long_clip, dst, first, _options(chunk_seconds=0.5, queue_size=4), fault=_Counter(stop_at=150))
-    if change == "libraries":
-        monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    if change in ("libraries", "code"):
+        if change == "libraries":
+            monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+        else:  # another revision of vsr's code under the same version number
+            monkeypatch.setattr(pipeline, "code_identity", lambda: "another-revision")
         second = Upscaler(Bicubic(2), precision="fp32")
     else:
         second = Upscaler(Bicubic(2), precision="bf16")
@@ -708,3 +711,49 @@ def test_a_recorded_name_that_cannot_be_removed_does_not_stop_every_run(tmp_path
     (work_folder_of(dst) / "output.json").write_text(json.dumps({"format": 1, "name": name}))
     upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, queue_size=4))
     assert dst.exists()
+
+
+def test_an_encoder_still_flushing_when_abort_gives_up_records_nothing(tmp_path):
+    """abort() waits a while for each encoder thread; one still flushing after that must neither
+    keep its chunk nor write into a work folder its run has closed (the next run may hold it)."""
+    class SlowFlush(_SlowEncoder):
+        def encode(self, frame):
+            if frame is None:
+                time.sleep(0.6)
+            return super().encode(frame)
+
+    work = WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 1000, True, lambda m: None)
+    encode = ChunkedEncode(work, 1, 1, SlowFlush, Joiner(b"h"), Fraction(1, 25), lambda *a: None, lambda i: None,
+                           threading.Event(), lambda n: None, 1000, Timings())
+    encode.abort_wait = 0.05
+    encode.mark(Mark(0, 0, 0))
+    for i in range(5):
+        encode.frame(i)
+    encode._seal()  # the chunk's frames are all in: the encoder flushes
+    time.sleep(0.2)
+    encode.abort()
+    work.close()
+    for t in encode.threads_started:
+        t.join(timeout=10)
+    assert not work.done
+    assert not (work.path / "done.json").exists() or json.loads((work.path / "done.json").read_text())["chunks"] == []
+    assert not list(work.path.glob("*.chunk*")), sorted(p.name for p in work.path.iterdir())
+
+
+def test_a_closed_work_folder_records_nothing(tmp_path):
+    work = WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 10, True, lambda m: None)
+    work.close()
+    with pytest.raises(ChunkError, match="not recorded"):
+        work.record(ChunkRecord(0, 0, 10, 0, 100, "0" * 64))
+    assert not work.done
+
+
+def test_a_work_folder_made_for_a_run_that_fails_to_start_goes(tmp_path, long_clip, monkeypatch):
+    def fail(self, tmp):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(WorkFolder, "own_partial", fail)
+    dst = tmp_path / "out.mp4"
+    with pytest.raises(UpscaleError, match="No space left"):
+        upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

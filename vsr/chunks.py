@@ -19,6 +19,7 @@ Nothing here touches the model: it sees the frames in order, as without chunks.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -178,6 +179,16 @@ def file_identity(path: Path) -> dict:
                 "sample_sha256": digest.hexdigest()}
 
 
+@functools.cache
+def code_identity() -> str:
+    """A SHA-256 (12 hex digits) of vsr's own source files: its version number does not change with
+    every revision of the code, and chunks another revision made are not joined to this one's."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def work_folder_of(dst: Path) -> Path:
     return dst.parent / f".{dst.name}{WORK_SUFFIX}"
 
@@ -195,6 +206,8 @@ class WorkFolder:
         self.length = length  # frames per chunk: fixed by the job's first run
         self.done: dict[int, ChunkRecord] = {}
         self._lock: int | None = None
+        self._state = threading.Lock()  # close() against an encoder thread still recording
+        self.closed = False
 
     @classmethod
     def open(cls, dst: Path, job: dict, length: int, fresh: bool, warn: Callable[[str], None]) -> "WorkFolder":
@@ -286,8 +299,11 @@ class WorkFolder:
         return digest.hexdigest() == record.sha256
 
     def record(self, record: ChunkRecord) -> None:
-        self.done[record.index] = record
-        self._write_done()
+        with self._state:
+            if self.closed:  # an encoder thread that outlived its run (abort gives up waiting on it)
+                raise ChunkError(f"chunk {record.index} finished after its run ended; it is not recorded")
+            self.done[record.index] = record
+            self._write_done()
 
     def forget(self, index: int) -> None:
         """Drop a chunk's record (its file is encoded again by the next run)."""
@@ -300,9 +316,11 @@ class WorkFolder:
             tmp.write_text(json.dumps({"format": _FORMAT, "chunks": chunks}))
 
     def close(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        with self._state:
+            self.closed = True
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
 
     def discard(self) -> None:
         """The output is assembled: the chunks go."""
@@ -552,6 +570,7 @@ class ChunkedEncode:
         self.threads_started: list[threading.Thread] = []
         self._record_lock = threading.Lock()
         self.cancelled = threading.Event()  # abort(): the encoder threads stop at their next frame
+        self.abort_wait = 5.0  # seconds abort() waits for each encoder thread (one flushing may take longer)
 
     # -- items in ---------------------------------------------------------------------------------
     def mark(self, mark: Mark) -> None:
@@ -595,7 +614,7 @@ class ChunkedEncode:
         self.cancelled.set()
         self._seal()
         for t in self.threads_started:
-            t.join(timeout=5)
+            t.join(timeout=self.abort_wait)
 
     # -- joining ------------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -679,6 +698,8 @@ class ChunkedEncode:
                 raise KeyboardInterrupt
             with self.timings("encode"):
                 self._packets(out, encoder.encode(None))
+            if self._stopping():  # stopped during the flush: the chunk is not kept
+                raise KeyboardInterrupt
             record = out.finish(frames, chunk.first_pts)
             out = None
             with self._record_lock:

@@ -29,8 +29,8 @@ import av
 import numpy as np
 import torch
 
-from vsr.chunks import (ChunkError, ChunkedEncode, Chunker, Joiner, Mark, WorkFolder, chunk_length, file_identity,
-                        held_frames, work_folder_of)
+from vsr.chunks import (ChunkError, ChunkedEncode, Chunker, Joiner, Mark, WorkFolder, chunk_length, code_identity,
+                        file_identity, held_frames, work_folder_of)
 from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Source, Span, VideoInfo,
                         deep_picture, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
@@ -531,9 +531,12 @@ def _chunk_plan(src: Path, dst: Path, info: VideoInfo, writer: Writer, upscaler:
         job = file_identity(src)
     except OSError as exc:
         raise UpscaleError(f"cannot read {src.name}: {exc.strerror or exc}") from exc
+    device = upscaler.device.type
+    if device == "cuda":
+        device += f" ({torch.cuda.get_device_name(upscaler.device)})"  # another GPU rounds differently
     job.update(output=extension(dst), settings=options.settings,
-               arithmetic=f"{upscaler.dtype} on {upscaler.device.type}, colour {options.colour}",
-               libraries=f"vsr {__version__}, torch {torch.__version__}, PyAV {av.__version__}, "
+               arithmetic=f"{upscaler.dtype} on {device}, colour {options.colour}",
+               libraries=f"vsr {__version__} ({code_identity()}), torch {torch.__version__}, PyAV {av.__version__}, "
                          f"libavcodec {av.library_versions['libavcodec']}")
     fresh = not options.resume or options.settings is None  # no settings to tie chunks to: never resumed
     try:
@@ -573,7 +576,8 @@ def _plan(src: Path, dst: Path, upscaler: Upscaler, options: UpscaleOptions, war
         return plan
     except BaseException:
         if plan.chunks is not None:
-            plan.chunks.work.close()
+            work = plan.chunks.work
+            work.discard() if not work.done else work.close()  # a folder made for nothing goes
         plan.writer.abort()
         remove(plan.tmp)
         source.close()
@@ -715,10 +719,12 @@ def upscale_file(
         if plan.image_out and info.still is not None:
             exif = info.still.exif
             write_metadata(plan.tmp, info.still.icc, exif_upright(exif) if exif else None, plan.out_size)
+        finish(plan.tmp, dst)
     except BaseException:
         remove(plan.tmp)
+        if plan.chunks is not None:
+            plan.chunks.work.close()  # every chunk is kept: the same command assembles the output again
         raise
-    finish(plan.tmp, dst)
     if plan.chunks is not None:
         plan.chunks.work.discard()
     if info.frames_exact and info.frames and writer.frames_written != info.frames and not report.spans() and not options.span:
