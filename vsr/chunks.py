@@ -218,6 +218,8 @@ class WorkFolder:
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise ChunkError(f"{os.fspath(path)!r} is in the way of vsr's work folder (a link or a file); remove it")
         path.mkdir(exist_ok=True)
+        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():  # planted in a shared folder: never joined
+            raise ChunkError(f"{os.fspath(path)!r} belongs to another user; remove it or write the output elsewhere")
         work = cls(path, job, length, dst)
         work._take_lock(dst)  # before anything in it is read or removed: another run may be using it
         try:
@@ -228,7 +230,10 @@ class WorkFolder:
                 work._load_done()
                 return work
             if earlier is not None:
-                warn(f"an unfinished run of {dst.name} was made with other settings or another input; starting over")
+                before = earlier.get("job") if isinstance(earlier.get("job"), dict) else {}
+                changed = sorted(k for k in job.keys() | before.keys() if before.get(k) != job.get(k)) or ["chunk length"]
+                warn(f"an unfinished run of {dst.name} was made with other settings or another input "
+                     f"({', '.join(changed)} differ); starting over")
             work._clear_files()
             with written_whole(path / "job.json") as tmp:
                 tmp.write_text(json.dumps({"format": _FORMAT, "job": job, "length": length}, indent=1))
