@@ -769,3 +769,35 @@ def test_a_work_folder_of_another_user_is_never_joined(tmp_path, long_clip):
     with pytest.raises(UpscaleError, match="belongs to another user"):
         upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
     assert not dst.exists() and work.stat().st_uid == 12345
+
+
+def test_close_when_the_last_chunk_is_joined_while_it_waits(tmp_path):
+    """close() waits for the head chunk, joining finished ones meanwhile; when that join takes the
+    last chunk there is nothing left to wait for (it raised IndexError: a whole run lost at its end)."""
+    gate = threading.Event()
+
+    class Gated(_SlowEncoder):
+        def encode(self, frame):
+            if frame is None:
+                gate.wait(10)  # the flush ends only when the test says so
+            return super().encode(frame)
+
+    work = WorkFolder.open(tmp_path / "out.mp4", {"job": 1}, 1000, True, lambda m: None)
+    muxed: list[int] = []
+    encode = ChunkedEncode(work, 1, 1, Gated, Joiner(b"h"), Fraction(1, 25), lambda p, data, tb: muxed.append(p.pts),
+                           lambda i: None, threading.Event(), lambda n: None, 1000, Timings())
+    encode.mark(Mark(0, 0, 0))
+    for i in range(5):
+        encode.frame(i)
+    real_poll = encode.poll
+
+    def poll():  # the encoder finishes between close()'s wait and its poll
+        if not gate.is_set():
+            gate.set()
+            assert encode.order[0].ended.wait(10)
+        real_poll()
+
+    encode.poll = poll
+    encode.close()
+    work.close()
+    assert muxed == [0, 1, 2, 3, 4] and not encode.order
