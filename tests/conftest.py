@@ -71,6 +71,21 @@ def tiny_generator(scale: int = 4, seed: int = 0, **kw) -> Generator:
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def gop_clip(tmp_path_factory, ffmpeg) -> Path:
+    """300 frames of moving pictures as a broadcast recording has them: MPEG-2 in MPEG-TS, in open
+    groups of 25 (the two B-frames after each keyframe in decode order are shown before it and refer
+    to the group before), with audio."""
+    path = tmp_path_factory.mktemp("gop") / "gop.ts"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12",
+                    "-f", "lavfi", "-i", "sine=frequency=440:duration=12", "-c:v", "mpeg2video", "-g", "25",
+                    "-bf", "2", "-q:v", "4", "-c:a", "aac", "-shortest", str(path)], check=True)
+    with av.open(str(path)) as c:
+        packets = [(p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size]
+    assert any(k and packets[i + 1][0] < pts for i, (pts, k) in enumerate(packets[1:-1], 1))  # open groups
+    return path
+
+
 @pytest.fixture
 def tiny_weights(tmp_path) -> Path:
     path = tmp_path / "tiny_x4.safetensors"

@@ -801,3 +801,98 @@ def test_close_when_the_last_chunk_is_joined_while_it_waits(tmp_path):
     encode.close()
     work.close()
     assert muxed == [0, 1, 2, 3, 4] and not encode.order
+
+
+# -- resume without decoding what is done ---------------------------------------------------------
+def _read_frames(path: Path, skip=None, decoded: list | None = None, monkeypatch=None):
+    from vsr.decode import FrameItem, Skipped, probe, read
+    import vsr.decode as decode
+    if monkeypatch is not None:
+        real = decode._Reader._decode
+        monkeypatch.setattr(decode._Reader, "_decode", lambda self, p: decoded.append(p.pts) or real(self, p))
+    out, skipped = [], []
+    for item in read(probe(path), set(), skip=skip):
+        if isinstance(item, FrameItem):
+            out.append((item.index, item.pts, item.frame.to_ndarray(format="rgb24"), item.time_base, item.frame.key_frame))
+        elif isinstance(item, Skipped):
+            skipped.append(item.seconds)
+    return out, skipped
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_a_resumed_read_skips_the_frames_kept_without_decoding_them(gop_clip, monkeypatch, early):
+    """``early`` False: decoding starts at the first packet shown at ``until``, not half a second
+    before: the two groups held must then be enough for the B-frames before a keyframe."""
+    from vsr.decode import SkipTo
+    import vsr.decode as decode
+    whole, _ = _read_frames(gop_clip)
+    assert len(whole) == 300
+    tb = whole[0][3]
+    keys = [i for i, *_rest, key in whole if key and i > 100]
+    # inside a group, at a keyframe, and at the B-frames shown before one (they refer to the group before)
+    for start in (1, 137, keys[0], keys[1] - 2, keys[2] - 1, 299):
+        decoded = []
+        until = Fraction(whole[start - 1][1]) * tb + Fraction(1, 1000)
+        if not early:
+            monkeypatch.setattr(decode, "_SKIP_EARLY", Fraction(0))
+        tail, skipped = _read_frames(gop_clip, SkipTo(start, until), decoded, monkeypatch)
+        monkeypatch.undo()
+        assert [(i, pts) for i, pts, *_ in tail] == [(i, pts) for i, pts, *_ in whole[start:]], start
+        assert all(np.array_equal(a[2], b[2]) for a, b in zip(tail, whole[start:])), start  # decoded as a whole read does
+        # from two groups before the first packet shown half a second before ``until``, at most
+        assert len(decoded) <= 300 - start + 2 * 25 + 13 + 8, (start, len(decoded))
+        assert all(t < until for t in skipped)  # a packet for each not yet decoded, all shown before ``until``
+        if start >= 137:
+            assert len(skipped) >= start - 2 * 25 - 13 - 8
+
+
+def test_the_marks_of_chunks_the_reader_skipped_come_among_the_other_packets():
+    records = [ChunkRecord(0, 0, 10, 0, 5, "x"), ChunkRecord(1, 10, 10, 100, 5, "y")]
+    skipped = [(records[0], 0.0), (records[1], 1.0)]
+
+    class S:
+        def __init__(self, t):
+            self.seconds = t
+
+    items = [S(0.0), "a0", S(0.5), "a1", S(1.0), "a2", S(1.5), "a3"] + list(range(20, 30))
+    out = list(Chunker(10, {0: records[0], 1: records[1]}, lambda i: i * 10, skipped).items(
+        items, lambda i: isinstance(i, int), lambda i: False, lambda i: i.seconds if isinstance(i, S) else None,
+        lambda i: i))
+    names = [f"M{m.index}{'d' if m.done else ''}" if isinstance(m, Mark) else m for m in out]
+    assert names == ["M0d", "a0", "a1", "M1d", "a2", "a3", "M2"] + list(range(20, 30))
+    with pytest.raises(ChunkError, match="first frame decoded is frame 21"):  # not where the kept chunks end
+        list(Chunker(10, {0: records[0], 1: records[1]}, lambda i: i * 10, skipped).items(
+            [S(0.0)] + list(range(21, 30)), lambda i: isinstance(i, int), lambda i: False,
+            lambda i: i.seconds if isinstance(i, S) else None, lambda i: i))
+    # a reader that decodes every frame (it could not skip): the done chunks are matched as before
+    out = list(Chunker(10, {0: records[0], 1: records[1]}, lambda i: i * 10, skipped).items(
+        range(30), lambda i: True, lambda i: False, lambda i: None, lambda i: i))
+    assert [m.index for m in out if isinstance(m, Mark) and m.done] == [0, 1]
+    assert [i for i in out if not isinstance(i, Mark)] == list(range(20, 30))
+
+
+def test_a_resumed_run_does_not_decode_the_chunks_it_keeps(tmp_path, gop_clip, ffmpeg, monkeypatch):
+    import vsr.decode as decode
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(gop_clip, dst, encoders=2)
+    done = json.loads((work_folder_of(dst) / "done.json").read_text())["chunks"]
+    kept = 0  # the chunks kept from the first on, one after another
+    by_index = {c["index"]: c for c in done}
+    while kept in by_index:
+        kept += 1
+    prefix_frames = sum(by_index[i]["frames"] for i in range(kept))
+    assert prefix_frames >= 100, done
+    decoded = []
+    real = decode._Reader._decode
+    monkeypatch.setattr(decode._Reader, "_decode", lambda self, p: decoded.append(p.pts) or real(self, p))
+    result = upscale_file(gop_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=2))
+    monkeypatch.undo()
+    assert result.frames == 300 and result.resumed >= prefix_frames
+    assert len(decoded) <= 300 - prefix_frames + 2 * 25 + 13 + 8, (len(decoded), prefix_frames)
+    whole = tmp_path / "whole.mp4"
+    upscale_file(gop_clip, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=2))
+    assert pyav_video_pts(dst) == pyav_video_pts(whole)
+    assert ffmpeg_packets(ffmpeg, dst, "a:0") == ffmpeg_packets(ffmpeg, whole, "a:0")
+    assert _ffmpeg_warnings(ffmpeg, dst) == ""
+    a, b = _frames(ffmpeg, dst, (96, 64)), _frames(ffmpeg, whole, (96, 64))
+    assert len(a) == len(b) == 300 and _psnr(a, b) > 45

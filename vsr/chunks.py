@@ -120,9 +120,16 @@ class Mark:
 
 class Chunker:
     """Cuts the frame items of one video into chunks: a :class:`Mark` before each chunk's first
-    frame; the frames of chunks found done are dropped (packets of other streams pass)."""
+    frame; the frames of chunks found done are dropped (packets of other streams pass).
 
-    def __init__(self, length: int, done: dict[int, ChunkRecord], pts_of: Callable[[object], int | None]) -> None:
+    ``skipped``: the done chunks from the first on (:meth:`WorkFolder.done_from_start`), each with
+    the time its first frame is shown, seconds, where the reader does not give their frames
+    (vsr.decode.SkipTo) but an item for each video packet it skips (``skipped_time`` gives its
+    time, None for other items): their marks come as the skipped packets reach their times, among
+    the other streams' packets, and the first frame given must be the one after them."""
+
+    def __init__(self, length: int, done: dict[int, ChunkRecord], pts_of: Callable[[object], int | None],
+                 skipped: Iterable[tuple[ChunkRecord, float]] = ()) -> None:
         self.length = length
         self.done = done
         self.pts_of = pts_of  # a frame item's pts in the encoder's time base (to match a done chunk)
@@ -130,18 +137,44 @@ class Chunker:
         self.size = 0  # frames in the current chunk
         self.frame = 0  # output frames so far
         self.skipping = 0  # frames of a done chunk still to drop
+        self.skipped = deque(skipped)
+
+    def _skipped_mark(self) -> Mark:
+        record, _seconds = self.skipped.popleft()
+        if record.index != self.index + 1 or record.start != self.frame:
+            raise ChunkError(f"chunk {record.index} (from frame {record.start}) does not follow chunk {self.index} "
+                             f"(to frame {self.frame})")
+        self.index, self.frame, self.size = record.index, record.start + record.frames, 1 << 62
+        return Mark(record.index, record.start, record.first_pts, record)
 
     def _cut(self, keyframe: bool) -> bool:
         if self.index < 0:
             return True
         return self.size >= self.length or (keyframe and self.size >= max(1, self.length // 2))
 
-    def items(self, items: Iterable, is_frame: Callable[[object], bool],
-              is_keyframe: Callable[[object], bool]) -> Iterator:
+    def items(self, items: Iterable, is_frame: Callable[[object], bool], is_keyframe: Callable[[object], bool],
+              skipped_time: Callable[[object], float | None] = lambda item: None,
+              index_of: Callable[[object], int] = lambda item: -1) -> Iterator:
+        """``index_of``: a frame item's index in the video (where the reader skipped, the first
+        one's is checked against the chunks skipped)."""
+        reader_skips = False
         for item in items:
+            seconds = skipped_time(item)
+            if seconds is not None:
+                reader_skips = True
+                while self.skipped and self.skipped[0][1] <= seconds:
+                    yield self._skipped_mark()
+                continue
             if not is_frame(item):
                 yield item
                 continue
+            if self.skipped and (reader_skips or index_of(item) > 0):
+                while self.skipped:
+                    yield self._skipped_mark()
+                if index_of(item) != self.frame:
+                    raise ChunkError(f"the first frame decoded is frame {index_of(item)}, but the chunks kept end "
+                                     f"at frame {self.frame}")
+            self.skipped.clear()  # (a reader that gives every frame: the done chunks are matched below)
             if self.skipping:
                 self.skipping -= 1
                 self.frame += 1
@@ -161,6 +194,8 @@ class Chunker:
             self.size += 1
             self.frame += 1
             yield item
+        while reader_skips and self.skipped:  # the video ended among them: every frame was done
+            yield self._skipped_mark()
 
 
 # -- the work folder -----------------------------------------------------------------------------
@@ -304,6 +339,31 @@ class WorkFolder:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest() == record.sha256
+
+    def done_from_start(self, time_base: Fraction) -> tuple[list[ChunkRecord], Fraction] | None:
+        """The chunks done from the first on, one after another, and the time (seconds, in the
+        frames' timeline; ``time_base``: the chunks') before which every frame is theirs: what a run
+        that resumes need not decode.  None where there are none, or where the last one's file does
+        not say (a damaged file is found out when it is joined)."""
+        prefix: list[ChunkRecord] = []
+        frames = 0
+        while (r := self.done.get(len(prefix))) is not None and r.start == frames and r.first_pts is not None:
+            prefix.append(r)
+            frames += r.frames
+        if not prefix:
+            return None
+        last = prefix[-1]
+        path = self.chunk_path(last.index)
+        try:
+            with _open_regular(path) as f:
+                _extradata, tb, packets = read_chunk(f, path.name, last.frames)
+        except (ChunkError, OSError):
+            return None
+        if tb != time_base or not packets or any(p.pts is None for p in packets):
+            return None
+        # the encoder's pts are the frames' times in its time base (each after the one before): the
+        # next chunk's first frame is shown later than half a tick past this one's last
+        return prefix, (max(p.pts for p in packets) + Fraction(1, 2)) * tb
 
     def record(self, record: ChunkRecord) -> None:
         with self._state:

@@ -707,7 +707,8 @@ class Source:
         return _frame_chroma_left(self.first, self.info.pix_fmt)
 
     def read(self, copy_streams: set[int], stop=None, timings: Timings | None = None, deinterlace: bool = False,
-             report: "DecodeReport | None" = None, span: "Span | None" = None) -> Iterator["FrameItem | PacketItem"]:
+             report: "DecodeReport | None" = None, span: "Span | None" = None,
+             skip: "SkipTo | None" = None) -> Iterator["FrameItem | PacketItem | Skipped"]:
         """:func:`read` from this source: once, from the start of the file (or of ``span``)."""
         if self._reading:
             raise RuntimeError(f"{self.path!r} is read once per Source")
@@ -722,11 +723,13 @@ class Source:
             self._open_to_read()
         stream = self.stream
         if span is not None and span.start > 0:
-            self.container.seek(int(span.start / stream.time_base) + (stream.start_time or 0), stream=stream, backward=True)
-            self._peeked, self._packets = [], self.container.demux()
+            self._seek_to_keyframe(int(span.start / stream.time_base) + (stream.start_time or 0))
+        dts_only = self.container.format.name in DTS_ONLY_FORMATS
         reader = _Reader(info, stream, {stream.index} | {s.index for s in self.container.streams if s.index in copy_streams},
-                         _Window.of(span, stream), FrameClock(dts_only=self.container.format.name in DTS_ONLY_FORMATS),
+                         _Window.of(span, stream), FrameClock(dts_only=dts_only),
                          Deinterlacer(stream, *self._template) if deinterlace else None, report, timings, stop)
+        if skip is not None and not deinterlace and not dts_only:  # (frame times the packets do not state: decoded)
+            reader.skip_to(skip)
         report.sequential = self.container.format.name in _SEQUENTIAL_FORMATS
         try:
             yield from reader.items(self._replay())
@@ -734,6 +737,33 @@ class Source:
             raise reader.failure(exc) from exc
         if not reader.stopped:
             _judge_the_end(info, span, report, reader.index, reader.last_time)
+
+    def _seek_to_keyframe(self, target: int) -> None:
+        """Demux from a keyframe of the video shown at ``target`` (its time base) or before.  A
+        demuxer without an index (MPEG-TS) lands on whatever packet lies near the time, often
+        between keyframes: the frames up to the next keyframe would not decode, and were lost (a
+        second of a broadcast recording).  So the first video packet is looked at, and the seek
+        goes further back (1, 2, 4... s) until it is such a keyframe, or to the stream's start."""
+        stream = self.stream
+        start = stream.start_time or 0
+        back = 0
+        while True:
+            at = max(start, target - back)
+            self.container.seek(at, stream=stream, backward=True)
+            packets, seen = self.container.demux(), []
+            for packet in packets:
+                seen.append(packet)
+                if packet.stream.index == stream.index and packet.size:
+                    shown = packet.pts if packet.pts is not None else packet.dts
+                    if packet.is_keyframe and shown is not None and shown <= target:
+                        break
+                    if at > start:
+                        seen = None
+                    break
+            if seen is not None:
+                self._peeked, self._packets = [(p, None) for p in seen], packets
+                return
+            back = max(2 * back, round(1 / stream.time_base))
 
     def _replay(self) -> Iterator[tuple[av.Packet, list[av.VideoFrame] | None]]:
         """Every packet from the start: those the description demuxed (with the frames they decoded
@@ -759,7 +789,8 @@ class Source:
 
 def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | None = None,
          deinterlace: bool = False, report: DecodeReport | None = None,
-         span: Span | None = None, source: Source | None = None) -> Iterator[FrameItem | PacketItem]:
+         span: Span | None = None, source: Source | None = None,
+         skip: SkipTo | None = None) -> Iterator[FrameItem | PacketItem | Skipped]:
     """Demux once: decode the video stream, pass packets of ``copy_streams`` through untouched.
 
     Frames are yielded as decoded (``FrameItem.frame``), for :func:`to_rgb` or :func:`to_planes`
@@ -769,15 +800,47 @@ def read(info: VideoInfo, copy_streams: set[int], stop=None, timings: Timings | 
     the keyframe before its start, frames and packets outside it are dropped (other streams at
     packet boundaries) and timestamps are shifted to start at 0.  ``source``: the input already
     open (:meth:`Source.open` described it as ``info``; the writer copies streams from its
-    container; the caller closes it), else the file is opened here.
+    container; the caller closes it), else the file is opened here.  With ``skip`` (a resumed
+    run), the frames before its time are neither given nor, where the packets tell, decoded: see
+    :class:`SkipTo`.
 
     Raises :class:`DecodeError` naming the frame at which decoding failed.
     """
     if source is not None:
-        yield from source.read(copy_streams, stop, timings, deinterlace, report, span)
+        yield from source.read(copy_streams, stop, timings, deinterlace, report, span, skip)
         return
     with Source.to_read(info) as own:
-        yield from own.read(copy_streams, stop, timings, deinterlace, report, span)
+        yield from own.read(copy_streams, stop, timings, deinterlace, report, span, skip)
+
+
+@dataclass(frozen=True)
+class SkipTo:
+    """The frames a resumed run already has: the first ``frames`` frames, every one shown before
+    ``until`` (seconds, in the timeline of the frames :func:`read` gives).  They are dropped, and
+    their packets are not decoded: the video's packets are demuxed (the other streams' pass as
+    always), the last two keyframes' groups of them held, and decoding starts at the older of the
+    two once a packet is shown at ``until`` or later (a picture there may refer to the group
+    before its own: open GOPs, B-frames).  Whatever picture that decodes before ``until`` is dropped
+    too; the first one given is frame ``frames``.  A Skipped item stands for each packet held."""
+
+    frames: int
+    until: Fraction
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A video packet :func:`read` did not decode yet (:class:`SkipTo`): where it is shown,
+    seconds (for placing the skipped frames among the other streams' packets)."""
+
+    seconds: float
+
+
+# What read holds of the video's packets while it skips (SkipTo): past it, decoding starts at the
+# older of the keyframes held (a stream with keyframes far apart costs decoding, never memory).
+_SKIP_HELD_BYTES = 64 << 20
+# Decoding starts this early (seconds before ``until``): a frame's time is its packet's pts, or its
+# dts where pts go backwards (FrameClock), and rounding to the output's time base moves it a little.
+_SKIP_EARLY = Fraction(1, 2)
 
 
 @dataclass(frozen=True)
@@ -831,6 +894,15 @@ class _Reader:
     index: int = 0  # frames given so far
     last_time: float | None = None  # seconds, of the last frame given
     stopped: bool = False  # ``stop`` was set: the end is not judged
+    ended: bool = False  # past the span's end
+    until: Fraction | None = None  # frames shown before this (seconds) are dropped (SkipTo)
+    held: list[list[tuple[av.Packet, list[av.VideoFrame] | None]]] | None = None  # while skipping: the groups held
+    held_bytes: int = 0
+    dropped: bool = False  # packets were skipped unread: the decoder starts afresh
+
+    def skip_to(self, skip: SkipTo) -> None:
+        """Begin with ``skip``'s frames dropped (:class:`SkipTo`)."""
+        self.index, self.until, self.held = skip.frames, skip.until, []
 
     def items(self, packets: Iterator[tuple[av.Packet, list[av.VideoFrame] | None]]) -> Iterator[FrameItem | PacketItem]:
         """Items from ``packets`` (each with its frames where already decoded), to the span's end."""
@@ -849,15 +921,62 @@ class _Reader:
                 continue
             if packet.size == 0 and (packet.pts is not None or packet.dts is not None):
                 continue  # "repeat the last frame" (Theora, AVI): sending it would end the decoder
-            self.clock.demuxed(packet)
-            for frame in self._frames_of(packet, decoded):
-                tb = Fraction(frame.time_base or self.info.time_base)
-                pts = frame.pts if self.filtered is not None else self.clock.time_of(frame)
-                where = self.window.where(pts, tb)
-                if where > 0:
-                    return  # past the span's end
-                if where == 0:
-                    yield self._frame_item(frame, pts, tb)
+            if self.held is not None:
+                yield from self._skip(packet, decoded)
+            else:
+                yield from self._video(packet, decoded)
+            if self.ended:
+                return
+
+    def _video(self, packet: av.Packet, decoded: list[av.VideoFrame] | None) -> Iterator[FrameItem]:
+        """The frames of a video packet, in the span (``ended`` past it), from ``until`` on."""
+        self.clock.demuxed(packet)
+        for frame in self._frames_of(packet, decoded):
+            tb = Fraction(frame.time_base or self.info.time_base)
+            pts = frame.pts if self.filtered is not None else self.clock.time_of(frame)
+            where = self.window.where(pts, tb)
+            if where > 0:
+                self.ended = True
+                return
+            if where < 0:
+                continue
+            if self.until is not None:
+                shifted = self.window.shifted(pts, tb) if self.window.span is not None else pts
+                if shifted is None:
+                    raise DecodeError(f"{self.info.path!r}: frame {self.index} has no timestamp; a run that resumes "
+                                      f"needs one to know which frames it has (--overwrite starts over)")
+                if shifted * tb < self.until:
+                    continue  # the resumed run has it
+                self.until = None  # the first frame it has not: decoded frames are in order from here
+            yield self._frame_item(frame, pts, tb)
+
+    def _skip(self, packet: av.Packet, decoded: list[av.VideoFrame] | None) -> Iterator[FrameItem | Skipped]:
+        """While skipping (:class:`SkipTo`): hold the packet with its group, dropping the group
+        before the last two unread; decode what is held once the packet is shown at ``until``
+        (or has no time, or too much is held, or the stream ends)."""
+        if packet.is_keyframe or not self.held:
+            self.held.append([])
+            if len(self.held) > 2:
+                for old, _frames in self.held.pop(0):
+                    self.held_bytes -= old.size
+                self.dropped = True
+        self.held[-1].append((packet, decoded))
+        self.held_bytes += packet.size
+        value = packet.pts if packet.pts is not None else packet.dts
+        shown = None if value is None else self.window.shifted(value, Fraction(packet.time_base)) \
+            if self.window.span is not None else value
+        seconds = None if shown is None else shown * Fraction(packet.time_base)
+        if seconds is not None and packet.size and seconds < self.until - _SKIP_EARLY and self.held_bytes <= _SKIP_HELD_BYTES:
+            yield Skipped(float(seconds))
+            return
+        held, self.held = [pair for group in self.held for pair in group], None
+        if self.dropped:  # what the decoder holds (the description's frames) is from before the groups held
+            self.stream.codec_context.flush_buffers()
+            held = [(p, None) for p, _frames in held]
+        for p, frames in held:
+            yield from self._video(p, frames)
+            if self.ended:
+                return
 
     def _packet_item(self, packet: av.Packet) -> PacketItem | None:
         """A copied stream's packet, cut to the span and shifted; None for the end-of-stream flush."""
@@ -892,7 +1011,10 @@ class _Reader:
             ctx, planned = self.stream.codec_context, self.info.frame_size
             if not packet.size or (planned is not None and ctx.width * ctx.height > _frame_limit(*planned)):
                 raise
-            self.report.damaged(self.window.seconds_of(packet))
+            seconds = self.window.seconds_of(packet)
+            if self.until is not None and seconds is not None and seconds < self.until:
+                return []  # before a resumed run's first frame: its pictures are dropped (and judged by the run that made them)
+            self.report.damaged(seconds)
             return []  # a packet the decoder refuses: damage, and decoding goes on as ffmpeg's does
 
     def _frame_item(self, frame: av.VideoFrame, pts: int | None, tb: Fraction) -> FrameItem:

@@ -29,10 +29,10 @@ import av
 import numpy as np
 import torch
 
-from vsr.chunks import (ChunkError, ChunkedEncode, Chunker, Joiner, Mark, WorkFolder, chunk_length, code_identity,
-                        file_identity, held_frames, work_folder_of)
-from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Source, Span, VideoInfo,
-                        deep_picture, read, still_to_rgb, to_planes, to_rgb)
+from vsr.chunks import (ChunkError, ChunkRecord, ChunkedEncode, Chunker, Joiner, Mark, WorkFolder, chunk_length,
+                        code_identity, file_identity, held_frames, work_folder_of)
+from vsr.decode import (DecodeError, DecodeReport, FrameItem, InputError, PacketItem, Skipped, SkipTo, Source, Span,
+                        VideoInfo, deep_picture, read, still_to_rgb, to_planes, to_rgb)
 from vsr.encode import EncodeError, EncodeOptions, Writer
 from vsr import __version__, hwenc
 from vsr.errors import VsrError
@@ -663,11 +663,13 @@ def upscale_file(
         convert_in = lambda item: to_rgb(item, stages)  # noqa: E731
     else:
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
+    kept = plan.chunks.work.done_from_start(writer.time_base) if plan.chunks is not None else None
     items = read(info, writer.streams_to_copy(), stop, stages, deinterlace=plan.deinterlace, report=report,
-                 span=options.span, source=plan.source)
+                 span=options.span, source=plan.source,
+                 skip=SkipTo(sum(r.frames for r in kept[0]), kept[1]) if kept else None)
     encode = None
     if plan.chunks is not None:
-        items, encode = _chunked(items, plan.chunks, writer, reporter, stop, options.queue_size)
+        items, encode = _chunked(items, plan.chunks, writer, reporter, stop, options.queue_size, kept[0] if kept else [])
     reporter.start(src.name, info.frames if options.span is None else options.span.frames(info))
     began = time.perf_counter()
     ok = False
@@ -735,9 +737,9 @@ def upscale_file(
 
 
 def _chunked(items: Iterator, chunks: _Chunks, writer: Writer, reporter: Reporter, stop: _Stop,
-             queue_size: int) -> tuple[Iterator, ChunkedEncode]:
-    """The frame items cut into chunks (those an earlier run finished dropped), and the encode
-    stage that takes them."""
+             queue_size: int, skipped: list[ChunkRecord]) -> tuple[Iterator, ChunkedEncode]:
+    """The frame items cut into chunks (those an earlier run finished dropped; ``skipped``: those
+    the reader skips, vsr.decode.SkipTo), and the encode stage that takes them."""
     work, tb = chunks.work, writer.time_base
 
     def pts_of(item: FrameItem) -> int | None:
@@ -746,7 +748,9 @@ def _chunked(items: Iterator, chunks: _Chunks, writer: Writer, reporter: Reporte
     def keyframe(item: FrameItem) -> bool:
         return bool(item.frame is not None and item.frame.key_frame)
 
-    cut = Chunker(work.length, work.done, pts_of).items(items, lambda item: isinstance(item, FrameItem), keyframe)
+    cut = Chunker(work.length, work.done, pts_of, [(r, float(r.first_pts * tb)) for r in skipped]).items(
+        items, lambda item: isinstance(item, FrameItem), keyframe,
+        lambda item: item.seconds if isinstance(item, Skipped) else None, lambda item: item.index)
     encode = ChunkedEncode(work, chunks.encoders, chunks.threads, writer.chunk_encoder,
                            Joiner(writer.video.codec_context.extradata), tb, writer.mux_video_packet,
                            lambda item: writer.copy_packet(item.packet, item.stream_index, item.time_base),
