@@ -896,3 +896,84 @@ def test_a_resumed_run_does_not_decode_the_chunks_it_keeps(tmp_path, gop_clip, f
     assert _ffmpeg_warnings(ffmpeg, dst) == ""
     a, b = _frames(ffmpeg, dst, (96, 64)), _frames(ffmpeg, whole, (96, 64))
     assert len(a) == len(b) == 300 and _psnr(a, b) > 45
+
+
+def _resumed(src: Path, tmp_path: Path, monkeypatch, **kw):
+    """Stop a run of ``src`` half way, run it again: (its result, the video packets it decoded,
+    the frames kept from the first on, the output)."""
+    import vsr.decode as decode
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(src, dst, **kw)
+    by_index = {c["index"]: c for c in json.loads((work_folder_of(dst) / "done.json").read_text())["chunks"]}
+    kept = prefix = 0
+    while kept in by_index:
+        prefix += by_index[kept]["frames"]
+        kept += 1
+    decoded = []
+    real = decode._Reader._decode
+    monkeypatch.setattr(decode._Reader, "_decode", lambda self, p: decoded.append(p.pts) or real(self, p))
+    try:
+        result = upscale_file(src, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, **kw))
+    finally:
+        monkeypatch.undo()
+    return result, len(decoded), prefix, dst
+
+
+def test_a_resumed_run_judges_the_gaps_in_what_it_skipped(tmp_path, ffmpeg, monkeypatch):
+    """Frames missing at 2 s (10 of them), in the chunks the first run finished: the resumed run,
+    which does not decode them, still finds the gap (--strict refuses the file as a whole run does)."""
+    made = make_clip(tmp_path / "gap0.mp4", frames=300, size=(48, 32), audio=1,
+                     pts=[i * 512 for i in range(50)] + [(i + 10) * 512 for i in range(50, 300)])
+    src = tmp_path / "gap.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(made), "-map", "0", "-c:v", "libx264", "-g", "12", "-c:a", "copy",
+                    "-fps_mode", "passthrough", "-video_track_timescale", "12800", str(src)], check=True)
+    with pytest.raises(UpscaleError, match=r"about 10 frames missing \(1\.96-2\.40 s\)"):
+        _resumed(src, tmp_path, monkeypatch, strict=True)
+    result, decoded, prefix, _dst = _resumed(src, tmp_path / "again", monkeypatch) if (tmp_path / "again").mkdir() is None \
+        else None
+    assert prefix > 100 and decoded < 300 - prefix + 2 * 12 + 13 + 8  # it skipped them
+    assert result.gaps and any("10 frames missing" in w for w in result.warnings), result.warnings
+
+
+def test_resuming_decodes_from_the_start_where_frame_times_went_backwards(tmp_path, ffmpeg, monkeypatch):
+    """Two frames' pts swapped early: a whole run times its frames by dts from there (FFmpeg's
+    best-effort timestamp), a reader started in the middle would time them by pts and give two
+    frames again; so the times shown do not match the chunks kept and every frame is decoded."""
+    cfr = tmp_path / "cfr.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
+                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-bf", "0", "-sc_threshold",
+                    "0", "-c:a", "libopus", "-shortest", str(cfr)], check=True)
+    src = tmp_path / "faulty.ts"
+    with av.open(str(cfr)) as c, av.open(str(src), "w") as out:
+        vi, ai = c.streams.video[0], c.streams.audio[0]
+        vo, ao = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
+        n = 0
+        for p in c.demux():
+            if not p.size:
+                continue
+            if p.stream.index == vi.index:  # (1 ms ticks, 40 a frame)
+                p.dts, p.pts = p.pts + 120, p.pts + 200 + (40 if n == 10 else -40 if n == 11 else 0)
+                n, p.stream = n + 1, vo
+            else:
+                p.pts, p.dts, p.stream = p.pts + 200, p.dts + 200, ao
+            out.mux(p)
+    result, decoded, prefix, dst = _resumed(src, tmp_path, monkeypatch)
+    assert prefix > 100 and decoded >= 290 and result.frames == 300
+    whole = tmp_path / "whole.mp4"
+    upscale_file(src, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
+    assert pyav_video_pts(dst) == pyav_video_pts(whole)
+
+
+def test_resuming_skips_where_each_frame_is_one_tick(tmp_path, ffmpeg, monkeypatch):
+    """A time base of one tick a frame (1/25): the next chunk's first frame is a tick after the
+    last one kept, and is neither dropped nor given twice."""
+    src = tmp_path / "tb25.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
+                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-c:a", "aac", "-shortest",
+                    "-video_track_timescale", "25", str(src)], check=True)
+    result, decoded, prefix, dst = _resumed(src, tmp_path, monkeypatch)
+    assert prefix > 100 and decoded < 300 - prefix + 2 * 12 + 13 + 8 and result.frames == 300
+    whole = tmp_path / "whole.mp4"
+    upscale_file(src, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
+    assert pyav_video_pts(dst) == pyav_video_pts(whole)
+    assert ffmpeg_packets(ffmpeg, dst, "a:0") == ffmpeg_packets(ffmpeg, whole, "a:0")

@@ -340,30 +340,33 @@ class WorkFolder:
                 digest.update(block)
         return digest.hexdigest() == record.sha256
 
-    def done_from_start(self, time_base: Fraction) -> tuple[list[ChunkRecord], Fraction] | None:
-        """The chunks done from the first on, one after another, and the time (seconds, in the
-        frames' timeline; ``time_base``: the chunks') before which every frame is theirs: what a run
-        that resumes need not decode.  None where there are none, or where the last one's file does
-        not say (a damaged file is found out when it is joined)."""
+    def done_from_start(self, time_base: Fraction) -> tuple[list[ChunkRecord], Fraction, list[int]] | None:
+        """The chunks done from the first on, one after another; the time (seconds, in the frames'
+        timeline; ``time_base``: the chunks') before which every frame is theirs; and their frames'
+        pts, sorted: what a run that resumes need not decode, and what the input must show before
+        that time for it to be so.  None where there are none, or where a file does not say (a
+        damaged file is found out when it is joined)."""
         prefix: list[ChunkRecord] = []
         frames = 0
         while (r := self.done.get(len(prefix))) is not None and r.start == frames and r.first_pts is not None:
             prefix.append(r)
             frames += r.frames
-        if not prefix:
-            return None
-        last = prefix[-1]
-        path = self.chunk_path(last.index)
-        try:
-            with _open_regular(path) as f:
-                _extradata, tb, packets = read_chunk(f, path.name, last.frames)
-        except (ChunkError, OSError):
-            return None
-        if tb != time_base or not packets or any(p.pts is None for p in packets):
+        pts: list[int] = []
+        for record in prefix:
+            path = self.chunk_path(record.index)
+            try:
+                with _open_regular(path) as f:
+                    _extradata, tb, packets = read_chunk(f, path.name, record.frames)
+            except (ChunkError, OSError):
+                return None
+            if tb != time_base or len(packets) != record.frames or any(p.pts is None for p in packets):
+                return None
+            pts += (p.pts for p in packets)
+        if not pts:
             return None
         # the encoder's pts are the frames' times in its time base (each after the one before): the
         # next chunk's first frame is shown later than half a tick past this one's last
-        return prefix, (max(p.pts for p in packets) + Fraction(1, 2)) * tb
+        return prefix, (max(pts) + Fraction(1, 2)) * time_base, sorted(pts)
 
     def record(self, record: ChunkRecord) -> None:
         with self._state:

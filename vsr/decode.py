@@ -728,7 +728,9 @@ class Source:
         reader = _Reader(info, stream, {stream.index} | {s.index for s in self.container.streams if s.index in copy_streams},
                          _Window.of(span, stream), FrameClock(dts_only=dts_only),
                          Deinterlacer(stream, *self._template) if deinterlace else None, report, timings, stop)
-        if skip is not None and not deinterlace and not dts_only:  # (frame times the packets do not state: decoded)
+        if skip is not None:
+            if deinterlace or dts_only:  # (the frames' times are not the packets' there: see shown_before)
+                raise ValueError("frames are skipped only where the packets say when they are shown")
             reader.skip_to(skip)
         report.sequential = self.container.format.name in _SEQUENTIAL_FORMATS
         try:
@@ -738,6 +740,30 @@ class Source:
         if not reader.stopped:
             _judge_the_end(info, span, report, reader.index, reader.last_time)
 
+    def shown_before(self, until: Fraction, span: Span | None = None) -> list[Fraction] | None:
+        """For a run that resumes (:class:`SkipTo`): when each video packet shown before ``until``
+        is shown (seconds, in the timeline of the frames :meth:`read` gives, ``span`` applied),
+        demuxed from the file's start and not decoded, by a second opening of the file (this one's
+        demuxer is where reading starts).  None where frames cannot be skipped: an animated
+        picture, a container that does not say when its packets are shown (AVI), a packet that
+        does not say."""
+        if self.image is not None or self.container.format.name in DTS_ONLY_FORMATS:
+            return None
+        with open_input(self.path) as container:
+            stream = container.streams[self.info.stream_index]
+            window, tb = _Window.of(span, stream), Fraction(stream.time_base)
+            times = []
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue  # the end, or "repeat the last frame" (no frame of its own)
+                if packet.pts is None:
+                    return None
+                if window.where(packet.pts, tb) == 0:
+                    shown = (window.shifted(packet.pts, tb) if span is not None else packet.pts) * tb
+                    if shown < until:
+                        times.append(shown)
+            return times
+
     def _seek_to_keyframe(self, target: int) -> None:
         """Demux from a keyframe of the video shown at ``target`` (its time base) or before.  A
         demuxer without an index (MPEG-TS) lands on whatever packet lies near the time, often
@@ -745,25 +771,26 @@ class Source:
         second of a broadcast recording).  So the first video packet is looked at, and the seek
         goes further back (1, 2, 4... s) until it is such a keyframe, or to the stream's start."""
         stream = self.stream
+        second = round(1 / stream.time_base)
         start = stream.start_time or 0
         back = 0
         while True:
-            at = max(start, target - back)
+            at = target - back
+            # (a time before the stream's start: the demuxer goes to the file's start; seeking to
+            # the start itself, MPEG-TS's search lands past the first keyframe)
             self.container.seek(at, stream=stream, backward=True)
             packets, seen = self.container.demux(), []
             for packet in packets:
                 seen.append(packet)
                 if packet.stream.index == stream.index and packet.size:
                     shown = packet.pts if packet.pts is not None else packet.dts
-                    if packet.is_keyframe and shown is not None and shown <= target:
-                        break
-                    if at > start:
+                    if not (packet.is_keyframe and shown is not None and shown <= target) and at > start - second:
                         seen = None
                     break
             if seen is not None:
                 self._peeked, self._packets = [(p, None) for p in seen], packets
                 return
-            back = max(2 * back, round(1 / stream.time_base))
+            back = max(2 * back, second)
 
     def _replay(self) -> Iterator[tuple[av.Packet, list[av.VideoFrame] | None]]:
         """Every packet from the start: those the description demuxed (with the frames they decoded

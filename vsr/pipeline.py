@@ -663,13 +663,12 @@ def upscale_file(
         convert_in = lambda item: to_rgb(item, stages)  # noqa: E731
     else:
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
-    kept = plan.chunks.work.done_from_start(writer.time_base) if plan.chunks is not None else None
+    skip, skipped = _skip_to(plan, writer, options, report)
     items = read(info, writer.streams_to_copy(), stop, stages, deinterlace=plan.deinterlace, report=report,
-                 span=options.span, source=plan.source,
-                 skip=SkipTo(sum(r.frames for r in kept[0]), kept[1]) if kept else None)
+                 span=options.span, source=plan.source, skip=skip)
     encode = None
     if plan.chunks is not None:
-        items, encode = _chunked(items, plan.chunks, writer, reporter, stop, options.queue_size, kept[0] if kept else [])
+        items, encode = _chunked(items, plan.chunks, writer, reporter, stop, options.queue_size, skipped)
     reporter.start(src.name, info.frames if options.span is None else options.span.frames(info))
     began = time.perf_counter()
     ok = False
@@ -734,6 +733,29 @@ def upscale_file(
     return Result(os.fspath(src), os.fspath(dst), writer.frames_written, seconds, warnings, stages,
                   (gil.mean_ms, gil.max_ms), report.spans(), resumed=encode.resumed if encode else 0,
                   encoders=plan.chunks.encoders if plan.chunks else 1, codec=writer.video.codec_context.name)
+
+
+def _skip_to(plan: _Plan, writer: Writer, options: UpscaleOptions,
+             report: DecodeReport) -> tuple[SkipTo | None, list[ChunkRecord]]:
+    """What a run that resumes need not decode: the chunks done from the first on, where the input
+    shows exactly their frames' times before the next one's (demuxed: vsr.decode.Source.shown_before)
+    and nothing else; else nothing is skipped (their frames are decoded and dropped, as the chunks
+    done further on are).  Frame times that went backwards, two frames at one time (the encoder
+    was given the second a tick later), packets a decoder drops (an MP4 edit list): the frames
+    a reader gives from the middle might not be the ones the first run gave from there.  The
+    times skipped go into ``report``, so that gaps in them are still found."""
+    if plan.chunks is None or plan.deinterlace:
+        return None, []
+    kept = plan.chunks.work.done_from_start(writer.time_base)
+    if kept is None:
+        return None, []
+    prefix, until, pts = kept
+    times = plan.source.shown_before(until, options.span)
+    tb = writer.time_base
+    if times is None or sorted(round(t / tb) for t in times) != pts:
+        return None, []
+    report.times.extend(float(t) for t in times)
+    return SkipTo(len(pts), until), prefix
 
 
 def _chunked(items: Iterator, chunks: _Chunks, writer: Writer, reporter: Reporter, stop: _Stop,
