@@ -247,6 +247,7 @@ def encoder_alone(frames: list[av.VideoFrame], dst: Path, instances: int = 1) ->
     chunks are): (frames per second, all instances together; the CPU's busy share)."""
     import threading
 
+    from vsr.encode import ENCODER_THREAD_TYPE
     from vsr.system import usable_cores
 
     cores = usable_cores()
@@ -257,6 +258,7 @@ def encoder_alone(frames: list[av.VideoFrame], dst: Path, instances: int = 1) ->
             vs.width, vs.height, vs.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
             share = max(1, cores // instances)
             vs.codec_context.thread_count = share if instances > 1 or cores < (os.cpu_count() or cores) else 0
+            vs.codec_context.thread_type = ENCODER_THREAD_TYPE  # as vsr's encoders run
             for i, f in enumerate(frames):
                 f.pts = i  # (every instance gives frame i pts i; the encoder keeps its own copy of the frame)
                 for p in vs.encode(f):

@@ -418,3 +418,18 @@ def test_a_part_of_a_broadcast_recording_starts_at_its_time_not_at_the_next_keyf
     with av.open(str(dst)) as a, av.open(str(whole)) as b:
         part, every = [f.to_ndarray() for f in a.decode(video=0)], [f.to_ndarray() for f in b.decode(video=0)]
     assert len(every) == 300 and all(np.array_equal(x, y) for x, y in zip(part, every[first:first + frames]))
+
+
+@pytest.mark.parametrize("chunks", [0, 0.5])
+def test_x264_runs_frame_threads_as_the_ffmpeg_command_does(tmp_path, chunks):
+    """PyAV's default (slices only) makes libx264 cut each frame into a slice per thread: slower,
+    and a bigger stream; each instance vsr opens, whole or a chunk's, threads over frames."""
+    src = make_clip(tmp_path / "in.mp4", frames=40, size=(320, 240))  # (x264 gives a small picture one thread)
+    dst = tmp_path / "out.mp4"
+    upscale_file(src, dst, Upscaler(Bicubic(2)), UpscaleOptions(chunk_seconds=chunks, encoders=1,
+                                                                 model_id="bicubic (test)"))
+    with av.open(str(dst)) as c:
+        heads = [bytes(p) for p in c.demux(c.streams.video[0]) if p.is_keyframe and p.size]
+    settings = [h[h.index(b"options: "):h.index(b"options: ") + 2000] for h in heads if b"options: " in h]
+    assert len(settings) == 1 if chunks == 0 else len(settings) >= 2  # one per encoder instance (each chunk starts one)
+    assert all(b" sliced_threads=0 " in s for s in settings), settings[0][:400]
