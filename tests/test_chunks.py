@@ -977,3 +977,33 @@ def test_resuming_skips_where_each_frame_is_one_tick(tmp_path, ffmpeg, monkeypat
     upscale_file(src, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
     assert pyav_video_pts(dst) == pyav_video_pts(whole)
     assert ffmpeg_packets(ffmpeg, dst, "a:0") == ffmpeg_packets(ffmpeg, whole, "a:0")
+
+
+def test_a_frame_at_the_time_of_the_one_before_a_kept_chunk_ends_resumes(tmp_path, ffmpeg, monkeypatch):
+    """The first frame of each chunk from frame 120 on shown at the time of the frame before it: a
+    whole run stamps it a tick later (encoders need increasing times); a run that resumes after a
+    kept chunk must too, or its chunk does not follow the kept one and the output can never be made."""
+    cfr = tmp_path / "cfr.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
+                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-bf", "0", "-sc_threshold",
+                    "0", "-c:a", "libopus", "-shortest", str(cfr)], check=True)
+    src = tmp_path / "dup.mkv"
+    with av.open(str(cfr)) as c, av.open(str(src), "w") as out:
+        vi, ai = c.streams.video[0], c.streams.audio[0]
+        vo, ao = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
+        n, prev = 0, None
+        for p in c.demux():
+            if not p.size:
+                continue
+            if p.stream.index == vi.index:
+                if n in range(120, 181, 12):
+                    p.pts = p.dts = prev
+                prev, n, p.stream = p.pts, n + 1, vo
+            else:
+                p.stream = ao
+            out.mux(p)
+    result, _decoded, prefix, dst = _resumed(src, tmp_path, monkeypatch)
+    assert prefix >= 120 and result.frames == 300
+    whole = tmp_path / "whole.mp4"
+    upscale_file(src, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
+    assert pyav_video_pts(dst) == pyav_video_pts(whole)

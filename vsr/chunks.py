@@ -96,7 +96,9 @@ def held_frames(encoders: int, length: int, queue: int, frame_bytes: int, memory
 @dataclass(frozen=True)
 class ChunkRecord:
     """A finished chunk: frames ``[start, start + frames)`` of the output, its first frame's pts
-    (the encoder's time base), and its file's size and SHA-256."""
+    (the encoder's time base), and its file's size and SHA-256; ``last_pts``: the latest pts the
+    encoder gave it (a run that resumes after it stamps the next frame later than that, as the run
+    that made it would have)."""
 
     index: int
     start: int
@@ -104,6 +106,7 @@ class ChunkRecord:
     first_pts: int | None
     bytes: int
     sha256: str
+    last_pts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -424,7 +427,7 @@ def _record_of(raw) -> ChunkRecord | None:
     ints = (record.index, record.start, record.frames, record.bytes)
     if not all(type(v) is int for v in ints) or min(ints) < 0 or record.frames == 0 or record.index > 10**7:
         return None
-    if not (record.first_pts is None or type(record.first_pts) is int) or not isinstance(record.sha256, str):
+    if not all(v is None or type(v) is int for v in (record.first_pts, record.last_pts)) or not isinstance(record.sha256, str):
         return None
     return record
 
@@ -482,6 +485,7 @@ class ChunkWriter:
         self.tmp = new_partial(work.chunk_path(index))
         self.f: BinaryIO = open(self.tmp, "wb")
         self.digest = hashlib.sha256()
+        self.last_pts: int | None = None
         head = json.dumps({"time_base": [time_base.numerator, time_base.denominator],
                            "extradata": (extradata or b"").hex()}).encode()
         self._write(_MAGIC + _HEAD.pack(len(head)) + head)
@@ -494,6 +498,8 @@ class ChunkWriter:
         self._write(_PACKET.pack(_NONE if pts is None else pts, _NONE if dts is None else dts, duration or 0,
                                  1 if key else 0, len(data)))
         self._write(data)
+        if pts is not None and (self.last_pts is None or pts > self.last_pts):
+            self.last_pts = pts
 
     def finish(self, frames: int, first_pts: int | None) -> ChunkRecord:
         self.f.flush()
@@ -501,7 +507,7 @@ class ChunkWriter:
         size = self.f.tell()
         self.f.close()
         finish(self.tmp, self.work.chunk_path(self.index))
-        return ChunkRecord(self.index, self.start, frames, first_pts, size, self.digest.hexdigest())
+        return ChunkRecord(self.index, self.start, frames, first_pts, size, self.digest.hexdigest(), self.last_pts)
 
     def abort(self) -> None:
         self.f.close()

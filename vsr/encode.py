@@ -702,6 +702,12 @@ class Writer:
             frame = planes_to_frame(planes, self.pix_fmt, (self.size[1], self.size[0]), self.tags, full_range)
         return self._stamp(frame, pts, time_base)
 
+    def follow(self, pts: int) -> None:
+        """The frames before the next one were encoded elsewhere (a chunk a stopped run finished),
+        the last of them stamped ``pts`` (the encoder's time base): the next frame is stamped later."""
+        if self._last_pts is None or pts > self._last_pts:
+            self._last_pts = pts
+
     def _stamp(self, frame: av.VideoFrame, pts: int | None, time_base: Fraction) -> av.VideoFrame:
         if self.info.is_image or self.image:
             frame.pts = self._frames_prepared

@@ -262,12 +262,16 @@ def _decode_stage(items: Iterator, q_out: queue.Queue, stop: _Stop) -> None:
     _put(q_out, _END, stop)
 
 
-def _relay_stage(q_in: queue.Queue, q_out: queue.Queue, convert: Callable[[Any], Any], stop: _Stop) -> None:
-    """vsr-to-rgb / vsr-to-yuv: frames through ``convert``, packets passed on as they are."""
+def _relay_stage(q_in: queue.Queue, q_out: queue.Queue, convert: Callable[[Any], Any], stop: _Stop,
+                 passed: Callable[[Any], None] | None = None) -> None:
+    """vsr-to-rgb / vsr-to-yuv: frames through ``convert``, packets passed on as they are (shown
+    to ``passed`` first)."""
     while True:
         item = _get(q_in, stop)
         if item is not _END and not isinstance(item, _PASSED):
             item = convert(item)
+        elif passed is not None and item is not _END:
+            passed(item)
         if not _put(q_out, item, stop) or item is _END:
             return
 
@@ -657,6 +661,11 @@ def upscale_file(
             return [writer.prepare_frame(rgb, pts, tb, alpha) for rgb, pts, tb, alpha in results]
         return [writer.prepare_planes(planes, colour.encode.full_range, pts, tb) for planes, pts, tb in results]
 
+    def kept_chunk(item) -> None:
+        """A chunk a stopped run finished goes by: the frame after it is stamped after its frames."""
+        if isinstance(item, Mark) and item.done is not None and item.done.last_pts is not None:
+            writer.follow(item.done.last_pts)
+
     if info.is_image:
         convert_in = lambda item: still_to_rgb(item, info, stages, plan.deep)  # noqa: E731
     elif colour is None:
@@ -677,7 +686,7 @@ def upscale_file(
     try:
         threads.start("vsr-decode", lambda: _decode_stage(items, q_decoded, stop))
         threads.start("vsr-to-rgb", lambda: _relay_stage(q_decoded, q_converted, convert_in, stop))
-        threads.start("vsr-to-yuv", lambda: _relay_stage(q_upscaled, q_prepared, prepare, stop))
+        threads.start("vsr-to-yuv", lambda: _relay_stage(q_upscaled, q_prepared, prepare, stop, kept_chunk))
         if encode is None:
             threads.start("vsr-encode", lambda: _encode_stage(q_prepared, writer, reporter, stop))
         else:
