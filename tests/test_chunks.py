@@ -1007,3 +1007,74 @@ def test_a_frame_at_the_time_of_the_one_before_a_kept_chunk_ends_resumes(tmp_pat
     whole = tmp_path / "whole.mp4"
     upscale_file(src, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
     assert pyav_video_pts(dst) == pyav_video_pts(whole)
+
+
+def test_damage_the_decoder_met_in_the_chunks_kept_is_judged_when_they_are_skipped(tmp_path, ffmpeg, monkeypatch):
+    """A keyframe at 1.44 s garbled (the decoder conceals it, no frame is lost): the run that made
+    the chunks records what the decoder met with them, and a run that resumes without decoding them
+    warns as a whole run does (--strict refuses)."""
+    cfr = tmp_path / "cfr.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
+                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-bf", "0", "-sc_threshold",
+                    "0", "-c:a", "libopus", "-shortest", str(cfr)], check=True)
+    src = tmp_path / "damaged.mkv"
+    with av.open(str(cfr)) as c, av.open(str(src), "w") as out:
+        vi, ai = c.streams.video[0], c.streams.audio[0]
+        vo, ao = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
+        n = 0
+        for p in c.demux():
+            if not p.size:
+                continue
+            if p.stream.index == vi.index:
+                if n == 36:
+                    data = bytearray(bytes(p))
+                    for i in range(len(data) // 3, len(data)):
+                        data[i] ^= 0x5A
+                    q = av.Packet(bytes(data))
+                    q.pts, q.dts, q.time_base, q.is_keyframe = p.pts, p.dts, p.time_base, p.is_keyframe
+                    p = q
+                n, p.stream = n + 1, vo
+            else:
+                p.stream = ao
+            out.mux(p)
+    whole = upscale_file(src, tmp_path / "whole.mp4", Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
+    assert any("damaged input" in w for w in whole.warnings), whole.warnings  # (the premise)
+    (tmp_path / "a").mkdir()
+    result, decoded, prefix, _dst = _resumed(src, tmp_path / "a", monkeypatch)
+    assert prefix > 100 and decoded < 300 - prefix + 2 * 12 + 13 + 8  # skipped
+    assert [w for w in result.warnings if "damaged input" in w] == [w for w in whole.warnings if "damaged input" in w]
+    (tmp_path / "b").mkdir()
+    with pytest.raises(UpscaleError, match=r"damaged input.*--strict"):
+        _resumed(src, tmp_path / "b", monkeypatch, strict=True)
+
+
+def test_a_kept_chunks_last_pts_is_read_from_its_file_not_from_the_list(tmp_path, long_clip, ffmpeg):
+    """done.json is a list anyone can edit; the chunk files are checked by their SHA-256: a record
+    without ``last_pts`` (or with another) resumes as if it were the file's."""
+    dst = tmp_path / "out.mp4"
+    _stopped_half_way(long_clip, dst, encoders=2)
+    listed = work_folder_of(dst) / "done.json"
+    data = json.loads(listed.read_text())
+    for k, c in enumerate(data["chunks"]):
+        if k % 2:
+            del c["last_pts"]
+        else:
+            c["last_pts"] = c["last_pts"] + 10**6 if k % 4 == 0 else 2**70
+    listed.write_text(json.dumps(data))
+    result = upscale_file(long_clip, dst, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=2))
+    assert result.resumed > 0 and result.frames == 300
+    whole = tmp_path / "whole.mp4"
+    upscale_file(long_clip, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, encoders=2))
+    assert pyav_video_pts(dst) == pyav_video_pts(whole)
+    assert _ffmpeg_warnings(ffmpeg, dst) == _ffmpeg_warnings(ffmpeg, whole)
+
+
+def test_a_part_of_a_video_resumes_without_decoding_the_chunks_kept(tmp_path, gop_clip, ffmpeg, monkeypatch):
+    """--start (a span) and resume: the times shown are counted in the span's timeline."""
+    from vsr.decode import Span
+    result, decoded, prefix, dst = _resumed(gop_clip, tmp_path, monkeypatch, span=Span(2.3, 8.0))
+    assert prefix > 60 and decoded < 200 - prefix + 2 * 25 + 13 + 8 and result.frames == 200
+    whole = tmp_path / "whole.mp4"
+    upscale_file(gop_clip, whole, Upscaler(Bicubic(2)), _options(chunk_seconds=0.5, span=Span(2.3, 8.0)))
+    assert pyav_video_pts(dst) == pyav_video_pts(whole)
+    assert ffmpeg_packets(ffmpeg, dst, "a:0") == ffmpeg_packets(ffmpeg, whole, "a:0")

@@ -18,6 +18,7 @@ Nothing here touches the model: it sees the frames in order, as without chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -245,6 +246,8 @@ class WorkFolder:
         self.job = job
         self.length = length  # frames per chunk: fixed by the job's first run
         self.done: dict[int, ChunkRecord] = {}
+        self.damage: list[list[float]] = []  # what done.json says the decoder met in an earlier run
+        self.damage_so_far: Callable[[], list] | None = None  # this run's (vsr.decode.DecodeReport.damage)
         self._lock: int | None = None
         self._state = threading.Lock()  # close() against an encoder thread still recording
         self.closed = False
@@ -314,7 +317,12 @@ class WorkFolder:
         for raw in chunks if isinstance(chunks, list) else []:
             record = _record_of(raw)
             if record is not None and record.index not in self.done and self.whole(record):
-                self.done[record.index] = record
+                last = self._last_pts(record)  # from the file (its hash checked), not the list
+                if last is not False:
+                    self.done[record.index] = dataclasses.replace(record, last_pts=last)
+        damage = listed.get("damage")
+        self.damage = [[float(a), float(b)] for a, b in damage if _finite(a) and _finite(b) and a <= b] \
+            if isinstance(damage, list) and all(isinstance(d, list) and len(d) == 2 for d in damage) else []
         keep = {self.chunk_path(i).name for i in self.done} | {"job.json", "done.json", "lock", "output.json"}
         for entry in self.path.iterdir():  # partial files of a killed run, chunks not (or badly) recorded
             if entry.name not in keep:
@@ -383,10 +391,23 @@ class WorkFolder:
         self.done.pop(index, None)
         self._write_done()
 
+    def _last_pts(self, record: ChunkRecord) -> int | None | bool:
+        """The latest pts in a chunk's file (None: none has one; False: the file cannot be read)."""
+        path = self.chunk_path(record.index)
+        try:
+            with _open_regular(path) as f:
+                _extradata, _tb, packets = read_chunk(f, path.name, record.frames)
+        except (ChunkError, OSError):
+            return False
+        return max((p.pts for p in packets if p.pts is not None), default=None)
+
     def _write_done(self) -> None:
         chunks = [asdict(r) for _i, r in sorted(self.done.items())]
+        # the damage the decoder met so far (seconds, the frames' timeline): a run that resumes does
+        # not decode the chunks it keeps, and judges the damage in them from this
+        damage = [[a, b] for a, b in (self.damage_so_far() if self.damage_so_far else self.damage)]
         with written_whole(self.path / "done.json") as tmp:
-            tmp.write_text(json.dumps({"format": _FORMAT, "chunks": chunks}))
+            tmp.write_text(json.dumps({"format": _FORMAT, "chunks": chunks, "damage": damage}))
 
     def close(self) -> None:
         with self._state:
@@ -430,6 +451,10 @@ def _record_of(raw) -> ChunkRecord | None:
     if not all(v is None or type(v) is int for v in (record.first_pts, record.last_pts)) or not isinstance(record.sha256, str):
         return None
     return record
+
+
+def _finite(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -1040,7 +1040,7 @@ class _Reader:
                 raise
             seconds = self.window.seconds_of(packet)
             if self.until is not None and seconds is not None and seconds < self.until:
-                return []  # before a resumed run's first frame: its pictures are dropped (and judged by the run that made them)
+                return []  # before a resumed run's first frame: dropped (the run that made them recorded its damage)
             self.report.damaged(seconds)
             return []  # a packet the decoder refuses: damage, and decoding goes on as ffmpeg's does
 

@@ -673,6 +673,8 @@ def upscale_file(
     else:
         convert_in = lambda item: to_planes(item, colour.decode.format, stages)  # noqa: E731
     skip, skipped = _skip_to(plan, writer, options, report)
+    if plan.chunks is not None:  # recorded with each chunk, for a run that resumes and skips them
+        plan.chunks.work.damage_so_far = lambda: [list(span) for span in report.damage]
     items = read(info, writer.streams_to_copy(), stop, stages, deinterlace=plan.deinterlace, report=report,
                  span=options.span, source=plan.source, skip=skip)
     encode = None
@@ -764,6 +766,9 @@ def _skip_to(plan: _Plan, writer: Writer, options: UpscaleOptions,
     if times is None or sorted(round(t / tb) for t in times) != pts:
         return None, []
     report.times.extend(float(t) for t in times)
+    for a, b in plan.chunks.work.damage:  # what the decoder met there in the run that made them
+        if a < until:
+            report.damaged(a, b)
     return SkipTo(len(pts), until), prefix
 
 
