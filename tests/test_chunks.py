@@ -16,6 +16,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -919,6 +920,32 @@ def _resumed(src: Path, tmp_path: Path, monkeypatch, **kw):
     return result, len(decoded), prefix, dst
 
 
+def _remuxed(tmp_path: Path, ffmpeg: str, name: str, video: Callable, audio: Callable = lambda p: p) -> Path:
+    """12 s of moving pictures (48x32, a keyframe every 12 frames, no B-frames) with Opus audio,
+    remuxed into ``name`` with each video packet through ``video(packet, n)`` (n: its number;
+    returns the packet to write) and each audio packet through ``audio``."""
+    cfr = tmp_path / "cfr.mkv"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
+                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-bf", "0", "-sc_threshold",
+                    "0", "-c:a", "libopus", "-shortest", str(cfr)], check=True)
+    src = tmp_path / name
+    with av.open(str(cfr)) as c, av.open(str(src), "w") as out:
+        vi, ai = c.streams.video[0], c.streams.audio[0]
+        vo, ao = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
+        n = 0
+        for p in c.demux():
+            if not p.size:
+                continue
+            if p.stream.index == vi.index:
+                p, n = video(p, n), n + 1
+                p.stream = vo
+            else:
+                p = audio(p)
+                p.stream = ao
+            out.mux(p)
+    return src
+
+
 def test_a_resumed_run_judges_the_gaps_in_what_it_skipped(tmp_path, ffmpeg, monkeypatch):
     """Frames missing at 2 s (10 of them), in the chunks the first run finished: the resumed run,
     which does not decode them, still finds the gap (--strict refuses the file as a whole run does)."""
@@ -929,8 +956,8 @@ def test_a_resumed_run_judges_the_gaps_in_what_it_skipped(tmp_path, ffmpeg, monk
                     "-fps_mode", "passthrough", "-video_track_timescale", "12800", str(src)], check=True)
     with pytest.raises(UpscaleError, match=r"about 10 frames missing \(1\.96-2\.40 s\)"):
         _resumed(src, tmp_path, monkeypatch, strict=True)
-    result, decoded, prefix, _dst = _resumed(src, tmp_path / "again", monkeypatch) if (tmp_path / "again").mkdir() is None \
-        else None
+    (tmp_path / "again").mkdir()
+    result, decoded, prefix, _dst = _resumed(src, tmp_path / "again", monkeypatch)
     assert prefix > 100 and decoded < 300 - prefix + 2 * 12 + 13 + 8  # it skipped them
     assert result.gaps and any("10 frames missing" in w for w in result.warnings), result.warnings
 
@@ -939,24 +966,15 @@ def test_resuming_decodes_from_the_start_where_frame_times_went_backwards(tmp_pa
     """Two frames' pts swapped early: a whole run times its frames by dts from there (FFmpeg's
     best-effort timestamp), a reader started in the middle would time them by pts and give two
     frames again; so the times shown do not match the chunks kept and every frame is decoded."""
-    cfr = tmp_path / "cfr.mkv"
-    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
-                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-bf", "0", "-sc_threshold",
-                    "0", "-c:a", "libopus", "-shortest", str(cfr)], check=True)
-    src = tmp_path / "faulty.ts"
-    with av.open(str(cfr)) as c, av.open(str(src), "w") as out:
-        vi, ai = c.streams.video[0], c.streams.audio[0]
-        vo, ao = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
-        n = 0
-        for p in c.demux():
-            if not p.size:
-                continue
-            if p.stream.index == vi.index:  # (1 ms ticks, 40 a frame)
-                p.dts, p.pts = p.pts + 120, p.pts + 200 + (40 if n == 10 else -40 if n == 11 else 0)
-                n, p.stream = n + 1, vo
-            else:
-                p.pts, p.dts, p.stream = p.pts + 200, p.dts + 200, ao
-            out.mux(p)
+    def swapped(p, n):  # (1 ms ticks, 40 a frame)
+        p.dts, p.pts = p.pts + 120, p.pts + 200 + (40 if n == 10 else -40 if n == 11 else 0)
+        return p
+
+    def later(p):
+        p.pts, p.dts = p.pts + 200, p.dts + 200
+        return p
+
+    src = _remuxed(tmp_path, ffmpeg, "faulty.ts", swapped, later)
     result, decoded, prefix, dst = _resumed(src, tmp_path, monkeypatch)
     assert prefix > 100 and decoded >= 290 and result.frames == 300
     whole = tmp_path / "whole.mp4"
@@ -983,25 +1001,15 @@ def test_a_frame_at_the_time_of_the_one_before_a_kept_chunk_ends_resumes(tmp_pat
     """The first frame of each chunk from frame 120 on shown at the time of the frame before it: a
     whole run stamps it a tick later (encoders need increasing times); a run that resumes after a
     kept chunk must too, or its chunk does not follow the kept one and the output can never be made."""
-    cfr = tmp_path / "cfr.mkv"
-    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
-                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-bf", "0", "-sc_threshold",
-                    "0", "-c:a", "libopus", "-shortest", str(cfr)], check=True)
-    src = tmp_path / "dup.mkv"
-    with av.open(str(cfr)) as c, av.open(str(src), "w") as out:
-        vi, ai = c.streams.video[0], c.streams.audio[0]
-        vo, ao = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
-        n, prev = 0, None
-        for p in c.demux():
-            if not p.size:
-                continue
-            if p.stream.index == vi.index:
-                if n in range(120, 181, 12):
-                    p.pts = p.dts = prev
-                prev, n, p.stream = p.pts, n + 1, vo
-            else:
-                p.stream = ao
-            out.mux(p)
+    before = []
+
+    def repeated(p, n):
+        if n in range(120, 181, 12):
+            p.pts = p.dts = before[-1]
+        before.append(p.pts)
+        return p
+
+    src = _remuxed(tmp_path, ffmpeg, "dup.mkv", repeated)
     result, _decoded, prefix, dst = _resumed(src, tmp_path, monkeypatch)
     assert prefix >= 120 and result.frames == 300
     whole = tmp_path / "whole.mp4"
@@ -1013,30 +1021,17 @@ def test_damage_the_decoder_met_in_the_chunks_kept_is_judged_when_they_are_skipp
     """A keyframe at 1.44 s garbled (the decoder conceals it, no frame is lost): the run that made
     the chunks records what the decoder met with them, and a run that resumes without decoding them
     warns as a whole run does (--strict refuses)."""
-    cfr = tmp_path / "cfr.mkv"
-    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=48x32:rate=25:duration=12", "-f", "lavfi",
-                    "-i", "sine=frequency=440:duration=12", "-c:v", "libx264", "-g", "12", "-bf", "0", "-sc_threshold",
-                    "0", "-c:a", "libopus", "-shortest", str(cfr)], check=True)
-    src = tmp_path / "damaged.mkv"
-    with av.open(str(cfr)) as c, av.open(str(src), "w") as out:
-        vi, ai = c.streams.video[0], c.streams.audio[0]
-        vo, ao = out.add_stream_from_template(vi), out.add_stream_from_template(ai)
-        n = 0
-        for p in c.demux():
-            if not p.size:
-                continue
-            if p.stream.index == vi.index:
-                if n == 36:
-                    data = bytearray(bytes(p))
-                    for i in range(len(data) // 3, len(data)):
-                        data[i] ^= 0x5A
-                    q = av.Packet(bytes(data))
-                    q.pts, q.dts, q.time_base, q.is_keyframe = p.pts, p.dts, p.time_base, p.is_keyframe
-                    p = q
-                n, p.stream = n + 1, vo
-            else:
-                p.stream = ao
-            out.mux(p)
+    def garbled(p, n):
+        if n != 36:
+            return p
+        data = bytearray(bytes(p))
+        for i in range(len(data) // 3, len(data)):
+            data[i] ^= 0x5A
+        q = av.Packet(bytes(data))
+        q.pts, q.dts, q.time_base, q.is_keyframe = p.pts, p.dts, p.time_base, p.is_keyframe
+        return q
+
+    src = _remuxed(tmp_path, ffmpeg, "damaged.mkv", garbled)
     whole = upscale_file(src, tmp_path / "whole.mp4", Upscaler(Bicubic(2)), _options(chunk_seconds=0.5))
     assert any("damaged input" in w for w in whole.warnings), whole.warnings  # (the premise)
     (tmp_path / "a").mkdir()

@@ -364,12 +364,10 @@ class WorkFolder:
             frames += r.frames
         pts: list[int] = []
         for record in prefix:
-            path = self.chunk_path(record.index)
-            try:
-                with _open_regular(path) as f:
-                    _extradata, tb, packets = read_chunk(f, path.name, record.frames)
-            except (ChunkError, OSError):
+            found = self._packets_of(record)
+            if found is None:
                 return None
+            tb, packets = found
             if tb != time_base or len(packets) != record.frames or any(p.pts is None for p in packets):
                 return None
             pts += (p.pts for p in packets)
@@ -391,15 +389,22 @@ class WorkFolder:
         self.done.pop(index, None)
         self._write_done()
 
-    def _last_pts(self, record: ChunkRecord) -> int | None | bool:
-        """The latest pts in a chunk's file (None: none has one; False: the file cannot be read)."""
+    def _packets_of(self, record: ChunkRecord) -> tuple[Fraction, list[ChunkPacket]] | None:
+        """(time base, packets) of a chunk's file, or None where it cannot be read."""
         path = self.chunk_path(record.index)
         try:
             with _open_regular(path) as f:
-                _extradata, _tb, packets = read_chunk(f, path.name, record.frames)
+                _extradata, tb, packets = read_chunk(f, path.name, record.frames)
         except (ChunkError, OSError):
+            return None
+        return tb, packets
+
+    def _last_pts(self, record: ChunkRecord) -> int | None | bool:
+        """The latest pts in a chunk's file (None: none has one; False: the file cannot be read)."""
+        found = self._packets_of(record)
+        if found is None:
             return False
-        return max((p.pts for p in packets if p.pts is not None), default=None)
+        return max((p.pts for p in found[1] if p.pts is not None), default=None)
 
     def _write_done(self) -> None:
         chunks = [asdict(r) for _i, r in sorted(self.done.items())]
