@@ -989,12 +989,9 @@ class _Reader:
                 self.dropped = True
         self.held[-1].append((packet, decoded))
         self.held_bytes += packet.size
-        value = packet.pts if packet.pts is not None else packet.dts
-        shown = None if value is None else self.window.shifted(value, Fraction(packet.time_base)) \
-            if self.window.span is not None else value
-        seconds = None if shown is None else shown * Fraction(packet.time_base)
+        seconds = self.window.seconds_of(packet)
         if seconds is not None and packet.size and seconds < self.until - _SKIP_EARLY and self.held_bytes <= _SKIP_HELD_BYTES:
-            yield Skipped(float(seconds))
+            yield Skipped(seconds)
             return
         held, self.held = [pair for group in self.held for pair in group], None
         if self.dropped:  # what the decoder holds (the description's frames) is from before the groups held
